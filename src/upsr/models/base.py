@@ -1,0 +1,78 @@
+"""The model contract every restorer honours (see DESIGN.md, "The model contract").
+
+A restorer is an ``nn.Module`` built from a frozen config dataclass whose defaults are the
+published configuration. The engine needs only these attributes and ``restore``:
+
+- ``in_rate``: the rate its network consumes (None: same as ``out_rate`` after resampling);
+- ``out_rate``: the rate it produces;
+- ``channels``: ``"mono"`` (the engine feeds each channel separately) or ``"stereo"``;
+- ``context_s``: seconds of real audio the engine must give each side of a chunk so that the
+  kept centre equals whole-signal inference (the measured receptive field);
+- ``restore(x: [B, T_in]) -> [B, T_out]``.
+
+Training-only parts (discriminators, losses) live outside these modules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as tp
+
+import torch
+from torch import nn
+
+from upsr.errors import UsageError
+
+
+class Restorer(nn.Module):
+    """Base class: subclasses set the class attributes and implement ``restore``."""
+
+    name: tp.ClassVar[str] = ""
+    config_cls: tp.ClassVar[type] = object
+    in_rate: int | None = None
+    out_rate: int = 48000
+    channels: str = "mono"
+    context_s: float = 0.0
+
+    def __init__(self, config: tp.Any) -> None:
+        super().__init__()
+        self.config = config
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        """Restore a batch of signals ``x: [B, T_in]`` into ``[B, T_out]``."""
+        raise NotImplementedError
+
+    def config_dict(self) -> dict[str, tp.Any]:
+        return dataclasses.asdict(self.config)
+
+
+C = tp.TypeVar("C")
+
+
+def make_config(cls: type[C], values: dict[str, tp.Any], *, what: str) -> C:
+    """Build the frozen config ``cls`` from ``values``; an unknown key or bad type is an error
+    that names the key and lists the allowed ones."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UsageError(
+            f"{what}: unknown config key {unknown[0]!r} (allowed: {', '.join(sorted(fields))})")
+    clean: dict[str, tp.Any] = {}
+    for key, value in values.items():
+        default = fields[key].default
+        if isinstance(value, list) and isinstance(default, tuple):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        if default is not dataclasses.MISSING and default is not None and value is not None:
+            ok = (isinstance(value, type(default))
+                  or (isinstance(default, float) and isinstance(value, int)
+                      and not isinstance(value, bool)))
+            if not ok:
+                raise UsageError(f"{what}: config key {key!r} must be "
+                                 f"{type(default).__name__}, got {value!r}")
+            if isinstance(default, float):
+                value = float(value)
+        clean[key] = value
+    try:
+        return cls(**clean)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{what}: {exc}") from None
