@@ -46,9 +46,10 @@ def _root(
 
 
 def _register() -> None:
-    from upsr.cli import example
+    from upsr.cli import example, models
 
     example.register(app)
+    models.register(app)
 
 
 _register()
