@@ -1,0 +1,384 @@
+"""Wave-U-Mamba: a waveform U-Net with Mamba blocks for speech super-resolution to 48 kHz.
+
+Lee & Kim, "Wave-U-Mamba: An End-To-End Framework For High-Quality And Efficient Speech Super
+Resolution" (ICASSP 2025, arXiv 2409.09337); official code ``infected4098/Wave-U-Mamba``
+(``modules/waveumamba.py``, class ``WaveUmamba``). The network consumes the low-resolution
+signal *already resampled to 48 kHz* and returns ``tanh(head(...)) + input`` at 48 kHz:
+
+- **down path** (4 blocks, 1 → 32 → 64 → 128 → 256 channels): right-padded conv (k 4) → LN →
+  LeakyReLU(0.1) → residual [right-padded conv → LN → LeakyReLU] → AvgPool(2, 2) →
+  2 × [x + Mamba(LN(x))]; between blocks LN + LeakyReLU(0.1);
+- **bottleneck**: the same with k 3 convs, no pooling and 3 Mamba blocks, then LN;
+- **up path** (4 stages): LeakyReLU(0.1) → + skip (the raw down-block outputs, deepest first)
+  → weight-normed ConvTranspose1d (×2) → 2 Mamba blocks → HiFi-GAN ResBlock (k 3, d 1, 3);
+- **head**: LeakyReLU(0.01) → weight-normed Conv1d(16 → 1, k 7) → tanh → + input.
+
+The 19 Mamba modules are :class:`upsr.nn.mamba.Mamba` (d_state 16, d_conv 4, expand 2),
+causal in time. Module names equal the official ones except for weight norm, which uses
+``torch.nn.utils.parametrizations.weight_norm`` (``parametrizations.weight.original0/1``
+instead of ``weight_g/weight_v``); :func:`convert_official` maps them. The official
+``init_weights`` call on the weight-normed layers only rewrites a derived ``weight`` tensor that
+weight norm recomputes from ``g`` and ``v`` on every forward, so it has no effect; the default
+init here is therefore plain PyTorch init + weight norm, as in the official model.
+"""
+
+from __future__ import annotations
+
+import math
+import typing as tp
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from upsr.errors import CheckpointError, UsageError
+from upsr.models import register
+from upsr.models.base import Restorer
+
+LRELU_SLOPE = 0.1  # every LeakyReLU except the one before the output conv (PyTorch's 0.01)
+STAGES = 4  # down blocks = up stages; each halves / doubles the time axis
+STRIDE = 2**STAGES  # input length granularity (4 × AvgPool(2) and 4 × ConvTranspose ×2)
+UP_KERNELS = (4, 4, 8, 8)  # ConvTranspose1d kernel sizes, stride 2, padding (k - 2) // 2
+RES_KERNEL = 3  # HiFi-GAN ResBlock kernel and dilations
+RES_DILATIONS = (1, 3)
+POST_KERNEL = 7
+
+
+@dataclass(frozen=True)
+class WaveUMambaConfig:
+    """Wave-U-Mamba generator; defaults are the published model (4,203,714 parameters).
+
+    ``channels``: the four down-block widths (the official class hard-codes 32, 64, 128, 256;
+    the up path mirrors them and ends at ``channels[0] // 2``); ``down_kernel``/
+    ``bottleneck_kernel``: conv kernel sizes; ``down_mambas``/``bottleneck_mambas``/
+    ``up_mambas``: pre-LN residual Mamba blocks per stage; ``d_state``, ``d_conv``,
+    ``expand``: the Mamba settings (the only fields the official ``cfgs.json`` feeds in).
+    """
+
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    down_kernel: int = 4
+    bottleneck_kernel: int = 3
+    down_mambas: int = 2
+    bottleneck_mambas: int = 3
+    up_mambas: int = 2
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+
+    def __post_init__(self) -> None:
+        if len(self.channels) != STAGES or any(c < 2 or c % 2 for c in self.channels):
+            raise ValueError(f"channels must be {STAGES} even widths >= 2, got "
+                             f"{self.channels!r}")
+        for key in ("down_kernel", "bottleneck_kernel", "d_state", "d_conv", "expand"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)!r}")
+        for key in ("down_mambas", "bottleneck_mambas", "up_mambas"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)!r}")
+
+    @property
+    def up_channels(self) -> tuple[int, ...]:
+        """Output widths of the four up stages (official: 128, 64, 32, 16)."""
+        return tuple(reversed(self.channels[:-1])) + (self.channels[0] // 2,)
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of ``[B, C, L]`` (eps 1e-5), the official
+    ``modules.normalization.LayerNorm`` (its ``nn.LayerNorm`` lives in ``.layernorm``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.layernorm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layernorm(x.transpose(1, 2)).transpose(1, 2)
+
+
+class TimeMamba(nn.Module):
+    """A Mamba over ``[B, D, L]`` (channels first): the official ``MambaBlock``."""
+
+    def __init__(self, d_model: int, cfg: WaveUMambaConfig) -> None:
+        super().__init__()
+        from upsr.nn.mamba import Mamba
+
+        self.mamba = Mamba(d_model, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mamba(x.transpose(1, 2)).transpose(1, 2)
+
+
+class MambaStack(nn.Module):
+    """``n`` pre-LN residual Mamba blocks, ``x ← x + Mamba(LN(x))`` on ``[B, C, L]``
+    (block ``j`` is ``blocks.j.0`` = LN, ``blocks.j.1`` = Mamba, as in the official
+    ``Mambablocks``)."""
+
+    def __init__(self, channels: int, n: int, cfg: WaveUMambaConfig) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.Sequential(ChannelLayerNorm(channels), TimeMamba(channels, cfg)) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = x + block(x)
+        return x
+
+
+class DownBlock(nn.Module):
+    """Conv stage of the encoder: ``[B, C_in, L] -> [B, C_out, L / 2]`` (``pool``) or
+    ``[B, C_out, L]`` (the bottleneck).
+
+    Both convs are padded with ``k - 1`` zeros on the right only, so output sample ``t`` sees
+    input samples ``t … t + k - 1`` (the official padding). The second conv is residual.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, n_mambas: int, pool: bool,
+                 cfg: WaveUMambaConfig) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.pool = pool
+        self.mambablocks = MambaStack(c_out, n_mambas, cfg)
+        self.convs = nn.ModuleList([nn.Conv1d(c_out, c_out, kernel)])
+        self.convlns = nn.ModuleList([ChannelLayerNorm(c_out)])
+        self.init_conv = nn.Conv1d(c_in, c_out, kernel)
+        self.init_ln = ChannelLayerNorm(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.init_conv(F.pad(x, (0, self.kernel - 1)))
+        x = F.leaky_relu(self.init_ln(x), LRELU_SLOPE)
+        for conv, ln in zip(self.convs, self.convlns, strict=True):
+            y = conv(F.pad(x, (0, self.kernel - 1)))
+            x = x + F.leaky_relu(ln(y), LRELU_SLOPE)
+        if self.pool:
+            x = F.avg_pool1d(x, 2, 2)
+        return self.mambablocks(x)
+
+
+class Encoder(nn.Module):
+    """The official ``Downsamplestem``: ``[B, 1, L] -> ([B, C_last, L/16], skips)``.
+
+    ``skips`` = [input, down-block outputs 0…3] (raw block outputs, before the inter-stage LN).
+    The bottleneck output gets its LN but no activation.
+    """
+
+    def __init__(self, cfg: WaveUMambaConfig) -> None:
+        super().__init__()
+        widths = (1,) + cfg.channels
+        self.cnn_stem = nn.ModuleList(
+            DownBlock(widths[i], widths[i + 1], cfg.down_kernel, cfg.down_mambas, True, cfg)
+            for i in range(STAGES))
+        self.cnn_stem.append(DownBlock(widths[-1], widths[-1], cfg.bottleneck_kernel,
+                                       cfg.bottleneck_mambas, False, cfg))
+        self.ln_stem = nn.ModuleList(ChannelLayerNorm(c) for c in widths[1:] + widths[-1:])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        skips = [x]
+        last = len(self.cnn_stem) - 1
+        for i, (block, ln) in enumerate(zip(self.cnn_stem, self.ln_stem, strict=True)):
+            x = block(x)
+            if i < last:
+                skips.append(x)
+                x = F.leaky_relu(ln(x), LRELU_SLOPE)
+            else:
+                x = ln(x)
+        return x, skips
+
+
+class ResBlock(nn.Module):
+    """HiFi-GAN ResBlock1 (Kong et al., 2020): for each dilation ``d``,
+    ``x ← x + conv2(lrelu(conv1_d(lrelu(x))))``, "same" padding, weight norm; ``[B, C, L]``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        k = RES_KERNEL
+        self.convs1 = nn.ModuleList(
+            weight_norm(nn.Conv1d(channels, channels, k, dilation=d, padding=d * (k - 1) // 2))
+            for d in RES_DILATIONS)
+        self.convs2 = nn.ModuleList(
+            weight_norm(nn.Conv1d(channels, channels, k, padding=(k - 1) // 2))
+            for _ in RES_DILATIONS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for c1, c2 in zip(self.convs1, self.convs2, strict=True):
+            x = x + c2(F.leaky_relu(c1(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
+        return x
+
+
+# Measured effective receptive field (seconds each side at 48 kHz), see WaveUMamba.context_s.
+CONTEXT_S = 1.0
+
+_DDP_PREFIX = "module."
+# old-style ``torch.nn.utils.weight_norm`` names -> ``parametrizations.weight_norm`` names
+_WEIGHT_NORM_KEYS = {
+    "weight_g": "parametrizations.weight.original0",
+    "weight_v": "parametrizations.weight.original1",
+}
+
+
+def _generator_state(obj: tp.Any) -> dict[str, torch.Tensor]:
+    """The generator state dict of an official container, ``module.`` prefixes removed."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"wave-u-mamba: expected the official checkpoint dict, got "
+                              f"{type(obj).__name__}")
+    if "generator" not in obj and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # the official loader accepts this wrapping too
+    if "generator" not in obj:
+        if any(k in obj for k in ("mpd", "msd", "optim_g", "optim_d")):
+            raise CheckpointError("wave-u-mamba: this is the official training-state file "
+                                  "(discriminators/optimisers, 'do_*'); import the generator "
+                                  "file ('g_*') instead")
+        raise CheckpointError(f"wave-u-mamba: official checkpoint has no 'generator' entry "
+                              f"(found: {', '.join(map(str, list(obj)[:5])) or 'nothing'})")
+    raw = obj["generator"]
+    if not isinstance(raw, dict) or not raw:
+        raise CheckpointError("wave-u-mamba: 'generator' is not a dict of tensors")
+    # DDP saves prefix every key with 'module.'; a plain save has no prefix. Mixed is corrupt.
+    prefixed = [str(k).startswith(_DDP_PREFIX) for k in raw]
+    state: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        key = str(key)
+        if any(prefixed) and not key.startswith(_DDP_PREFIX):
+            raise CheckpointError(f"wave-u-mamba: unexpected key {key!r} (every other key has "
+                                  f"the DDP prefix {_DDP_PREFIX!r})")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"wave-u-mamba: key {key!r} is not a tensor")
+        state[key[len(_DDP_PREFIX):] if any(prefixed) else key] = value
+    return state
+
+
+def _infer_config(state: dict[str, torch.Tensor]) -> dict[str, tp.Any]:
+    """Config fields read off the official weights (so reduced or variant checkpoints load)."""
+
+    def need(key: str) -> torch.Tensor:
+        if key not in state:
+            raise CheckpointError(f"wave-u-mamba: missing key {key!r}")
+        return state[key]
+
+    def count(prefix: str) -> int:
+        idx = {k[len(prefix):].split(".", 1)[0] for k in state if k.startswith(prefix)}
+        return len(idx)
+
+    channels = tuple(int(need(f"emb.cnn_stem.{i}.init_conv.weight").shape[0])
+                     for i in range(STAGES))
+    a_log = need("emb.cnn_stem.0.mambablocks.blocks.0.1.mamba.A_log")
+    conv = need("emb.cnn_stem.0.mambablocks.blocks.0.1.mamba.conv1d.weight")
+    return {
+        "channels": channels,
+        "down_kernel": int(need("emb.cnn_stem.0.init_conv.weight").shape[-1]),
+        "bottleneck_kernel": int(need(f"emb.cnn_stem.{STAGES}.init_conv.weight").shape[-1]),
+        "down_mambas": count("emb.cnn_stem.0.mambablocks.blocks."),
+        "bottleneck_mambas": count(f"emb.cnn_stem.{STAGES}.mambablocks.blocks."),
+        "up_mambas": count("mambablocks.0.blocks."),
+        "d_state": int(a_log.shape[1]),
+        "d_conv": int(conv.shape[-1]),
+        "expand": max(1, int(a_log.shape[0]) // channels[0]),
+    }
+
+
+def convert_official(obj: tp.Any) -> tuple[dict[str, tp.Any], dict[str, torch.Tensor]]:
+    """Official Wave-U-Mamba checkpoint -> ``(WaveUMambaConfig overrides, upsr state dict)``.
+
+    ``obj`` is the safe-unpickled ``{'generator': state_dict}`` the official ``train.py``
+    writes (``g_XXXXXXXX``; DDP ``module.`` prefixes are stripped; an unprefixed state dict is
+    accepted too). Old-style weight-norm keys ``<layer>.weight_g``/``weight_v`` become
+    ``<layer>.parametrizations.weight.original0``/``original1`` (same tensors: ``g`` has the
+    size of dim 0 — in_channels for the ConvTranspose1d layers — and ``v`` is the weight
+    shape). The architecture is read off the weights. A missing, unknown or misshapen key is a
+    :class:`CheckpointError` naming the official key.
+    """
+    state = _generator_state(obj)
+    overrides = _infer_config(state)
+    try:
+        config = WaveUMambaConfig(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"wave-u-mamba: the weights describe no valid model ({exc})"
+                              ) from None
+    out: dict[str, torch.Tensor] = {}
+    official_name: dict[str, str] = {}
+    for key, value in state.items():
+        head, _, leaf = key.rpartition(".")
+        new = f"{head}.{_WEIGHT_NORM_KEYS[leaf]}" if leaf in _WEIGHT_NORM_KEYS else key
+        out[new] = value.detach().to(torch.float32)
+        official_name[new] = key
+    expected = WaveUMamba(config).state_dict()
+    for key, ref in expected.items():
+        if key not in out:
+            old = key.replace(_WEIGHT_NORM_KEYS["weight_g"], "weight_g").replace(
+                _WEIGHT_NORM_KEYS["weight_v"], "weight_v")
+            raise CheckpointError(f"wave-u-mamba: missing key {old!r}")
+        if tuple(out[key].shape) != tuple(ref.shape):
+            raise CheckpointError(f"wave-u-mamba: key {official_name[key]!r} has shape "
+                                  f"{tuple(out[key].shape)}, expected {tuple(ref.shape)}")
+    for key in out:
+        if key not in expected:
+            raise CheckpointError(f"wave-u-mamba: unexpected key {official_name[key]!r}")
+    return overrides, out
+
+
+@register("wave-u-mamba", "Wave-U-Mamba (Lee & Kim, ICASSP 2025)", importer=convert_official)
+class WaveUMamba(Restorer):
+    """Wave-U-Mamba generator: ``restore(x: [B, T]) -> [B, T]`` at 48 kHz, any ``T``.
+
+    ``x`` is the low-resolution signal already resampled to 48 kHz (``in_rate = None``).
+    Inputs are zero-padded on the right to a multiple of ``frame_hop`` = 16 samples and the
+    output is cropped back to ``T``.
+
+    ``frame_hop``: the four stride-2 poolings make the network equivariant only to shifts by
+    multiples of 16 samples, so chunked inference equals whole-signal inference only when
+    chunk starts fall on multiples of 16 (counted from the signal start).
+
+    ``context_s``: the Mamba blocks are causal recurrences, so in principle every output depends
+    on all earlier input; in practice the state decays geometrically. See :data:`CONTEXT_S`
+    (measured in ``tests/models/test_wave_u_mamba.py``).
+    """
+
+    config_cls = WaveUMambaConfig
+    channels = "mono"
+    in_rate = None
+    out_rate = 48000
+    frame_hop = STRIDE
+    config: WaveUMambaConfig
+
+    def __init__(self, config: WaveUMambaConfig) -> None:
+        super().__init__(config)
+        cfg = config
+        self.emb = Encoder(cfg)
+        ins = tuple(reversed(cfg.channels))
+        outs = cfg.up_channels
+        self.ups = nn.ModuleList(
+            weight_norm(nn.ConvTranspose1d(c_in, c_out, k, 2, padding=(k - 2) // 2))
+            for c_in, c_out, k in zip(ins, outs, UP_KERNELS, strict=True))
+        self.mambablocks = nn.ModuleList(MambaStack(c, cfg.up_mambas, cfg) for c in outs)
+        self.resblocks = nn.ModuleList(ResBlock(c) for c in outs)
+        self.conv_post = weight_norm(
+            nn.Conv1d(outs[-1], 1, POST_KERNEL, padding=(POST_KERNEL - 1) // 2))
+
+    @property
+    def context_s(self) -> float:  # type: ignore[override]
+        return CONTEXT_S
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The official ``WaveUmamba.forward``: ``x: [B, 1, L]`` (L a multiple of 16) ->
+        ``[B, 1, L]``."""
+        h, skips = self.emb(x)
+        skips = skips[::-1]  # deepest first; skips[-1] is the input waveform
+        for i in range(STAGES):
+            h = F.leaky_relu(h, LRELU_SLOPE) + skips[i]
+            h = self.mambablocks[i](self.ups[i](h))
+            h = self.resblocks[i](h)
+        h = self.conv_post(F.leaky_relu(h))  # PyTorch's default slope 0.01, as official
+        return torch.tanh(h) + skips[-1]
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: [B, T]`` at 48 kHz -> ``[B, T]``; any ``T`` (zero-padded to a multiple of 16
+        on the right, cropped back)."""
+        if x.dim() != 2:
+            raise UsageError(f"wave-u-mamba: restore expects [batch, samples], got shape "
+                             f"{tuple(x.shape)}")
+        length = x.shape[-1]
+        if length == 0:
+            return x.clone()
+        padded = math.ceil(length / STRIDE) * STRIDE
+        y = self.forward(F.pad(x, (0, padded - length)).unsqueeze(1))
+        return y[:, 0, :length]
