@@ -1,0 +1,222 @@
+"""The selective scan of Mamba (Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective
+State Spaces", arXiv:2312.00752, Algorithm 2 and eqs. (2a), (4)), with interchangeable backends.
+
+For every batch ``b`` and channel ``d`` it runs the diagonal linear recurrence, in ``N`` states::
+
+    Δ      = softplus(Δ + delta_bias)              (optional, per b, d, l)
+    Ā_l    = exp(Δ_l · A[d])                       zero-order hold for A          [N]
+    h_l    = Ā_l ⊙ h_{l-1} + Δ_l · B_l · u_l       Euler step for B, h_{-1} = 0  [N]
+    y_l    = ⟨h_l, C_l⟩ + D[d] · u_l
+    out_l  = y_l · SiLU(z_l)                       (optional gate)
+
+which is what ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` computes.
+
+Backends (``backend=``):
+
+- ``"cuda"``: mamba_ssm's fused CUDA kernel, imported lazily, only when asked for or when the
+  input is on a CUDA device and the package imports (the ``upsr[cuda]`` extra);
+- ``"cpu"``: a numba kernel parallel over (batch, channel), forward and backward
+  (:mod:`upsr.nn._scan_numba`); the softplus, ``D`` skip and gate stay in torch, so autograd
+  differentiates them;
+- ``"ref"``: a plain per-step loop in torch, vectorised over (batch, channel, state), used by
+  tests as the independent reference and as the fallback on devices with neither of the above.
+
+``"auto"`` picks ``cuda`` for CUDA tensors when mamba_ssm imports, ``cpu`` for CPU tensors, and
+``ref`` otherwise.
+
+Precision: the recurrence runs in float32 for float16/bfloat16/float32 inputs, as mamba_ssm's
+reference does; float64 inputs stay in float64 (mamba_ssm would downcast them), which is what
+``torch.autograd.gradcheck`` needs. The output has the dtype of ``u``.
+
+Shapes (``Bsz`` batch, ``Di`` channels, ``N`` states, ``L`` steps, ``G`` groups):
+``u, delta, z: [Bsz, Di, L]``; ``A: [Di, N]`` (real; complex A is not supported);
+``B, C``: time-invariant ``[Di, N]``, per batch ``[Bsz, N, L]`` (what Mamba uses) or grouped
+``[Bsz, G, N, L]`` (channel ``d`` uses group ``d // (Di // G)``); ``D, delta_bias: [Di]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from upsr.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "cuda", "cpu", "ref")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the recurrence runs in: float64 stays, everything else becomes float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def as_groups(X: torch.Tensor, name: str, batch: int, channels: int, length: int) -> torch.Tensor:
+    """Bring ``B`` or ``C`` to the 4-d layout ``[Bb, G, N, Lb]`` (a view, never a copy).
+
+    ``Bb`` is 1 (shared over the batch) or ``batch``; ``Lb`` is 1 (time-invariant) or ``length``;
+    ``G`` divides ``channels``. Time-invariant ``[Di, N]`` becomes ``[1, Di, N, 1]``.
+    """
+    if X.is_complex():
+        raise UsageError(f"selective_scan: complex {name} is not supported (Mamba v1 is real)")
+    if X.dim() == 2:
+        if X.shape[0] != channels:
+            raise UsageError(f"selective_scan: {name} is {list(X.shape)}, "
+                             f"expected [Di={channels}, N]")
+        return X[None, :, :, None]
+    if X.dim() == 3:
+        X = X[:, None]
+    if X.dim() != 4 or X.shape[0] != batch or X.shape[3] != length or channels % X.shape[1]:
+        raise UsageError(
+            f"selective_scan: {name} is {list(X.shape)}; expected [Di, N], [B={batch}, N, "
+            f"L={length}] or [B, G, N, L] with G dividing Di={channels}"
+        )
+    return X
+
+
+def per_channel(X4: torch.Tensor, channels: int) -> torch.Tensor:
+    """``[Bb, G, N, Lb]`` → ``[Bb, Di, N, Lb]``, each group repeated over its channels."""
+    bb, g, n, lb = X4.shape
+    return X4[:, :, None].expand(bb, g, channels // g, n, lb).reshape(bb, channels, n, lb)
+
+
+def scan_ref(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B4: torch.Tensor, C4: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bare recurrence, one time step per Python iteration (the reference).
+
+    ``u, delta: [Bsz, Di, L]`` (delta already positive), ``A: [Di, N]``, ``B4, C4: [Bb, G, N, Lb]``
+    (see :func:`as_groups`). Returns ``y: [Bsz, Di, L]`` (no ``D``, no gate) and the last state
+    ``h: [Bsz, Di, N]``. Differentiable by autograd.
+    """
+    bsz, di, length = u.shape
+    Bc = per_channel(B4, di)
+    Cc = per_channel(C4, di)
+    h = u.new_zeros(bsz, di, A.shape[1])
+    ys = []
+    for t in range(length):
+        dt = delta[:, :, t, None]
+        bt = Bc[..., t if Bc.shape[-1] > 1 else 0]
+        ct = Cc[..., t if Cc.shape[-1] > 1 else 0]
+        h = torch.exp(dt * A) * h + dt * bt * u[:, :, t, None]
+        ys.append((h * ct).sum(-1))
+    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(bsz, di, 0)
+    return y, h
+
+
+@functools.cache
+def _cuda_scan_fn() -> Callable[..., Any] | None:
+    """mamba_ssm's ``selective_scan_fn``, or None where the package does not import.
+
+    Any exception counts as "not available": depending on the version, importing mamba_ssm
+    without its compiled extension raises ImportError, OSError or even RuntimeError.
+    """
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        log.debug("mamba_ssm selective scan unavailable: %s", exc)
+        return None
+    return selective_scan_fn  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _cpu_scan_fn() -> Callable[..., Any] | None:
+    """The numba autograd function's ``apply``, or None where numba does not import."""
+    try:
+        from upsr.nn._scan_numba import SelectiveScanCPU
+    except ImportError as exc:
+        log.warning("numba is not importable (%s); the CPU selective scan falls back to the "
+                    "slow per-step reference", exc)
+        return None
+    return SelectiveScanCPU.apply  # type: ignore[no-any-return]
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend for a request (``auto`` resolved); UsageError if unavailable."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown selective-scan backend {backend!r}; choose one of "
+                         f"{', '.join(BACKENDS)}")
+    if backend == "auto":
+        if device.type == "cuda" and _cuda_scan_fn() is not None:
+            return "cuda"
+        if device.type == "cpu" and _cpu_scan_fn() is not None:
+            return "cpu"
+        return "ref"
+    if backend == "cuda" and _cuda_scan_fn() is None:
+        raise UsageError("selective-scan backend 'cuda' needs mamba_ssm with its CUDA kernels "
+                         "(pip install 'upsr[cuda]')")
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise UsageError(f"selective-scan backend 'cpu' needs CPU tensors, got {device}")
+        if _cpu_scan_fn() is None:
+            raise UsageError("selective-scan backend 'cpu' needs numba (pip install numba)")
+    return backend
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan with mamba_ssm's ``selective_scan_fn`` semantics (see the module doc).
+
+    Returns ``out: [Bsz, Di, L]`` in ``u``'s dtype, and with ``return_last_state`` also the
+    final state ``h_{L-1}: [Bsz, Di, N]`` in the compute dtype.
+    """
+    if u.dim() != 3 or delta.shape != u.shape:
+        raise UsageError(f"selective_scan: u and delta must both be [B, Di, L], got "
+                         f"{list(u.shape)} and {list(delta.shape)}")
+    bsz, di, length = u.shape
+    if A.is_complex():
+        raise UsageError("selective_scan: complex A is not supported (Mamba v1 is real)")
+    if A.dim() != 2 or A.shape[0] != di:
+        raise UsageError(f"selective_scan: A is {list(A.shape)}, expected [Di={di}, N]")
+    if z is not None and z.shape != u.shape:
+        raise UsageError(f"selective_scan: z is {list(z.shape)}, expected {list(u.shape)}")
+    B4 = as_groups(B, "B", bsz, di, length)
+    C4 = as_groups(C, "C", bsz, di, length)
+    if B4.shape[2] != A.shape[1] or C4.shape[2] != A.shape[1]:
+        raise UsageError(f"selective_scan: B/C state size differs from A's N={A.shape[1]}")
+
+    name = resolve_backend(backend, u.device)
+    if name == "cuda":
+        fn = _cuda_scan_fn()
+        assert fn is not None
+        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,  # type: ignore[no-any-return]
+                  return_last_state)
+
+    dtype_in = u.dtype
+    cdt = compute_dtype(dtype_in)
+    uc = u.to(cdt)
+    dc = delta.to(cdt)
+    if delta_bias is not None:
+        dc = dc + delta_bias.to(cdt)[:, None]
+    if delta_softplus:
+        dc = F.softplus(dc)
+    Ac = A.to(cdt)
+    Bc = B4.to(cdt)
+    Cc = C4.to(cdt)
+    if name == "cpu":
+        fn = _cpu_scan_fn()
+        assert fn is not None
+        y, last = fn(uc, dc, Ac, Bc, Cc)
+    else:
+        y, last = scan_ref(uc, dc, Ac, Bc, Cc)
+    out = y if D is None else y + uc * D.to(cdt)[:, None]
+    if z is not None:
+        out = out * F.silu(z.to(cdt))
+    out = out.to(dtype_in)
+    return (out, last) if return_last_state else out
