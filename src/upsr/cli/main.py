@@ -46,10 +46,14 @@ def _root(
 
 
 def _register() -> None:
+    from upsr.cli import eval as eval_cli
     from upsr.cli import example, models
+    from upsr.cli import probe as probe_cli
 
     example.register(app)
     models.register(app)
+    eval_cli.register(app)
+    probe_cli.register(app)
 
 
 _register()

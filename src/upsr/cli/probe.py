@@ -1,0 +1,108 @@
+"""``upsr probe PATH...``: bandwidth, cutoff, estimated source bitrate/codec and level per file.
+
+Folders are walked recursively (audio suffixes only); files named directly are always probed.
+Files longer than a minute are analysed through evenly spaced excerpts (see
+:func:`upsr.audio.analysis.probe_file`); the peak is always exact.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from upsr.cli import _common
+
+
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(seconds, 60.0)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{sec:04.1f}" if hours else f"{minutes}:{sec:04.1f}"
+
+
+def _khz(hz: float | None) -> str:
+    return "-" if hz is None or not math.isfinite(hz) else f"{hz / 1000:.1f}k"
+
+
+def _db(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return "-inf" if math.isinf(value) else f"{value:.1f}"
+
+
+def source_text(row: dict[str, Any]) -> str:
+    """'MP3 128k CBR' (container), 'MP3 ~128k?' (from the cutoff), 'low-pass' or '-'."""
+    kbps = row["bitrate_kbps"]
+    if row["bitrate_source"] == "container":
+        parts = [row["codec"] or "?"]
+        if kbps:
+            parts.append(f"{kbps:.0f}k")
+        if row["bitrate_mode"]:
+            parts.append(row["bitrate_mode"])
+        return " ".join(parts)
+    if row["bitrate_source"] == "cutoff":
+        if row["codec"] is None:
+            return "low-pass"
+        cands = row["bitrate_candidates"]
+        rate = (f"{cands[0]}-{cands[-1]}k" if len(cands) > 1 else f"{cands[0]}k")
+        return f"{row['codec']} ~{rate}?"
+    return "-"
+
+
+def probe(
+    paths: Annotated[list[Path], typer.Argument(help="Audio files or folders (recursive).")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout instead of a table.")
+                       ] = False,
+    quiet: _common.Quiet = False,
+    verbose: _common.Verbose = 0,
+) -> None:
+    """Per file: format, rate, channels, duration, peak, loudness, roll-off, band edge,
+    estimated source bitrate/codec, and whether it is band-limited (worth restoring)."""
+    _common.setup_logging(quiet, verbose)
+    from upsr.audio.analysis import probe_file
+    from upsr.errors import UpsrError
+    from upsr.eval.report import audio_files, format_table, json_text
+
+    files: list[Path] = []
+    failed = 0
+    for p in paths:
+        if p.is_dir():
+            found = audio_files(p)
+            if not found:
+                _common.log.warning("%s: no audio files", p)
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        else:
+            _common.file_error(p, "no such file or directory")
+            failed += 1
+    rows = []
+    for f in files:
+        try:
+            rows.append(probe_file(f))
+        except UpsrError as exc:
+            msg = str(exc)
+            if msg.startswith(str(f)):
+                _common.error(msg)
+            else:
+                _common.file_error(f, msg)
+            failed += 1
+    if as_json:
+        print(json_text(rows), end="")
+    elif rows and not quiet:
+        headers = ("file", "format", "rate", "ch", "duration", "peak dBFS", "LUFS", "roll-off",
+                   "edge", "source", "band-limited")
+        body = [(r["path"], r["format"] + (f"/{r['subtype']}" if r["subtype"] else ""),
+                 r["sr"], r["channels"], _duration(r["duration_s"]), _db(r["peak_dbfs"]),
+                 _db(r["loudness_lufs"]), _khz(r["rolloff_hz"]), _khz(r["band_edge_hz"]),
+                 source_text(r), "yes" if r["band_limited"] else "no") for r in rows]
+        print(format_table(headers, body, (False, False, True, True, True, True, True, True,
+                                           True, False, False)))
+    if failed:
+        raise typer.Exit(_common.EXIT_FAILED)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("probe")(probe)
