@@ -143,7 +143,8 @@ def test_draws_cover_the_spec_and_are_reproducible(kinds, order, cut, kbps, seed
     again = [spec.draw(np.random.default_rng([seed, i])) for i in range(300)]
     assert draws == again
     types = {d["lowpass_type"] for d in draws}
-    orders = [d["lowpass_order"] for d in draws]
+    orders = [d["lowpass_order"] for d in draws if d["lowpass_type"] != "boxcar"]
+    assert all(d["lowpass_order"] is None for d in draws if d["lowpass_type"] == "boxcar")
     cuts = [d["lowpass_cutoff_hz"] for d in draws]
     rates = {d["mp3_kbps"] for d in draws}
     # every set member appears (miss probability < 6 * (5/6)**300, negligible)
@@ -151,7 +152,7 @@ def test_draws_cover_the_spec_and_are_reproducible(kinds, order, cut, kbps, seed
     assert rates == set(kbps)
     # integer ranges are inclusive at both ends and draw only whole numbers in range
     assert all(isinstance(o, int) and order[0] <= o <= order[1] for o in orders)
-    if order[1] - order[0] <= 8:
+    if order[1] - order[0] <= 8 and len(orders) >= 100:
         assert set(orders) == set(range(order[0], order[1] + 1))
     assert all(isinstance(c, int) and cut[0] <= c <= cut[1] for c in cuts)
     # uniform draws spread over the range: both tenths at the ends are reached

@@ -206,8 +206,10 @@ class LowpassSpec:
 
     def draw(self, rng: np.random.Generator) -> dict[str, tp.Any]:
         kind = str(self.kind.draw(rng))
-        order = int(self.order.draw(rng))
+        order: int | None = int(self.order.draw(rng))
         cutoff = self.cutoff_hz.draw(rng)
+        if kind == "boxcar":  # an ideal brick wall has no order; the draw is still consumed
+            order = None
         return {"lowpass_type": kind, "lowpass_order": order, "lowpass_cutoff_hz": cutoff}
 
     def __str__(self) -> str:
@@ -333,8 +335,8 @@ class DegradeSpec:
     def check_rate(self, sr: int) -> None:
         """UsageError unless every possible draw works at input rate ``sr`` (Hz).
 
-        The cut-off must stay below the input's Nyquist frequency (and below the resampled
-        side's, where the low-pass would otherwise be a no-op hidden by the resampler's own).
+        The cut-off must stay below the input's Nyquist frequency. (A cut-off above the
+        resampled side's Nyquist frequency is allowed; the resampler's own low-pass then rules.)
         """
         if self.lowpass is not None:
             top = float(self.lowpass.cutoff_hz.high)
