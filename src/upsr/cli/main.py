@@ -46,8 +46,8 @@ def _root(
 
 
 def _register() -> None:
-    from upsr.cli import eval as eval_cli
     from upsr.cli import degrade, example, models
+    from upsr.cli import eval as eval_cli
     from upsr.cli import probe as probe_cli
 
     degrade.register(app)
