@@ -25,10 +25,10 @@ ROLLOFF_HOP = 512
 EDGE_N_FFT = 8192  # band edge: finer bins (5.4 Hz at 44.1 kHz) so the edge is not smeared
 EDGE_HOP = 2048
 
-# A file is "band-limited" (worth restoring) when its band edge lies below both
-# FULL_BAND_RATIO x Nyquist and FULL_BAND_HZ: CD audio reaches ~20-22 kHz, LAME's 256 kbps
-# stereo stops at 19.6 kHz and 192 kbps at 18.9 kHz; a 16 kHz file cut at 4 kHz is limited.
-FULL_BAND_RATIO = 0.9
+# A file is "band-limited" (worth restoring) when nothing above FULL_BAND_HZ survives: CD audio
+# reaches 20-22 kHz, LAME stops at 19.6 kHz for 224/256 kbps stereo and at 18.9 kHz for
+# 192 kbps. The rule is absolute, not relative to the file's Nyquist: a 16 kHz or 24 kHz file
+# lacks the top of the audible band whatever it holds, and is what a restorer is for.
 FULL_BAND_HZ = 19000.0
 
 # LAME lowpass per CBR bitrate, measured (not LAME's documented nominal values): 4 s of white
@@ -185,15 +185,14 @@ def effective_cutoff_hz(x: Signal, sr: int,
 
 
 def is_band_limited(x: Signal, sr: int, floor_db: float = -70.0,
-                    full_band_ratio: float = FULL_BAND_RATIO,
                     full_band_hz: float = FULL_BAND_HZ) -> tuple[bool, float]:
-    """(worth restoring?, band edge in Hz). Limited when the edge lies below both
-    ``full_band_ratio * sr / 2`` and ``full_band_hz``; silence is never limited."""
+    """(worth restoring?, band edge in Hz). Limited when the band edge
+    (:func:`band_edge_hz`) lies below ``full_band_hz``; digital silence is never limited."""
     pow_sum = spectrum_sum(x, EDGE_N_FFT, EDGE_HOP, power=True, center=False)
     if pow_sum.sum() <= 0:
         return False, sr / 2.0
     edge = min(band_edge_bin(pow_sum, floor_db) * sr / EDGE_N_FFT, sr / 2.0)
-    return edge < min(full_band_ratio * sr / 2.0, full_band_hz), edge
+    return edge < full_band_hz, edge
 
 
 @dataclass(frozen=True)
