@@ -1,7 +1,8 @@
 """upsr checkpoints: one ``.safetensors`` file per model, weights plus self-describing metadata.
 
 Metadata (all strings): ``upsr`` (format version), ``model`` (registry name), ``config`` (JSON),
-``recipe`` (the TOML text that trained it, or empty), ``step``, ``metrics`` (JSON). Loading
+``recipe`` (the TOML text that trained it, or empty), ``step``, ``metrics`` (JSON), ``variant``
+(JSON: the degradation the weights were trained for, if specific). Loading
 never unpickles; a missing or unexpected key is an error naming the key.
 """
 
@@ -24,8 +25,14 @@ FORMAT_VERSION = "1"
 
 def save(path: str | Path, model: Restorer, *, recipe: str = "", step: int | None = None,
          metrics: dict[str, float] | None = None,
-         state: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``model`` (or an explicit ``state``) with its config, atomically."""
+         state: dict[str, torch.Tensor] | None = None,
+         variant: dict[str, float] | None = None) -> Path:
+    """Write ``model`` (or an explicit ``state``) with its config, atomically.
+
+    ``variant`` describes what degradation the weights were trained for (e.g.
+    ``{"bitrate_kbps": 64}`` or ``{"cutoff_hz": 8000}``); ``enhance --bitrate-auto`` picks the
+    installed variant of a family nearest to each file's detected bitrate or cutoff.
+    """
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous().clone()
@@ -37,6 +44,7 @@ def save(path: str | Path, model: Restorer, *, recipe: str = "", step: int | Non
         "recipe": recipe,
         "step": "" if step is None else str(int(step)),
         "metrics": json.dumps(metrics or {}, sort_keys=True),
+        "variant": json.dumps(variant or {}, sort_keys=True),
     }
     path = Path(path)
     with atomic_path(path) as tmp:

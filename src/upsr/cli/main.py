@@ -46,11 +46,12 @@ def _root(
 
 
 def _register() -> None:
-    from upsr.cli import degrade, example, models
+    from upsr.cli import degrade, enhance, example, models
     from upsr.cli import eval as eval_cli
     from upsr.cli import probe as probe_cli
 
     degrade.register(app)
+    enhance.register(app)
     example.register(app)
     models.register(app)
     eval_cli.register(app)

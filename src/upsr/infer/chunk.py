@@ -42,26 +42,30 @@ class ChunkPlan:
     """How a signal of ``total`` input samples is cut.
 
     ``hop``: distance between chunk starts; ``overlap``: cross-fade length; ``context``: extra
-    real audio each side. A signal no longer than ``hop + overlap`` is one chunk.
+    real audio each side; ``align``: every chunk starts at a multiple of it (the model's frame
+    hop or total stride, so that its frames/pooling windows fall where they fall in the whole
+    signal). A signal no longer than ``hop + overlap`` is one chunk.
     """
 
     total: int
     hop: int
     overlap: int
     context: int
+    align: int = 1
 
     def __post_init__(self) -> None:
-        if self.total < 0 or self.hop <= 0 or self.overlap < 0 or self.context < 0:
+        if (self.total < 0 or self.hop <= 0 or self.overlap < 0 or self.context < 0
+                or self.align < 1):
             raise ValueError(f"bad chunk plan {self}")
         if self.overlap > self.hop:
             raise ValueError("overlap must not exceed the hop")
 
     @classmethod
     def for_rate(cls, total: int, rate: int, chunk_s: float, overlap_s: float,
-                 context_s: float) -> ChunkPlan:
+                 context_s: float, align: int = 1) -> ChunkPlan:
         hop = max(1, int(round(chunk_s * rate)))
         overlap = min(hop, max(0, int(round(overlap_s * rate))))
-        return cls(total, hop, overlap, max(0, int(math.ceil(context_s * rate))))
+        return cls(total, hop, overlap, max(0, int(math.ceil(context_s * rate))), align)
 
     def __len__(self) -> int:
         if self.total <= self.hop + self.overlap:
@@ -75,7 +79,7 @@ class ChunkPlan:
             keep_hi = self.total if i == n - 1 else keep_lo + self.hop + self.overlap
             yield Chunk(
                 index=i,
-                lo=max(0, keep_lo - self.context),
+                lo=max(0, (keep_lo - self.context) // self.align * self.align),
                 hi=min(self.total, keep_hi + self.context),
                 keep_lo=keep_lo,
                 keep_hi=keep_hi,

@@ -8,7 +8,13 @@ published configuration. The engine needs only these attributes and ``restore``:
 - ``channels``: ``"mono"`` (the engine feeds each channel separately) or ``"stereo"``;
 - ``context_s``: seconds of real audio the engine must give each side of a chunk so that the
   kept centre equals whole-signal inference (the measured receptive field);
+- ``align``: chunks must start at a multiple of this many input samples (the model's STFT
+  hop or total downsampling stride), so that frames fall where they fall in the whole signal;
 - ``restore(x: [B, T_in]) -> [B, T_out]``.
+
+A model whose class sets ``uses_cutoff = True`` also takes ``restore(x, cutoff_hz=[B])``: the
+input's detected cutoff per batch item (the engine knows it per file; ``sbr`` needs it).
+A model whose ``out_rate`` is None keeps the input's rate (raised to ``min_out_rate``).
 
 Training-only parts (discriminators, losses) live outside these modules.
 """
@@ -30,9 +36,21 @@ class Restorer(nn.Module):
     name: tp.ClassVar[str] = ""
     config_cls: tp.ClassVar[type] = object
     in_rate: int | None = None
-    out_rate: int = 48000
+    out_rate: int | None = 48000
+    min_out_rate: int = 44100
+    uses_cutoff: tp.ClassVar[bool] = False
+    needs_weights: tp.ClassVar[bool] = True
     channels: str = "mono"
-    context_s: float = 0.0
+
+    @property
+    def context_s(self) -> float:
+        """Seconds of real context each side of a chunk (override: property or class attr)."""
+        return 0.0
+
+    @property
+    def align(self) -> int:
+        """Chunk starts must be multiples of this many input samples."""
+        return 1
 
     def __init__(self, config: tp.Any) -> None:
         super().__init__()

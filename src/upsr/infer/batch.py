@@ -1,0 +1,360 @@
+"""``upsr enhance`` over files and folders: plan outputs, decide per file, run, write, report.
+
+Inputs are read-only. Each output is written through a temporary file in its target folder,
+fsynced and renamed, so an interrupted run leaves no partial files and a rerun continues where
+it stopped (an existing output counts as done unless ``overwrite``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+import typing as tp
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from upsr.errors import AudioError, UpsrError, UsageError
+from upsr.infer.engine import EnhanceOptions, Job, Runner, plan_rates, restore_stream, run_jobs
+
+LOSSY = frozenset({"MP3", "OGG", "OPUS", "MPEG"})
+EXCERPTS = 24          # analysis reads at most this many excerpts ...
+EXCERPT_S = 2.0        # ... of this length, evenly spread (whole file when shorter)
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """File-level choices of ``upsr enhance`` (engine choices live in EnhanceOptions)."""
+
+    engine: EnhanceOptions = EnhanceOptions()
+    format: str | None = None        # "wav" | "flac"; None: follow the input's family
+    bit_depth: str | None = None     # "16" | "24" | "32f"; None: follow the input
+    overwrite: bool = False
+    bitrate_auto: bool = False
+    full_band: str = "copy"          # with bitrate_auto: "copy" | "skip" | "process"
+    cutoff_hz: float | None = None   # force the cutoff instead of detecting it
+    cutoff_method: str = "rolloff"   # "rolloff" (0.985, AudioSR) | "band_edge"
+    copy_tags: bool = True
+    device: str = "cpu"
+
+
+@dataclass
+class Item:
+    """One input file and what happens to it."""
+
+    src: str                  # path, or "-" for stdin
+    dst: str                  # path, or "-" for stdout
+    status: str = "pending"   # done | exists | copied | skipped-full-band | failed | planned
+    cutoff_hz: float | None = None
+    bitrate_kbps: float | None = None
+    bitrate_source: str | None = None
+    codec: str | None = None
+    model: str | None = None
+    audio_s: float = 0.0
+    wall_s: float = 0.0
+    sr_in: int | None = None
+    sr_out: int | None = None
+    subtype: str | None = None
+    error: str | None = None
+    _t0: float = field(default=0.0, repr=False)
+
+    def record(self) -> dict[str, tp.Any]:
+        d = {k: v for k, v in dataclasses.asdict(self).items() if not k.startswith("_")}
+        d["rtf"] = round(self.wall_s / self.audio_s, 4) if self.audio_s else None
+        return d
+
+
+# ------------------------------------------------------------------------------------ planning
+
+
+def _suffix_for(fmt_in: str | None, want: str | None) -> str:
+    if want:
+        return "." + want.lower()
+    return ".wav" if (fmt_in or "WAV").upper() not in ({"FLAC"} | LOSSY) else ".flac"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def plan_items(inputs: list[str], out: str, fmt: str | None) -> list[Item]:
+    """Map inputs to outputs: a folder input is walked recursively (audio recognised by
+    content) and mirrored under ``out``; several inputs each get a subfolder named after them.
+    """
+    from upsr.audio import io
+
+    if "-" in inputs and len(inputs) > 1:
+        raise UsageError("'-' (stdin) cannot be combined with other inputs")
+    if out == "-" and (len(inputs) != 1 or Path(inputs[0]).is_dir()):
+        raise UsageError("'-o -' (stdout) takes exactly one input file")
+    if out == "-" and fmt is None:
+        raise UsageError("writing to stdout needs --format wav|flac")
+    if inputs == ["-"]:
+        return [Item("-", "-" if out == "-" else str(Path(out) / f"stdin{_suffix_for(None, fmt)}"))]
+    out_dir = Path(out)
+    items: list[Item] = []
+    seen: set[str] = set()
+    several = len(inputs) > 1
+    for raw in inputs:
+        p = Path(raw)
+        if not p.exists():
+            raise UsageError(f"{raw}: no such file or folder")
+        if p.is_dir():
+            base = out_dir / p.resolve().name if several else out_dir
+            for f in sorted(x for x in p.rglob("*") if x.is_file()):
+                if out != "-" and _inside(f, out_dir):
+                    continue  # never re-read our own outputs
+                if f.name.startswith(".upsr-tmp-"):
+                    continue
+                # an audio suffix claims audio: a broken one is reported, not silently skipped;
+                # other files count when libsndfile can open them (content, not name)
+                if f.suffix.lower() not in io.AUDIO_EXTENSIONS and not io.is_audio(f):
+                    continue
+                rel = f.relative_to(p)
+                dst = base / rel.parent / (rel.stem + _suffix_for(_format_of(f), fmt))
+                items.append(Item(str(f), str(dst)))
+        else:
+            target = "-" if out == "-" else str(
+                out_dir / (p.stem + _suffix_for(_format_of(p), fmt)))
+            items.append(Item(str(p), target))
+    for it in items:
+        if it.dst in seen and it.dst != "-":
+            raise UsageError(f"two inputs map to the same output {it.dst} (e.g. a.wav and "
+                             f"a.flac in one folder); use --format to keep them apart")
+        seen.add(it.dst)
+        if it.dst != "-" and Path(it.dst).resolve() == Path(it.src).resolve():
+            raise UsageError(f"{it.src}: output would overwrite the input")
+    return items
+
+
+def _format_of(path: Path) -> str | None:
+    from upsr.audio import io
+
+    try:
+        return io.info(path).format
+    except UpsrError:
+        return None
+
+
+def check_writable(out: str) -> None:
+    """Fail before any work if the output folder cannot be created or written."""
+    if out == "-":
+        return
+    d = Path(out)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / ".upsr-tmp-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"{out}: output folder is not writable ({exc.strerror or exc})") from None
+
+
+# ------------------------------------------------------------------------------------ deciding
+
+
+def excerpts(path: str, info: tp.Any) -> np.ndarray:
+    """Up to EXCERPTS evenly spread excerpts of EXCERPT_S seconds (the whole file if short),
+    concatenated ``[C, n]``: enough for a spectrum, bounded for hour-long files."""
+    from upsr.audio import io
+
+    n = int(EXCERPT_S * info.sr)
+    if info.frames <= EXCERPTS * n:
+        return io.read(path).samples
+    starts = np.linspace(0, info.frames - n, EXCERPTS).astype(int)
+    return np.concatenate([io.read(path, start=int(s), frames=n).samples for s in starts], -1)
+
+
+def decide(item: Item, info: tp.Any, opts: BatchOptions) -> None:
+    """Fill in cutoff and bitrate; mark full-band files with --bitrate-auto."""
+    from upsr.audio import analysis
+
+    x = excerpts(item.src, info)
+    if opts.cutoff_hz is not None:
+        item.cutoff_hz = float(opts.cutoff_hz)
+    else:
+        method: tp.Any = opts.cutoff_method
+        item.cutoff_hz = float(analysis.effective_cutoff_hz(x, info.sr, method=method))
+    if opts.bitrate_auto:
+        est = analysis.estimate_bitrate(item.src, x, info.sr)
+        item.bitrate_kbps, item.bitrate_source, item.codec = est.kbps, est.source, est.codec
+        limited, _ = analysis.is_band_limited(x, info.sr)
+        if not limited and opts.full_band != "process":
+            item.status = "skipped-full-band" if opts.full_band == "skip" else "copied"
+
+
+def pick_variant(family_model: tp.Any, family_path: str, item: Item) -> str:
+    """With --bitrate-auto: the installed checkpoint of the model's family trained for the
+    nearest bitrate (or, without a bitrate, the nearest cutoff); the given model otherwise."""
+    from upsr import checkpoint, models
+
+    best: tuple[float, str] | None = None
+    for d in models.model_dirs():
+        if not d.is_dir():
+            continue
+        for f in sorted(d.glob("*.safetensors")):
+            try:
+                meta = checkpoint.read_metadata(f)
+            except UpsrError:
+                continue
+            if models.canonical(meta["model"]) != family_model.name:
+                continue
+            var = json.loads(meta.get("variant") or "{}")
+            if item.bitrate_kbps is not None and "bitrate_kbps" in var:
+                dist = abs(np.log2(float(var["bitrate_kbps"]) / item.bitrate_kbps))
+            elif item.cutoff_hz and "cutoff_hz" in var:
+                dist = abs(np.log2(float(var["cutoff_hz"]) / item.cutoff_hz))
+            else:
+                continue
+            if best is None or dist < best[0]:
+                best = (dist, str(f))
+    return best[1] if best else family_path
+
+
+# ------------------------------------------------------------------------------------- running
+
+
+def _subtype_for(info: tp.Any, fmt: str, bit_depth: str | None) -> str | None:
+    if bit_depth:
+        return {"16": "PCM_16", "24": "PCM_24", "32f": "FLOAT"}[bit_depth]
+    sub = (info.subtype or "").upper()
+    if sub in ("PCM_16", "PCM_24", "FLOAT"):
+        return "PCM_24" if (sub == "FLOAT" and fmt == "FLAC") else sub
+    if sub in ("PCM_U8", "PCM_S8"):
+        return "PCM_16"
+    return "PCM_24"  # lossy or exotic input: keep the restored detail
+
+
+def _stdin_to_file(tmpdir: Path) -> str:
+    import sys
+
+    data = sys.stdin.buffer.read()
+    if not data:
+        raise UsageError("stdin is empty")
+    p = tmpdir / "stdin-audio"
+    p.write_bytes(data)
+    return str(p)
+
+
+def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
+                  on_item: tp.Callable[[Item], None] | None = None,
+                  progress: tp.Callable[[float], None] | None = None) -> list[Item]:
+    """Restore every pending item; per-file failures are recorded, the batch goes on.
+
+    ``on_item`` is called when an item reaches its final status; ``progress`` with seconds of
+    input audio finished.
+    """
+    import tempfile
+
+    from upsr import models
+    from upsr.audio import io
+    from upsr.audio.io import BlockWriter
+    from upsr.infer.stream import FileSource
+
+    loaded: dict[str, tp.Any] = {}
+
+    def get_model(ref: str) -> tp.Any:
+        if ref not in loaded:
+            m = models.load_model(ref)
+            if opts.device != "cpu":
+                m = m.to(opts.device)
+            loaded[ref] = m
+        return loaded[ref]
+
+    base = get_model(model_ref)
+    done: list[Item] = []
+
+    def finish(item: Item, status: str, error: str | None = None) -> None:
+        item.status, item.error = status, error
+        item.wall_s = time.perf_counter() - item._t0 if item._t0 else 0.0
+        done.append(item)
+        if on_item:
+            on_item(item)
+
+    with tempfile.TemporaryDirectory(prefix="upsr-") as tmp:
+        jobs_by_model: dict[str, list[Job]] = {}
+        for item in items:
+            item._t0 = time.perf_counter()
+            if item.dst != "-" and Path(item.dst).exists() and not opts.overwrite:
+                finish(item, "exists")
+                continue
+            try:
+                src = _stdin_to_file(Path(tmp)) if item.src == "-" else item.src
+                info = io.info(src)
+                if info.frames == 0:
+                    raise AudioError(f"{item.src}: no audio frames")
+                item.sr_in, item.audio_s = info.sr, info.duration_s
+                decide(item, info, opts)
+                if item.status == "copied":
+                    if item.dst == "-":
+                        raise UsageError("cannot copy a full-band file to stdout")
+                    dst = Path(item.dst).with_suffix(Path(item.src).suffix)
+                    item.dst = str(dst)
+                    if not dst.exists() or opts.overwrite:
+                        from upsr.fsutil import atomic_path
+
+                        with atomic_path(dst) as t:
+                            shutil.copyfile(src, t)
+                    finish(item, "copied")
+                    continue
+                if item.status == "skipped-full-band":
+                    finish(item, "skipped-full-band")
+                    continue
+                ref = pick_variant(base, model_ref, item) if opts.bitrate_auto else model_ref
+                model = get_model(ref)
+                item.model = ref
+                rates = plan_rates(model, info.sr, info.frames, opts.engine.out_sr)
+                item.sr_out = rates.final
+                fmt = (opts.format or ("flac" if Path(item.dst).suffix == ".flac" else "wav"))
+                subtype = _subtype_for(info, fmt.upper(), opts.bit_depth)
+                tags = {}
+                if opts.copy_tags and item.src != "-":
+                    from upsr.audio.tags import read_tags
+
+                    tags = read_tags(src)
+                gen = _file_job(FileSource(src, info), model, item, rates.final, fmt, subtype,
+                                tags, opts, BlockWriter)
+                jobs_by_model.setdefault(ref, []).append(
+                    Job(item, gen, item.cutoff_hz, rates.model_out))
+            except UpsrError as exc:
+                finish(item, "failed", str(exc))
+            except OSError as exc:
+                finish(item, "failed", f"{item.src}: {exc.strerror or exc}")
+
+        for ref, jobs in jobs_by_model.items():
+            model = get_model(ref)
+            runner = Runner(model, device=opts.device, autocast=opts.device.startswith("cuda"))
+
+            def on_done(job: Job, exc: BaseException | None) -> None:
+                item = job.key
+                if exc is None:
+                    finish(item, "done")
+                    if progress:
+                        progress(item.audio_s)
+                else:
+                    msg = str(exc) if isinstance(exc, UpsrError) else f"{type(exc).__name__}: {exc}"
+                    if not msg.startswith(item.src):
+                        msg = f"{item.src}: {msg}"
+                    finish(item, "failed", msg)
+
+            run_jobs(jobs, runner, opts.engine.batch_size, on_done=on_done)
+    return done
+
+
+def _file_job(source: tp.Any, model: tp.Any, item: Item, sr: int, fmt: str,
+              subtype: str | None, tags: dict[str, str], opts: BatchOptions,
+              writer_cls: tp.Any) -> tp.Generator[list[np.ndarray], list[np.ndarray], None]:
+    """A job generator that owns its writer: closing it early removes the temporary file."""
+    if item.dst != "-":
+        Path(item.dst).parent.mkdir(parents=True, exist_ok=True)
+    with writer_cls(item.dst, sr, source.channels, format=fmt.upper(), subtype=subtype,
+                    tags=tags or None) as writer:
+        yield from restore_stream(source, model, writer.write, item.cutoff_hz, opts.engine)
+    item.subtype = writer.subtype
