@@ -243,3 +243,18 @@ def test_bad_spans_and_shapes(tmp_path, x):
         io.write(tmp_path / "t.wav", np.zeros((2, 3, 4), np.float32), SR)
     with pytest.raises(UsageError, match="transposed"):
         io.write(tmp_path / "t.wav", x.T, SR)
+
+
+def test_block_writer_to_stdout(capsysbinary, x):
+    with io.BlockWriter("-", SR, 2, format="FLAC", subtype="PCM_24") as w:
+        w.write(x[:, :20000])
+        w.write(x[:, 20000:])
+    out = capsysbinary.readouterr().out
+    y, sr = sf.read(_io.BytesIO(out), dtype="float32", always_2d=True)
+    assert sr == SR and w.subtype == "PCM_24"
+    np.testing.assert_allclose(y.T, x, atol=1.5 / 2**23)
+    with io.BlockWriter("-", SR, 2, format="WAV", subtype="PCM_16") as w:  # spooled path
+        w.write(x * 2)
+    y, _ = sf.read(_io.BytesIO(capsysbinary.readouterr().out), dtype="float32")
+    assert w.subtype == "FLOAT"
+    np.testing.assert_array_equal(y.T, x * 2)
