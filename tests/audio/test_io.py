@@ -258,3 +258,17 @@ def test_block_writer_to_stdout(capsysbinary, x):
     y, _ = sf.read(_io.BytesIO(capsysbinary.readouterr().out), dtype="float32")
     assert w.subtype == "FLOAT"
     np.testing.assert_array_equal(y.T, x * 2)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT"])  # spooled and direct paths
+def test_block_writer_closed_early_in_a_generator_leaves_nothing(tmp_path, x, subtype):
+    def job():
+        with io.BlockWriter(tmp_path / "g.wav", SR, 2, subtype=subtype) as w:
+            while True:
+                w.write((yield))
+
+    gen = job()
+    next(gen)
+    gen.send(x)
+    gen.close()  # GeneratorExit inside the with block: an abandoned file
+    assert list(tmp_path.iterdir()) == []
