@@ -192,3 +192,22 @@ def test_read_manifest_drops_half_written_lines(tmp_path):
     good = {"hr": "hr/a.wav", "lr": "lr/a.wav", "source": "a.wav"}
     (tmp_path / MANIFEST).write_text(json.dumps(good) + "\n" + '{"hr": "hr/b.wa')
     assert read_manifest(tmp_path) == {"hr/a.wav": good}
+
+
+def test_float_wav_peak_timestamp_is_zeroed(tmp_path):
+    """libsndfile stamps the wall-clock time into float WAVs; pairs must not carry it."""
+    import soundfile as sf
+
+    from upsr.data.degrade import _write_audio
+
+    x = np.stack([np.linspace(-0.5, 0.5, 1000), np.linspace(0.9, -0.9, 1000)]).astype(np.float32)
+    _write_audio(tmp_path / "a.wav", x, SR, "WAV", "FLOAT")
+    data = (tmp_path / "a.wav").read_bytes()
+    i = data.index(b"PEAK")
+    assert int.from_bytes(data[i + 8:i + 12], "little") == 1  # chunk version
+    assert data[i + 12:i + 16] == b"\0\0\0\0"  # timestamp
+    y, sr = sf.read(tmp_path / "a.wav", always_2d=True, dtype="float32")
+    assert sr == SR
+    np.testing.assert_array_equal(y.T, x)
+    _write_audio(tmp_path / "b.flac", x, SR, "FLAC", "PCM_24")  # no PEAK chunk: untouched
+    assert sf.info(tmp_path / "b.flac").format == "FLAC"

@@ -31,7 +31,7 @@ import numpy as np
 
 from upsr.data.spec import DegradeSpec, parse_spec
 from upsr.errors import UpsrError, UsageError
-from upsr.fsutil import TMP_PREFIX, atomic_write_text
+from upsr.fsutil import TMP_PREFIX, atomic_path, atomic_write_text
 
 log = logging.getLogger("upsr.data.degrade")
 
@@ -267,6 +267,40 @@ def plan_sources(src_dir: Path, paths: list[Path], opts: TreeOptions) -> list[So
     return sources
 
 
+def _zero_peak_timestamp(path: Path) -> None:
+    """Zero the creation time libsndfile stamps into a float WAV's ``PEAK`` chunk.
+
+    The chunk (version u32, timestamp u32, then value/position per channel) is the only
+    non-deterministic byte range in the WAV files libsndfile writes; without this, two runs
+    with the same seed would differ in 4 header bytes.
+    """
+    with open(path, "r+b") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        pos = 12
+        while True:
+            fh.seek(pos)
+            chunk = fh.read(8)
+            if len(chunk) < 8 or chunk[:4] == b"data":
+                return
+            size = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"PEAK" and size >= 8:
+                fh.seek(pos + 12)
+                fh.write(b"\0\0\0\0")
+                return
+            pos += 8 + size + (size & 1)
+
+
+def _write_audio(path: Path, x: np.ndarray, sr: int, fmt: str, subtype: str) -> None:
+    """Write atomically and byte-reproducibly (see :func:`_zero_peak_timestamp`)."""
+    from upsr.audio.io import write
+
+    with atomic_path(path) as tmp:
+        write(tmp, x, sr, format=fmt, subtype=subtype)
+        _zero_peak_timestamp(tmp)
+
+
 def _to_hr(x: np.ndarray, sr: int, opts: TreeOptions) -> tuple[np.ndarray, int]:
     if opts.mono and x.shape[0] > 1:
         x = x.mean(axis=0, keepdims=True, dtype=np.float64).astype(np.float32)
@@ -285,7 +319,7 @@ def process_source(path: Path, rel: str, out_dir: Path, opts: TreeOptions,
     The records of pairs finished before an error are still returned (their files are in place).
     Runs in a worker process under ``--jobs``; writes audio files only (never the manifest).
     """
-    from upsr.audio.io import read, write
+    from upsr.audio.io import read
 
     records: list[dict[str, tp.Any]] = []
     try:
@@ -304,8 +338,8 @@ def process_source(path: Path, rel: str, out_dir: Path, opts: TreeOptions,
             seed = pair_seed(opts.seed, rel, index)
             lr, sr_lr, params = degrade_array(hr, sr_hr, opts.spec, seed)
             lag = pair_lag(hr, sr_hr, lr, sr_lr)
-            write(out_dir / pair.hr, hr, sr_hr, format=fmt, subtype=subtype)
-            write(out_dir / pair.lr, lr, sr_lr, format=fmt, subtype=subtype)
+            _write_audio(out_dir / pair.hr, hr, sr_hr, fmt, subtype)
+            _write_audio(out_dir / pair.lr, lr, sr_lr, fmt, subtype)
             records.append({
                 "source": rel, "segment": index, "start_frame": start, "hr": pair.hr,
                 "lr": pair.lr, "source_rate": audio.sr, "hr_rate": sr_hr, "lr_rate": sr_lr,
