@@ -159,3 +159,11 @@ def test_bad_inputs(x):
     before = x.copy()
     codecs.mp3_roundtrip(x, SR, 32)
     np.testing.assert_array_equal(x, before)  # input untouched
+
+
+@pytest.mark.parametrize("n", [1, 300])
+def test_inputs_shorter_than_the_codec_delay_keep_their_length(n):
+    x = (0.3 * np.random.default_rng(n).standard_normal((2, n))).astype(np.float32)
+    for kbps, allow in ((128, False), (24, True)):
+        r = codecs.mp3_roundtrip(x, SR, kbps, allow_resample=allow)
+        assert r.samples.shape == (2, n) and np.isfinite(r.samples).all()

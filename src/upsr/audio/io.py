@@ -129,7 +129,7 @@ def _check_readable(path: PathLike) -> None:
 def _libsndfile_reason(exc: Exception) -> str:
     """libsndfile's message without its "Error opening 'x':" prefix, on one line."""
     msg = " ".join(str(exc).split())
-    msg = re.sub(r"^Error opening .*?: ", "", msg)
+    msg = re.sub(r"^Error opening '.*?': ", "", msg)
     msg = re.sub(r"^Error : ", "", msg)
     return msg or type(exc).__name__
 
