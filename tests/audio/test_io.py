@@ -57,6 +57,29 @@ def test_ogg_vorbis_read(tmp_path, x):
     assert err < 0.2
 
 
+def test_mp3_and_opus_read(tmp_path, x):
+    mp3 = tmp_path / "a.mp3"
+    sf.write(mp3, x.T, SR, format="MP3")
+    a = io.read(mp3)
+    assert (a.format, a.subtype, a.samples.shape) == ("MP3", "MPEG_LAYER_III", x.shape)
+    opus = tmp_path / "a.opus"
+    sf.write(opus, x.T, 48000, format="OGG", subtype="OPUS")
+    b = io.read(opus)
+    assert (b.format, b.subtype, b.sr, b.samples.shape) == ("OGG", "OPUS", 48000, x.shape)
+    assert io.info(opus).format == "OGG"
+
+
+def test_streamed_wav_with_placeholder_size_is_read(tmp_path, x):
+    """Pipes write WAVs whose data size is 0xFFFFFFFF: that is not truncation."""
+    path = tmp_path / "streamed.wav"
+    io.write(path, x, SR)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data") + 4
+    data[at:at + 4] = b"\xff\xff\xff\xff"
+    path.write_bytes(bytes(data))
+    assert io.read(path).samples.shape == x.shape
+
+
 def test_mono_1d_is_written_as_one_channel(tmp_path, x):
     path = tmp_path / "m.wav"
     io.write(path, x[0], SR)
@@ -192,6 +215,10 @@ def _bad_files(tmp_path, x):
     data = good.read_bytes()
     trunc = tmp_path / "trunc.flac"
     trunc.write_bytes(data[: len(data) // 2])
+    wav = tmp_path / "good.wav"
+    io.write(wav, x, SR)
+    twav = tmp_path / "trunc.wav"
+    twav.write_bytes(wav.read_bytes()[:-1000])
     tiny = tmp_path / "tiny.flac"
     tiny.write_bytes(data[:100])
     nan = tmp_path / "nan.wav"
@@ -201,10 +228,12 @@ def _bad_files(tmp_path, x):
     return {"missing": (tmp_path / "missing.wav", "not found"),
             "empty": (empty, "empty"), "text": (text, "not a readable audio file"),
             "truncated": (trunc, "truncated"), "tiny": (tiny, "truncated"),
+            "truncated_wav": (twav, "truncated .* 1000 more bytes"),
             "nan": (nan, "non-finite sample .* at frame 500")}
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "text", "truncated", "tiny", "nan"])
+@pytest.mark.parametrize("kind", ["missing", "empty", "text", "truncated", "tiny",
+                                  "truncated_wav", "nan"])
 def test_bad_inputs_raise_one_line_audio_error(tmp_path, x, kind):
     path, pattern = _bad_files(tmp_path, x)[kind]
     with pytest.raises(AudioError, match=pattern) as err:
@@ -213,7 +242,7 @@ def test_bad_inputs_raise_one_line_audio_error(tmp_path, x, kind):
     assert "\n" not in msg and msg.startswith(str(path))
     with pytest.raises(AudioError):
         list(io.iter_blocks(path, 4096))
-    if kind in ("missing", "empty", "text"):
+    if kind in ("missing", "empty", "text", "truncated_wav"):
         with pytest.raises(AudioError):
             io.info(path)
         assert not io.is_audio(path)

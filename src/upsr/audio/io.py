@@ -152,10 +152,41 @@ def _open(path: PathLike | tp.BinaryIO) -> sf.SoundFile:
         _check_readable(tp.cast(PathLike, path))
         source = str(path)
     try:
-        return sf.SoundFile(source, "r")
+        f = sf.SoundFile(source, "r")
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise AudioError(f"{_name(path)}: not a readable audio file "
                          f"({_libsndfile_reason(exc)})") from exc
+    if isinstance(source, str) and f.format == "WAV":
+        short = _wav_missing_bytes(source)
+        if short:
+            f.close()
+            raise AudioError(f"{_name(path)}: truncated (the WAV header announces {short} "
+                             f"more bytes of audio than the file holds)")
+    return f
+
+
+def _wav_missing_bytes(path: str) -> int:
+    """How many bytes of the RIFF ``data`` chunk are missing from the file (0 if complete).
+
+    libsndfile quietly shortens a truncated WAV to what is there; the chunk's declared size
+    (RIFF: little-endian u32 after the ``data`` id) tells. Sizes 0 and 0xFFFFFFFF are the
+    placeholders streaming writers leave, so they say nothing.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        if fh.read(12)[:4] != b"RIFF":
+            return 0
+        pos = 12
+        while pos + 8 <= size:
+            fh.seek(pos)
+            head = fh.read(8)
+            chunk, length = head[:4], int.from_bytes(head[4:], "little")
+            if chunk == b"data":
+                if length in (0, 0xFFFFFFFF):
+                    return 0
+                return max(length - (size - pos - 8), 0)
+            pos += 8 + length + (length & 1)
+    return 0
 
 
 def _header(f: sf.SoundFile, name: str) -> AudioInfo:
