@@ -1,0 +1,152 @@
+"""CPU benchmark of the restorers in their published configurations (random weights).
+
+Per model, for ``--seconds`` of audio (default 10 s) at the model's input rate:
+
+- real-time factor: median wall time of ``--runs`` forward passes / audio duration;
+- peak memory: the resident-set high-water mark added by one cold forward pass, measured in a
+  fresh subprocess (``ru_maxrss`` after minus RSS before);
+- FLOPs per second of audio, counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls
+  and convolutions only; elementwise ops and custom kernels such as the selective scan are not
+  counted, so this is a lower bound);
+- fraction of measured matmul throughput: (counted FLOPs / wall time) / the GFLOP/s of a
+  1024×1024 float32 ``torch.mm`` with the same thread count.
+
+Usage: ``python benchmarks/models_cpu.py [NAME ...] [--seconds 10] [--runs 5] [--threads 2]``.
+Add a model by adding an entry to ``MODELS`` (a function returning the model and its input rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import typing as tp
+
+import torch
+
+# name -> () -> (model in eval mode, input sample rate); published configs, random weights
+MODELS: dict[str, tp.Callable[[], tuple[torch.nn.Module, int]]] = {}
+
+
+def _aeromamba() -> tuple[torch.nn.Module, int]:
+    from upsr.models import build
+
+    model = build("aeromamba")  # the paper: Mamba runs
+    return model.eval(), 11025
+
+
+def _aeromamba_official() -> tuple[torch.nn.Module, int]:
+    from upsr.models import build
+
+    model = build("aeromamba", official_forward=True)  # released code: Mamba skipped
+    return model.eval(), 11025
+
+
+MODELS["aeromamba"] = _aeromamba
+MODELS["aeromamba-official"] = _aeromamba_official
+
+
+def _signal(seconds: float, sr: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return 0.1 * torch.randn(1, int(seconds * sr), generator=g)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_memory_child(name: str, seconds: float, threads: int) -> None:
+    """Run in a fresh process: print the RSS high-water mark one cold forward adds (bytes)."""
+    torch.set_num_threads(threads)
+    model, sr = MODELS[name]()
+    x = _signal(seconds, sr)
+    before = _rss_bytes()
+    with torch.inference_mode():
+        model.restore(x)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    print(json.dumps({"peak_bytes": max(0, peak - before)}))
+
+
+def peak_memory(name: str, seconds: float, threads: int) -> int:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", name,
+                          "--seconds", str(seconds), "--threads", str(threads)],
+                         check=True, capture_output=True, text=True).stdout
+    return int(json.loads(out.strip().splitlines()[-1])["peak_bytes"])
+
+
+def matmul_gflops(runs: int = 5, n: int = 1024) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def count_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model.restore(x)  # type: ignore[operator]
+    return int(counter.get_total_flops())
+
+
+def bench(name: str, seconds: float, runs: int, threads: int, mm_gflops: float) -> dict:
+    model, sr = MODELS[name]()
+    x = _signal(seconds, sr)
+    with torch.inference_mode():
+        model.restore(x)  # type: ignore[operator]  # warm-up
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model.restore(x)  # type: ignore[operator]
+            times.append(time.perf_counter() - t0)
+    wall = statistics.median(times)
+    flops = count_flops(model, x)
+    return {
+        "model": name,
+        "rtf": wall / seconds,
+        "wall_s": wall,
+        "peak_mib": peak_memory(name, seconds, threads) / 2**20,
+        "gflop_per_audio_s": flops / seconds / 1e9,
+        "matmul_fraction": flops / wall / 1e9 / mm_gflops,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", help=f"models (default all: {', '.join(MODELS)})")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.memory_child:
+        _peak_memory_child(args.memory_child, args.seconds, args.threads)
+        return
+    torch.set_num_threads(args.threads)
+    names = args.names or list(MODELS)
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        ap.error(f"unknown model {unknown[0]!r} (known: {', '.join(MODELS)})")
+    mm = matmul_gflops()
+    print(f"threads {args.threads}, {args.seconds:g} s of audio, median of {args.runs}; "
+          f"matmul {mm:.1f} GFLOP/s")
+    print(f"{'model':<20} {'RTF':>8} {'wall s':>8} {'peak MiB':>9} {'GFLOP/s audio':>14} "
+          f"{'of matmul':>10}")
+    for name in names:
+        r = bench(name, args.seconds, args.runs, args.threads, mm)
+        print(f"{r['model']:<20} {r['rtf']:>8.3f} {r['wall_s']:>8.2f} {r['peak_mib']:>9.0f} "
+              f"{r['gflop_per_audio_s']:>14.2f} {r['matmul_fraction']:>10.1%}")
+
+
+if __name__ == "__main__":
+    main()
