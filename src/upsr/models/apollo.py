@@ -1,0 +1,373 @@
+"""Apollo: band-split Roformer + TCN restoration of MP3-compressed music at 44.1 kHz.
+
+Li, Luo et al., "Apollo: Band-sequence modeling for high-quality audio restoration" (ICASSP
+2025); official code ``JusperLee/Apollo`` (``look2hear/models/apollo.py``). The generator
+works on an STFT (20 ms periodic Hann window = n_fft, hop = half a window, centred, reflect
+padding): the ``win/2 + 1`` bins are split into 80 bands (79 of ``win_samples // 160`` bins,
+the rest in the last), each band is divided by its norm and embedded, ``layer`` BSNets
+alternate a Roformer across the bands of each frame with a convolutional block (the "TCN")
+along the frames of each band, and a per-band head predicts the complex spectrum directly (no
+mask), which the inverse STFT turns back into samples of the input's length.
+
+Parameter names equal the official ones, so ``convert_official`` checks keys rather than
+mapping them; the RoPE tables are recomputed here (not stored) and checked against the
+official buffers on import. Channels are processed independently (``channels = "mono"``), as
+the official generator does by folding channels into the batch.
+"""
+
+from __future__ import annotations
+
+import typing as tp
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from upsr.errors import CheckpointError, UsageError
+from upsr.models import register
+from upsr.models.base import Restorer
+from upsr.nn.roformer import RMSNorm, RoformerBlock, rope_tables
+
+N_BANDS = 80  # official: 79 equal bands + 1 band holding the remaining bins
+N_HEADS = 8  # band Roformer heads
+ROPE_POSITIONS = 100  # length of the official RoPE tables (``window=100``)
+TIME_KERNEL = 7  # depthwise time convolution of the TCN blocks
+TIME_BLOCKS = 3  # TCN blocks per BSNet
+
+
+@dataclass(frozen=True)
+class ApolloConfig:
+    """Apollo generator; the defaults are the published ``configs/apollo.yaml``.
+
+    ``sr``: sample rate in Hz; ``win``: STFT window in ms (n_fft = hop·2 = ``sr·win // 1000``
+    samples); ``feature_dim``: channels per band; ``layer``: number of BSNets.
+    """
+
+    sr: int = 44100
+    win: int = 20
+    feature_dim: int = 256
+    layer: int = 6
+
+    def __post_init__(self) -> None:
+        win_samples = self.sr * self.win // 1000
+        if self.sr <= 0 or self.win <= 0:
+            raise ValueError(f"sr and win must be positive, got sr={self.sr}, win={self.win}")
+        if win_samples // 160 < 1 or win_samples // 2 + 1 <= (N_BANDS - 1) * (win_samples // 160):
+            raise ValueError(f"a {self.win} ms window at {self.sr} Hz ({win_samples} samples) "
+                             f"is too short for {N_BANDS} bands")
+        if self.feature_dim <= 0 or self.feature_dim % (2 * N_HEADS):
+            raise ValueError(f"feature_dim must be a positive multiple of {2 * N_HEADS} "
+                             f"(8 heads with an even RoPE size), got {self.feature_dim}")
+        if self.layer < 1:
+            raise ValueError(f"layer must be >= 1, got {self.layer}")
+
+    @property
+    def win_samples(self) -> int:
+        return self.sr * self.win // 1000
+
+    @property
+    def hop(self) -> int:
+        return self.win_samples // 2
+
+    @property
+    def n_bins(self) -> int:
+        return self.win_samples // 2 + 1
+
+    @property
+    def band_widths(self) -> tuple[int, ...]:
+        width = self.win_samples // 160
+        return (width,) * (N_BANDS - 1) + (self.n_bins - width * (N_BANDS - 1),)
+
+
+class TimeConvBlock(nn.Module):
+    """Residual ``x + W2 · SiLU(W1 · RMSNorm(DWConv_k(x)))`` along time (official
+    ``ConvActNorm1d``, non-causal). ``x: [N, C, T] -> [N, C, T]``; ``conv.{0,1,2,4}`` keep the
+    official names (index 3 is the SiLU)."""
+
+    def __init__(self, channels: int, hidden: int, kernel: int = TIME_KERNEL) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv1d(channels, channels, kernel, padding=(kernel - 1) // 2, groups=channels),
+            RMSNorm(channels, dim=1),
+            nn.Conv1d(channels, hidden, 1),
+            nn.SiLU(),
+            nn.Conv1d(hidden, channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x)
+
+
+class TimeConvStack(nn.Module):
+    """The "TCN" of a BSNet (official ``ICB``): three :class:`TimeConvBlock` with 4× hidden."""
+
+    def __init__(self, channels: int, kernel: int = TIME_KERNEL) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*(TimeConvBlock(channels, 4 * channels, kernel)
+                                      for _ in range(TIME_BLOCKS)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+class BSNet(nn.Module):
+    """One band-sequence block: Roformer across bands, then the TCN along frames.
+
+    ``forward(x: [B, K, C, T]) -> [B, K, C, T]`` (K bands, C channels, T frames).
+    """
+
+    def __init__(self, feature_dim: int) -> None:
+        super().__init__()
+        self.band_net = RoformerBlock(feature_dim, num_heads=N_HEADS,
+                                      max_positions=ROPE_POSITIONS, causal=False)
+        self.seq_net = TimeConvStack(feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, k, c, t = x.shape
+        y = self.band_net(x.permute(0, 3, 1, 2).reshape(b * t, k, c))  # [B·T, K, C]
+        y = y.reshape(b, t, k, c).permute(0, 2, 3, 1).reshape(b * k, c, t)
+        return self.seq_net(y).reshape(b, k, c, t)
+
+
+def _band_groups(widths: tp.Sequence[int]) -> list[tuple[int, int, int]]:
+    """Runs of equal-width bands as ``(first band, band count, first bin)``."""
+    groups: list[tuple[int, int, int]] = []
+    band, start = 0, 0
+    while band < len(widths):
+        run = 1
+        while band + run < len(widths) and widths[band + run] == widths[band]:
+            run += 1
+        groups.append((band, run, start))
+        start += widths[band] * run
+        band += run
+    return groups
+
+
+# -- official checkpoints -------------------------------------------------------------------
+_LIGHTNING_MODEL = "audio_model."
+_LIGHTNING_DROP = "discriminator."
+_MODEL_ARGS = ("sr", "win", "feature_dim", "layer")
+# Official ``get_model_args()`` returns only the channel count; it does not shape the model.
+_MODEL_ARGS_IGNORED = ("n_sample_rate",)
+
+
+def _official_state(obj: tp.Any) -> tuple[dict[str, torch.Tensor], dict[str, tp.Any]]:
+    """The bare generator state and the model args of an official container."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"apollo: expected the official checkpoint dict, got "
+                              f"{type(obj).__name__}")
+    if "state_dict" not in obj:
+        raise CheckpointError("apollo: official checkpoint has no 'state_dict' entry")
+    name = obj.get("model_name")
+    if name is not None and name != "Apollo":
+        raise CheckpointError(f"apollo: checkpoint holds model_name {name!r}, not 'Apollo'")
+    raw = obj["state_dict"]
+    if not isinstance(raw, dict):
+        raise CheckpointError("apollo: 'state_dict' is not a dict of tensors")
+    args = obj.get("model_args") or {}
+    if not isinstance(args, dict):
+        raise CheckpointError("apollo: 'model_args' is not a dict")
+    lightning = any(k.startswith(_LIGHTNING_MODEL) for k in raw)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        if lightning:
+            if key.startswith(_LIGHTNING_DROP):
+                continue  # the GAN discriminator is training-only
+            if not key.startswith(_LIGHTNING_MODEL):
+                raise CheckpointError(f"apollo: unexpected key {key!r} in a Lightning "
+                                      f"checkpoint (expected 'audio_model.*' or "
+                                      f"'discriminator.*')")
+            key = key[len(_LIGHTNING_MODEL):]
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"apollo: key {key!r} is not a tensor")
+        state[key] = value
+    return state, args
+
+
+def convert_official(obj: tp.Any) -> tuple[dict[str, tp.Any], dict[str, torch.Tensor]]:
+    """Official Apollo checkpoint -> ``(ApolloConfig overrides, upsr state dict)``.
+
+    Accepts the released ``{model_name, state_dict, model_args, infos}`` dict and Lightning
+    checkpoints (``audio_model.*`` generator keys; ``discriminator.*`` keys are dropped).
+    ``model_args`` keys ``sr``/``win``/``feature_dim``/``layer`` become config fields;
+    ``feature_dim`` and ``layer`` are otherwise read off the weights (the released file's
+    model_args hold only ``n_sample_rate``). The RoPE buffers ``net.{i}.band_net.cos_freq`` /
+    ``sin_freq`` must equal the tables this module computes (they are not stored in upsr
+    checkpoints). Any other key must belong to the model; a missing or unknown key is a
+    :class:`CheckpointError` naming it.
+    """
+    state, args = _official_state(obj)
+    overrides: dict[str, tp.Any] = {}
+    for key, value in args.items():
+        if key in _MODEL_ARGS:
+            overrides[key] = value
+        elif key not in _MODEL_ARGS_IGNORED:
+            raise CheckpointError(f"apollo: unknown model_args entry {key!r} (known: "
+                                  f"{', '.join(_MODEL_ARGS + _MODEL_ARGS_IGNORED)})")
+    if "BN.0.1.weight" not in state:
+        raise CheckpointError("apollo: missing key 'BN.0.1.weight'")
+    inferred = {
+        "feature_dim": int(state["BN.0.1.weight"].shape[0]),
+        "layer": len({k.split(".")[1] for k in state if k.startswith("net.")}),
+    }
+    for key, value in inferred.items():
+        if key in overrides and overrides[key] != value:
+            raise CheckpointError(f"apollo: model_args {key}={overrides[key]!r} disagrees "
+                                  f"with the weights ({value})")
+        overrides[key] = value
+    try:
+        config = ApolloConfig(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"apollo: model_args describe no valid model ({exc})") from None
+    head_dim = config.feature_dim // N_HEADS
+    cos, sin = rope_tables(ROPE_POSITIONS, head_dim)
+    out: dict[str, torch.Tensor] = {}
+    for i in range(config.layer):
+        for buf, ref in (("cos_freq", cos), ("sin_freq", sin)):
+            key = f"net.{i}.band_net.{buf}"
+            if key not in state:
+                raise CheckpointError(f"apollo: missing key {key!r}")
+            got = state[key]
+            if tuple(got.shape) != tuple(ref.shape) or not torch.allclose(
+                    got.float(), ref, rtol=0.0, atol=1e-5):
+                raise CheckpointError(f"apollo: buffer {key!r} differs from the RoPE table "
+                                      f"(theta 10000, {ROPE_POSITIONS} positions, head dim "
+                                      f"{head_dim}); the checkpoint is not a standard Apollo")
+    for key, value in state.items():
+        if key.endswith(("band_net.cos_freq", "band_net.sin_freq")):
+            continue
+        out[key] = value.detach().to(torch.float32)
+    with torch.device("meta"):  # the expected keys and shapes, without allocating weights
+        expected = Apollo(config).state_dict()
+    for key, ref_t in expected.items():
+        if key not in out:
+            raise CheckpointError(f"apollo: missing key {key!r}")
+        if tuple(out[key].shape) != tuple(ref_t.shape):
+            raise CheckpointError(f"apollo: key {key!r} has shape {tuple(out[key].shape)}, "
+                                  f"expected {tuple(ref_t.shape)}")
+    for key in out:
+        if key not in expected:
+            raise CheckpointError(f"apollo: unexpected key {key!r}")
+    return overrides, out
+
+
+@register("apollo", "Apollo (ICASSP 2025)", importer=convert_official)
+class Apollo(Restorer):
+    """Apollo generator: ``restore(x: [B, T]) -> [B, T]`` at ``sr`` (44.1 kHz), any ``T``.
+
+    ``context_s`` is the exact receptive field: an input sample reaches the two frames whose
+    windows cover it, every TCN block spreads a frame by ``(kernel-1)/2`` frames, and each
+    output sample is overlap-added from two frames, so the reach is
+    ``(layer·3·3 + 2) · hop`` samples (0.56 s for the published config).
+    ``frame_hop`` is the STFT hop: chunk boundaries must fall on multiples of it for chunked
+    inference to equal whole-signal inference (the frame grid is anchored at sample 0).
+    """
+
+    config_cls = ApolloConfig
+    channels = "mono"
+    config: ApolloConfig
+    window: torch.Tensor
+
+    def __init__(self, config: ApolloConfig) -> None:
+        super().__init__(config)
+        self.in_rate = self.out_rate = config.sr
+        widths = config.band_widths
+        self.band_widths = widths
+        self.BN = nn.ModuleList(
+            nn.Sequential(RMSNorm(2 * w + 1, dim=1), nn.Conv1d(2 * w + 1, config.feature_dim, 1))
+            for w in widths)
+        self.net = nn.Sequential(*(BSNet(config.feature_dim) for _ in range(config.layer)))
+        self.output = nn.ModuleList(
+            nn.Sequential(RMSNorm(config.feature_dim, dim=1),
+                          nn.Conv1d(config.feature_dim, 4 * w, 1), nn.GLU(dim=1))
+            for w in widths)
+        self.register_buffer("window", torch.hann_window(config.win_samples), persistent=False)
+        self._groups = _band_groups(widths)
+
+    # -- contract ----------------------------------------------------------------------------
+    @property
+    def frame_hop(self) -> int:
+        return self.config.hop
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples each side of an input sample that its change can reach in the output."""
+        frames = self.config.layer * TIME_BLOCKS * (TIME_KERNEL - 1) // 2
+        return (frames + 2) * self.config.hop
+
+    @property
+    def context_s(self) -> float:  # type: ignore[override]
+        return self.receptive_field / self.config.sr
+
+    # -- stages (public so parity tests can compare the official intermediates) --------------
+    def stft(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: [B, T]`` (T > hop) -> complex ``[B, F, frames]``, frames = T // hop + 1."""
+        return torch.stft(x, n_fft=self.config.win_samples, hop_length=self.config.hop,
+                          window=self.window, center=True, pad_mode="reflect",
+                          return_complex=True)
+
+    def features(self, spec: torch.Tensor) -> torch.Tensor:
+        """Band embedding: complex ``[B, F, T]`` -> ``[B, K, C, T]``.
+
+        Per band: bins divided by ``sqrt(Σ|X|² + eps)`` (eps = float32 machine epsilon), then
+        ``[real, imag, log norm]`` -> RMSNorm -> 1×1 conv. Equal-width bands are embedded
+        together with one batched matmul instead of a Python loop over bands.
+        """
+        eps = torch.finfo(torch.float32).eps
+        out = []
+        for first, count, bin0 in self._groups:
+            w = self.band_widths[first]
+            band = spec[:, bin0:bin0 + w * count].unflatten(1, (count, w))  # [B, n, w, T]
+            norm = (band.real.square() + band.imag.square()).sum(2, keepdim=True).add(eps).sqrt()
+            feat = torch.cat([band.real / norm, band.imag / norm, norm.log()], 2)  # [B,n,2w+1,T]
+            mods: tp.Any = self.BN[first:first + count]
+            g = torch.stack([m[0].weight for m in mods])  # [n, 2w+1]
+            wt = torch.stack([m[1].weight.squeeze(-1) for m in mods])  # [n, C, 2w+1]
+            bias = torch.stack([m[1].bias for m in mods])  # [n, C]
+            feat = feat * torch.rsqrt(feat.square().mean(2, keepdim=True) + 1e-5)
+            feat = feat * g[None, :, :, None]
+            out.append(torch.einsum("nci,bnit->bnct", wt, feat) + bias[None, :, :, None])
+        return torch.cat(out, 1)
+
+    def head(self, feature: torch.Tensor) -> torch.Tensor:
+        """Per-band output: ``[B, K, C, T]`` -> complex spectrum ``[B, F, T]``.
+
+        RMSNorm -> 1×1 conv to 4·w -> GLU (first half × sigmoid(second)) -> w real parts then
+        w imaginary parts, used directly as the spectrum.
+        """
+        out = []
+        for first, count, _ in self._groups:
+            w = self.band_widths[first]
+            mods: tp.Any = self.output[first:first + count]
+            g = torch.stack([m[0].weight for m in mods])  # [n, C]
+            wt = torch.stack([m[1].weight.squeeze(-1) for m in mods])  # [n, 4w, C]
+            bias = torch.stack([m[1].bias for m in mods])  # [n, 4w]
+            f = feature[:, first:first + count]
+            f = f * torch.rsqrt(f.square().mean(2, keepdim=True) + 1e-5) * g[None, :, :, None]
+            y = torch.einsum("noc,bnct->bnot", wt, f) + bias[None, :, :, None]
+            y = F.glu(y, dim=2).unflatten(2, (2, w))  # [B, n, 2, w, T]
+            out.append(torch.complex(y[:, :, 0], y[:, :, 1]).flatten(1, 2))
+        return torch.cat(out, 1)
+
+    def istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
+        return torch.istft(spec, n_fft=self.config.win_samples, hop_length=self.config.hop,
+                           window=self.window, center=True, length=length)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x: [B, T]`` float -> ``[B, T]``; inputs of at most ``hop`` samples (too short for
+        the centred reflect-padded STFT) are zero-padded to ``hop + 1`` and cropped back."""
+        if x.dim() != 2:
+            raise UsageError(f"apollo: restore expects [batch, samples], got shape "
+                             f"{tuple(x.shape)}")
+        length = x.shape[-1]
+        if length == 0:
+            return x.clone()
+        if length <= self.config.hop:
+            x = F.pad(x, (0, self.config.hop + 1 - length))
+        spec = self.stft(x)
+        est = self.head(self.net(self.features(spec)))
+        return self.istft(est, x.shape[-1])[:, :length]
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)

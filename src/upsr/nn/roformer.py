@@ -1,0 +1,125 @@
+"""Roformer pieces: RMSNorm, rotary position embedding (RoPE) and a pre-norm transformer block.
+
+RoPE follows Su et al., "RoFormer: Enhanced Transformer with Rotary Position Embedding"
+(arXiv:2104.09864), eq. (34): feature pairs ``(x[2i], x[2i+1])`` (interleaved, not split in
+halves) are rotated by the angle ``pos * theta**(-2i/d)``. RMSNorm is Zhang & Sennrich,
+"Root Mean Square Layer Normalization" (NeurIPS 2019), eq. (4), with a weight and no bias.
+
+The block is the one Apollo (Li et al., ICASSP 2025) uses across frequency bands: its weights
+keep the official 1×1-``Conv1d`` shapes and names (``input_norm``, ``weight`` = fused QKV,
+``output``, ``MLP.0``/``MLP.1``, ``MLP_output``) so official state dicts load unchanged, while
+the forward pass works channel-last with ``F.linear`` and ``F.scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import typing as tp
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """``y = x / sqrt(mean(x**2 over the channel axis) + eps) * weight`` (Zhang & Sennrich 2019).
+
+    ``dim`` is the channel axis: 1 for ``[B, C, T]`` (Apollo's convolutional layout), -1 for
+    channel-last ``[..., C]``. The statistics are computed in float32 whatever the input
+    dtype, then cast back, as Apollo does.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5, dim: int = 1) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.eps = eps
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = (xf * torch.rsqrt(xf.pow(2).mean(self.dim, keepdim=True) + self.eps)).type_as(x)
+        shape = [1] * x.dim()
+        shape[self.dim] = -1
+        return y * self.weight.reshape(shape)
+
+
+def rope_tables(positions: int, dim: int, theta: float = 10000.0,
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine and sine tables ``[positions, dim]`` for interleaved RoPE (RoFormer eq. 34).
+
+    Column ``2i`` and ``2i+1`` both hold the angle ``pos * theta**(-2i/dim)``. The angles are
+    formed in float32 exactly as Apollo forms its ``cos_freq``/``sin_freq`` buffers, so the
+    tables equal the buffers stored in its checkpoints.
+    """
+    if dim % 2:
+        raise ValueError(f"RoPE needs an even feature size, got {dim}")
+    freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))  # [dim/2]
+    angle = torch.arange(positions, dtype=torch.float32).reshape(-1, 1) * freq.reshape(1, -1)
+    cos = torch.repeat_interleave(torch.cos(angle), 2, dim=-1)
+    sin = torch.repeat_interleave(torch.sin(angle), 2, dim=-1)
+    return cos.to(dtype), sin.to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs: ``x: [..., L, D]``, ``cos``/``sin``: ``[L, D]`` -> ``[..., L, D]``.
+
+    ``(a, b) -> (a cos - b sin, b cos + a sin)`` for each pair ``(x[2i], x[2i+1])``.
+    """
+    pairs = x.unflatten(-1, (-1, 2))
+    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    return x * cos + rotated * sin
+
+
+class RoformerBlock(nn.Module):
+    """Pre-RMSNorm self-attention with RoPE plus a doubly-gated SiLU MLP (Apollo's band net).
+
+    ``forward(x: [N, L, C]) -> [N, L, C]``: ``N`` independent sequences of length ``L``
+    (``L <= max_positions``; Apollo: one frame's bands), ``C = dim`` channels.
+
+    - attention: ``y = x + W_o · SDPA(rope(q), rope(k), v)`` with ``q, k, v`` from one fused
+      projection ``weight`` whose output channels are grouped per head as ``[q_h, k_h, v_h]``
+      (head 0 first), default ``1/sqrt(head_dim)`` scaling;
+    - MLP: ``h = SiLU(W_1 · RMSNorm(y))`` (``mlp_ratio·C`` channels), split in halves ``g, z``;
+      ``out = y + W_2 · (SiLU(g) · z)``. SiLU is applied to ``g`` twice, as the official code
+      does (it is part of the published function, not a slip to fix).
+    """
+
+    cos_freq: torch.Tensor
+    sin_freq: torch.Tensor
+
+    def __init__(self, dim: int, num_heads: int = 8, hidden: int | None = None,
+                 theta: float = 10000.0, max_positions: int = 100, causal: bool = False,
+                 mlp_ratio: int = 8) -> None:
+        super().__init__()
+        hidden = dim if hidden is None else hidden
+        if hidden % num_heads:
+            raise ValueError(f"hidden size {hidden} is not divisible by {num_heads} heads")
+        if mlp_ratio % 2:
+            raise ValueError(f"mlp_ratio must be even (gate and value halves), got {mlp_ratio}")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, hidden // num_heads
+        self.theta, self.max_positions, self.causal = theta, max_positions, causal
+        self.input_norm = RMSNorm(dim, dim=-1)
+        self.weight = nn.Conv1d(dim, 3 * hidden, 1, bias=False)
+        self.output = nn.Conv1d(hidden, dim, 1, bias=False)
+        self.MLP = nn.Sequential(RMSNorm(dim, dim=-1),
+                                 nn.Conv1d(dim, dim * mlp_ratio, 1, bias=False), nn.SiLU())
+        self.MLP_output = nn.Conv1d(dim * mlp_ratio // 2, dim, 1, bias=False)
+        # Deterministic from (max_positions, head_dim, theta): not saved in checkpoints.
+        cos, sin = rope_tables(max_positions, self.head_dim, theta)
+        self.register_buffer("cos_freq", cos, persistent=False)
+        self.register_buffer("sin_freq", sin, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, _ = x.shape
+        if length > self.max_positions:
+            raise ValueError(f"sequence of {length} exceeds the RoPE table ({self.max_positions})")
+        qkv = F.linear(self.input_norm(x), self.weight.weight.squeeze(-1))  # [N, L, 3·hidden]
+        qkv = qkv.view(n, length, self.num_heads, 3, self.head_dim).permute(3, 0, 2, 1, 4)
+        cos, sin = self.cos_freq[:length], self.sin_freq[:length]
+        q, k = apply_rope(qkv[0], cos, sin), apply_rope(qkv[1], cos, sin)
+        att = F.scaled_dot_product_attention(q, k, qkv[2].contiguous(), is_causal=self.causal)
+        att = att.transpose(1, 2).reshape(n, length, -1)  # [N, L, hidden], head-major channels
+        y = x + F.linear(att, self.output.weight.squeeze(-1))
+        mlp: tp.Any = self.MLP  # [RMSNorm, 1×1 conv, SiLU]; indexed for its weights
+        h = F.linear(mlp[0](y), mlp[1].weight.squeeze(-1))
+        gate, value = F.silu(h).chunk(2, dim=-1)
+        return y + F.linear(F.silu(gate) * value, self.MLP_output.weight.squeeze(-1))
