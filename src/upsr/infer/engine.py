@@ -140,8 +140,8 @@ def restore_stream(source: Source, model: tp.Any, sink: Callable[[np.ndarray], N
                                    f"{(C, c.hi - c.lo)}")
             if reference is not None:
                 ref = reference.get(c.lo * rr, c.hi * rr)
-                y = lf_replace(y, ref, r.model_out, float(cutoff_hz),  # type: ignore[arg-type]
-                               transition_hz=opts.transition_hz)
+                y = _splice(lf_replace, y, ref, r.model_out, float(cutoff_hz),  # type: ignore
+                            opts.transition_hz)
             kept = y[:, (c.keep_lo - c.lo) * rr:(c.keep_hi - c.lo) * rr]
             emit(ola.add(c, kept), last=c is chunks[-1])
         nxt = chunks[start + per_step].lo if start + per_step < len(chunks) else r.frames_in
@@ -150,6 +150,20 @@ def restore_stream(source: Source, model: tp.Any, sink: Callable[[np.ndarray], N
             reference.release(nxt * r.ratio)
     if not chunks:
         emit(np.zeros((C, 0), np.float32), last=True)
+
+
+def _splice(lf_replace: tp.Callable[..., np.ndarray], y: np.ndarray, ref: np.ndarray, sr: int,
+            cutoff_hz: float, transition_hz: float) -> np.ndarray:
+    """``lf_replace`` on reflect-padded copies: the splice filter then sees a continuous
+    signal at the file edges instead of a cut (which would leak the model's band into the low
+    band there). Inside a file the padding falls in the dropped context margin."""
+    p = min(LF_N_FFT, y.shape[-1] - 1)
+    if p < 1:
+        return lf_replace(y, ref, sr, cutoff_hz, transition_hz=transition_hz)
+    pad = ((0, 0), (p, p))
+    out = lf_replace(np.pad(y, pad, mode="reflect"), np.pad(ref, pad, mode="reflect"), sr,
+                     cutoff_hz, transition_hz=transition_hz)
+    return out[:, p:-p]
 
 
 @dataclass
