@@ -79,6 +79,10 @@ def test_measured_delays_match_known_facts():
     assert codecs.codec_delay("lame", SR, 2, 128, False, False) == (codecs.LAME_DELAY, SR)
     assert codecs.codec_delay("sndfile", SR, 2, 128, False, False) == (0, SR)  # LAME tag trims
     assert codecs.codec_delay("sndfile", SR, 2, 32, False, False) == (1105, SR)  # no tag <64k
+    probe = (0.3 * np.random.default_rng(0).standard_normal((2, SR))).astype(np.float32)
+    assert not codecs.mp3_info(codecs.encode_mp3(probe, SR, 56, backend="sndfile"))["tagged"]
+    assert codecs.mp3_info(codecs.encode_mp3(probe, SR, 64, backend="sndfile"))["tagged"]
+    assert not codecs.mp3_info(codecs.encode_mp3(probe, SR, 128, backend="lame"))["tagged"]
 
 
 def test_raw_decode_is_late_and_long_and_sndfile_aligned(x):

@@ -9,7 +9,8 @@ Two encoders, both LAME underneath:
 - ``"sndfile"`` (libsndfile's MP3 writer): CBR/ABR at the input rate only, bitrate set through
   ``compression_level = (320 - kbps) / 288`` (its linear map onto MPEG-1's 32..320 kbps). It
   writes the LAME tag, so decodes are usually already aligned (measured: from 64 kbps up; at
-  32-56 kbps the tag is missing and the decode is 1105 samples late again).
+  32-56 kbps at 44.1 kHz stereo no tag frame is written, probably because a frame that small
+  cannot hold it, and the decode is 1105 samples late again).
 
 Rather than trust those constants, the delay of each configuration (backend, rates, channels,
 bitrate, mode) is measured once by cross-correlating a broadband noise probe with its decode
