@@ -25,6 +25,19 @@ Verbose = Annotated[
 log = logging.getLogger("upsr")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler bound to the *current* ``sys.stderr`` at each record: tests and
+    callers that swap stderr (pytest's capsys) never leave it writing to a closed stream."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(quiet: bool = False, verbose: int = 0) -> None:
     """Route the ``upsr`` logger to stderr at the level the flags ask for."""
     level = logging.ERROR if quiet else (logging.DEBUG if verbose >= 2 else
@@ -32,7 +45,7 @@ def setup_logging(quiet: bool = False, verbose: int = 0) -> None:
     root = logging.getLogger("upsr")
     root.setLevel(level)
     if not root.handlers:
-        stream = logging.StreamHandler(sys.stderr)
+        stream = _StderrHandler()
         stream.setFormatter(logging.Formatter("upsr: %(message)s"))
         root.addHandler(stream)
     for handler in root.handlers:
