@@ -140,17 +140,27 @@ def lf_replace(output: np.ndarray, reference: np.ndarray, sr: int, cutoff_hz: fl
     diff = ref.astype(np.float64) - out.astype(np.float64)  # [..., T]
     length = diff.shape[-1]
     delay = (taps - 1) // 2
-    full = np.zeros(diff.shape[:-1] + (length + size,))
-    group = 64  # frames transformed together: bounded memory for hour-long inputs
-    starts = range(0, length, hop)
-    for g0 in range(0, len(starts), group):
-        block_starts = starts[g0:g0 + group]
-        frames = np.zeros(diff.shape[:-1] + (len(block_starts), hop))
-        for j, s0 in enumerate(block_starts):
-            seg = diff[..., s0:s0 + hop]
-            frames[..., j, :seg.shape[-1]] = seg
-        filtered = np.fft.irfft(np.fft.rfft(frames, size, axis=-1) * spec_h, size, axis=-1)
-        for j, s0 in enumerate(block_starts):
-            full[..., s0:s0 + size] += filtered[..., j, :]
+    lead = diff.shape[:-1]
+    n_blocks = -(-length // hop)
+    blocks = np.zeros(lead + (n_blocks * hop,))
+    blocks[..., :length] = diff
+    blocks = blocks.reshape(lead + (n_blocks, hop))
+    # Each filtered block spans `size` samples = `spans` hops; output hop-block b collects
+    # part q of filtered block b - q. Blocks go through the FFT a group at a time so memory
+    # stays bounded for hour-long inputs.
+    spans = -(-size // hop)
+    acc = np.zeros(lead + (n_blocks + spans, hop))
+    group = max(1, (1 << 20) // size)
+    for g0 in range(0, n_blocks, group):
+        chunk = blocks[..., g0:g0 + group, :]
+        filtered = np.fft.irfft(np.fft.rfft(chunk, size, axis=-1) * spec_h, size, axis=-1)
+        if spans * hop != size:
+            filtered = np.concatenate(
+                [filtered, np.zeros(filtered.shape[:-1] + (spans * hop - size,))], axis=-1)
+        parts = filtered.reshape(filtered.shape[:-1] + (spans, hop))
+        n = chunk.shape[-2]
+        for q in range(spans):
+            acc[..., g0 + q:g0 + q + n, :] += parts[..., q, :]
+    full = acc.reshape(lead + ((n_blocks + spans) * hop,))
     y = out.astype(np.float64) + full[..., delay:delay + length]
     return y.astype(dtype)
