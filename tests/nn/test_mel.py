@@ -82,6 +82,7 @@ def test_mel_scale_round_trip(f, htk):
         (44100, 2048, 64, 20.0, 20000.0, True, "slaney"),
     ],
 )
+
 def test_filterbank_matches_naive_formula(sr, n_fft, n_mels, fmin, fmax, htk, norm):
     fb = mel_filterbank(sr, n_fft, n_mels, fmin, fmax, htk=htk, norm=norm, dtype=np.float64)
     ref = _naive_filterbank(sr, n_fft, n_mels, fmin, sr / 2 if fmax is None else fmax, htk, norm)
