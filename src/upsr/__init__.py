@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_model": ("upsr.models", "load_model"),
-    "enhance_array": ("upsr.infer.api", "enhance_array"),
+    "enhance_array": ("upsr.infer.engine", "enhance_array"),
     "degrade_array": ("upsr.data.degrade", "degrade_array"),
     "metrics": ("upsr.eval.metrics", None),
     "models": ("upsr.models", None),

@@ -172,18 +172,19 @@ def excerpts(path: str, info: tp.Any) -> np.ndarray:
     return np.concatenate([io.read(path, start=int(s), frames=n).samples for s in starts], -1)
 
 
-def decide(item: Item, info: tp.Any, opts: BatchOptions) -> None:
-    """Fill in cutoff and bitrate; mark full-band files with --bitrate-auto."""
+def decide(item: Item, path: str, info: tp.Any, opts: BatchOptions) -> None:
+    """Fill in cutoff and bitrate of ``path`` (the item's input, or its stdin copy); mark
+    full-band files with --bitrate-auto."""
     from upsr.audio import analysis
 
-    x = excerpts(item.src, info)
+    x = excerpts(path, info)
     if opts.cutoff_hz is not None:
         item.cutoff_hz = float(opts.cutoff_hz)
     else:
         method: tp.Any = opts.cutoff_method
         item.cutoff_hz = float(analysis.effective_cutoff_hz(x, info.sr, method=method))
     if opts.bitrate_auto:
-        est = analysis.estimate_bitrate(item.src, x, info.sr)
+        est = analysis.estimate_bitrate(path, x, info.sr)
         item.bitrate_kbps, item.bitrate_source, item.codec = est.kbps, est.source, est.codec
         limited, _ = analysis.is_band_limited(x, info.sr)
         if not limited and opts.full_band != "process":
@@ -291,7 +292,7 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
                 if info.frames == 0:
                     raise AudioError(f"{item.src}: no audio frames")
                 item.sr_in, item.audio_s = info.sr, info.duration_s
-                decide(item, info, opts)
+                decide(item, src, info, opts)
                 if item.status == "copied":
                     if item.dst == "-":
                         raise UsageError("cannot copy a full-band file to stdout")

@@ -293,10 +293,15 @@ def enhance_array(x: np.ndarray, sr: int, model: tp.Any, cutoff_hz: float | None
     """Restore ``x [C, T]`` (or ``[T]``) at ``sr``; returns ``(y [C, T'], output rate)``.
 
     The same code path as ``upsr enhance`` on a file: chunking, low-band splice, rates.
+    ``model``: a loaded model or a name/path for :func:`upsr.load_model`.
     ``cutoff_hz`` None with ``detect_cutoff`` uses the 0.985 roll-off of ``x``.
     """
     from upsr.infer.stream import ArraySource
 
+    if isinstance(model, str):
+        from upsr.models import load_model
+
+        model = load_model(model)
     opts = options or EnhanceOptions()
     arr = np.asarray(x, dtype=np.float32)
     mono_in = arr.ndim == 1

@@ -15,9 +15,13 @@ In the STFT domain (Hann, ``n_fft`` 2048, hop ``n_fft/4``):
 3. Envelope: the copied magnitudes are scaled by ``(f_k / f_source)^alpha``, where ``alpha``
    is the amplitude slope per log-frequency measured between the two halves of the source band,
    smoothed over ±``smooth_frames`` frames and clamped to [``alpha_min``, ``alpha_max``] (real
-   spectra fall; a rising extrapolation would be harsh). A gain of ``-level_db`` keeps the
-   reconstruction slightly under the natural level, which listeners prefer to over-brightness.
-4. Bins below ``k_c`` are left exactly as they were, so the low band is never touched.
+   spectra fall; a rising extrapolation would be harsh), times an extra fall-off of
+   ``decay_db_per_octave`` with distance above the cutoff (each repeated copy would otherwise
+   restart at the source octave's level). A gain of ``-level_db`` keeps the reconstruction
+   slightly under the natural level, which listeners prefer to over-brightness.
+4. Bins below ``k_c`` are left exactly as they were, so the low band is never touched; nothing
+   is synthesised above ``max_hz`` (22 kHz: inaudible, and a 192 kHz file would otherwise get
+   five octaves of invented treble).
 
 Every step is local in time (a frame's output depends on ±``smooth_frames`` frames), so the
 receptive field is finite and ``context_s`` covers it: chunked output equals whole-file output.
@@ -41,8 +45,10 @@ class SbrConfig:
     alpha_min: float = -2.5
     alpha_max: float = -0.25
     level_db: float = 2.0
+    decay_db_per_octave: float = 3.0  # extra fall-off with distance above the cutoff
     rolloff: float = 0.985
     min_cutoff_hz: float = 1000.0
+    max_hz: float = 22000.0  # nothing is synthesised above this (inaudible, and costly to fake)
     min_out_rate: int = 44100
 
     def __post_init__(self) -> None:
@@ -115,7 +121,9 @@ class Sbr(Restorer):
             k = int(kc[b])
             if k < max(kmin, 8) or k >= F - 2:
                 continue  # nothing to rebuild (silent/odd input, or already full band)
-            Y[b] = self._fill(X[b], k, F)
+            top = min(F, int(c.max_hz * n_fft / sr) + 1)
+            if top > k:
+                Y[b, :top] = self._fill(X[b, :top], k, top)
         y = torch.istft(Y, n_fft, hop, window=window, center=True, length=T)
         return y
 
@@ -142,7 +150,9 @@ class Sbr(Restorer):
             ((half + kc) / 2.0) / ((lo + half) / 2.0))
         alpha = alpha.clamp(c.alpha_min, c.alpha_max)  # [frames]
         ratio = torch.log(k.to(power.dtype) / src.to(power.dtype))  # [frames, K]
-        gain = torch.exp(ratio * alpha[:, None]) * 10 ** (-c.level_db / 20)
+        beta = c.decay_db_per_octave / (20 * math.log10(2))
+        decay = torch.exp(-beta * torch.log(k.to(power.dtype) / kc))  # [1, K]
+        gain = torch.exp(ratio * alpha[:, None]) * decay * 10 ** (-c.level_db / 20)
         Yt = Xt.clone()
         Yt[:, kc:] = torch.gather(Xt, 1, src) * gain.to(X.real.dtype)
         return Yt.T

@@ -1,0 +1,205 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from upsr.audio import synth
+from upsr.eval.metrics import lsd_lf
+
+
+def _write(path: Path, x: np.ndarray, sr: int, subtype="PCM_16", **tags):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sf.SoundFile(str(path), "w", sr, x.shape[0], subtype=subtype) as f:
+        for k, v in tags.items():
+            setattr(f, k, v)
+        f.write(x.T)
+
+
+def _lr(seconds, sr, channels, cutoff, seed=0):
+    return synth.brickwall(synth.music_like(seconds, sr, channels=channels, seed=seed), sr,
+                           cutoff)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    src = tmp_path / "in"
+    _write(src / "a.wav", _lr(1.0, 44100, 1, 5000), 44100, "PCM_16", title="Song A",
+           artist="Band")
+    _write(src / "sub" / "b.flac", _lr(1.2, 48000, 2, 8000, 1), 48000, "PCM_24")
+    _write(src / "sub" / "deeper" / "c.wav", _lr(0.7, 22050, 2, 4000, 2), 22050, "FLOAT")
+    (src / "notes.txt").write_text("not audio, and not named like audio")
+    return src
+
+
+def test_tree_is_mirrored_with_format_depth_channels_and_tags(run_cli, tree, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = run_cli("enhance", tree, "-o", out, "--report", tmp_path / "r.json")
+    assert code == 0, err
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == ["a.wav", "sub/b.flac", "sub/deeper/c.wav"]
+    a, b, c = (sf.info(str(out / f)) for f in files)
+    assert (a.channels, a.subtype, a.samplerate, a.frames) == (1, "PCM_16", 44100, 44100)
+    assert (b.channels, b.subtype, b.format, b.samplerate) == (2, "PCM_24", "FLAC", 48000)
+    assert (c.channels, c.subtype, c.samplerate) == (2, "FLOAT", 44100)  # sbr lifts to 44.1k
+    assert c.frames == round(0.7 * 22050 * 44100 / 22050)
+    with sf.SoundFile(str(out / "a.wav")) as f:
+        assert f.title == "Song A" and f.artist == "Band"
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert {r["status"] for r in rep["files"]} == {"done"}
+    assert all(r["cutoff_hz"] for r in rep["files"])
+    assert not list(out.rglob(".upsr-tmp-*"))
+
+
+def test_low_band_is_kept(run_cli, tmp_path):
+    x = _lr(2.0, 44100, 1, 6000, 3)
+    _write(tmp_path / "x.wav", x, 44100, "FLOAT")
+    code, _, err = run_cli("enhance", tmp_path / "x.wav", "-o", tmp_path / "o")
+    assert code == 0, err
+    y, _ = sf.read(str(tmp_path / "o" / "x.wav"), always_2d=True)
+    assert lsd_lf(x[0], y[:, 0].astype(np.float32), 44100, 5000) < 0.01
+    assert np.abs(np.fft.rfft(y[:, 0])[int(8000 * 2.0):]).sum() > 0  # something above 6 kHz
+
+
+def test_library_equals_cli(run_cli, tmp_path):
+    import upsr
+
+    x = _lr(1.5, 44100, 2, 7000, 4)
+    _write(tmp_path / "x.wav", x, 44100, "FLOAT")
+    assert run_cli("enhance", tmp_path / "x.wav", "-o", tmp_path / "o")[0] == 0
+    y_cli, _ = sf.read(str(tmp_path / "o" / "x.wav"), always_2d=True, dtype="float32")
+    y_lib, sr = upsr.enhance_array(x, 44100, upsr.load_model("sbr"))
+    assert sr == 44100
+    np.testing.assert_allclose(y_cli.T, y_lib, atol=1e-6)
+
+
+def test_resume_skip_and_overwrite(run_cli, tree, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli("enhance", tree, "-o", out)[0] == 0
+    target = out / "a.wav"
+    before = target.stat().st_mtime_ns
+    code, _, err = run_cli("enhance", tree, "-o", out)
+    assert code == 0 and "3 exists" in err and target.stat().st_mtime_ns == before
+    code, _, err = run_cli("enhance", tree, "-o", out, "--overwrite")
+    assert code == 0 and "3 done" in err and target.stat().st_mtime_ns != before
+
+
+def test_interrupt_leaves_no_partial_files_and_rerun_completes(run_cli, tmp_path, monkeypatch):
+    from upsr.infer import engine
+
+    src = tmp_path / "in"
+    for i, seconds in enumerate([0.3, 1.0, 1.0]):
+        _write(src / f"f{i}.wav", _lr(seconds, 44100, 1, 5000, i), 44100)
+    real = engine.Runner.__call__
+    calls = {"n": 0}
+
+    def flaky(self, rows, cutoffs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # round 1: one chunk of each file (f0 done); round 2: f1, f2
+            raise KeyboardInterrupt
+        return real(self, rows, cutoffs)
+
+    monkeypatch.setattr(engine.Runner, "__call__", flaky)
+    code, _, _ = run_cli("enhance", src, "-o", tmp_path / "out", "--batch-size", "1",
+                         "--chunk-s", "0.3", "--overlap-s", "0.05")
+    assert code == 130
+    out = tmp_path / "out"
+    assert not list(out.rglob(".upsr-tmp-*"))
+    finished = sorted(p.name for p in out.glob("*.wav"))
+    assert finished == ["f0.wav"]
+    assert sf.info(str(out / "f0.wav")).frames == round(0.3 * 44100)
+    monkeypatch.setattr(engine.Runner, "__call__", real)
+    code, _, err = run_cli("enhance", src, "-o", out)
+    assert code == 0 and "1 exists" in err and "2 done" in err
+    assert sorted(p.name for p in out.glob("*.wav")) == ["f0.wav", "f1.wav", "f2.wav"]
+
+
+def test_bad_inputs_fail_one_line_each_others_done(run_cli, tmp_path):
+    src = tmp_path / "in"
+    _write(src / "good.wav", _lr(0.5, 44100, 1, 5000), 44100)
+    (src / "empty.wav").write_bytes(b"")
+    (src / "text.wav").write_text("hello, I am not a WAV file\n" * 20)
+    _write(src / "trunc.flac", _lr(2.0, 44100, 1, 5000), 44100)
+    data = (src / "trunc.flac").read_bytes()
+    (src / "trunc.flac").write_bytes(data[: len(data) // 2])
+    nan = _lr(0.5, 44100, 1, 5000)
+    nan[0, 1000] = np.nan
+    _write(src / "nan.wav", nan, 44100, "FLOAT")
+    inf = _lr(0.5, 44100, 1, 5000)
+    inf[0, 10] = np.inf
+    _write(src / "inf.wav", inf, 44100, "FLOAT")
+    code, _, err = run_cli("enhance", src, "-o", tmp_path / "out")
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("upsr: error:")]
+    assert len(lines) == 5
+    for name in ("empty.wav", "text.wav", "trunc.flac", "nan.wav", "inf.wav"):
+        assert sum(name in ln for ln in lines) == 1
+    assert "Traceback" not in err
+    written = sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert written == ["good.wav"]
+
+
+def test_unwritable_output_is_a_setup_error(run_cli, tmp_path):
+    _write(tmp_path / "x.wav", _lr(0.3, 44100, 1, 5000), 44100)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    code, _, err = run_cli("enhance", tmp_path / "x.wav", "-o", blocker / "out")
+    assert code == 1 and "not writable" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("sr,channels", [(8000, 1), (192000, 2), (44100, 6)])
+def test_rates_and_channel_counts(run_cli, tmp_path, sr, channels):
+    x = 0.5 * _lr(0.4, sr, channels, min(3000, sr / 2 * 0.7))
+    _write(tmp_path / "x.wav", x, sr, "PCM_24")
+    code, _, err = run_cli("enhance", tmp_path / "x.wav", "-o", tmp_path / "o")
+    assert code == 0, err
+    info = sf.info(str(tmp_path / "o" / "x.wav"))
+    out_sr = max(sr, 44100)
+    assert (info.channels, info.samplerate, info.subtype) == (channels, out_sr, "PCM_24")
+    assert info.frames == round(x.shape[1] * out_sr / sr)
+
+
+def test_bitrate_auto_full_band_copy_and_skip(run_cli, tmp_path):
+    full = synth.tilted_noise(1.0, 44100, channels=2, seed=9)
+    _write(tmp_path / "in" / "full.wav", full, 44100)
+    _write(tmp_path / "in" / "lim.wav", _lr(1.0, 44100, 2, 6000), 44100)
+    code, _, err = run_cli("enhance", tmp_path / "in", "-o", tmp_path / "o", "--bitrate-auto",
+                           "--report", tmp_path / "r.json")
+    assert code == 0, err
+    assert (tmp_path / "o" / "full.wav").read_bytes() == (tmp_path / "in" / "full.wav"
+                                                           ).read_bytes()
+    rep = {Path(r["src"]).name: r for r in json.loads((tmp_path / "r.json").read_text())["files"]}
+    assert rep["full.wav"]["status"] == "copied" and rep["lim.wav"]["status"] == "done"
+    assert rep["lim.wav"]["bitrate_source"] in ("cutoff", "none")
+    code, _, _ = run_cli("enhance", tmp_path / "in", "-o", tmp_path / "o2", "--bitrate-auto",
+                         "--full-band", "skip")
+    assert code == 0 and not (tmp_path / "o2" / "full.wav").exists()
+
+
+def test_dry_run_writes_nothing(run_cli, tree, tmp_path):
+    code, out, _ = run_cli("enhance", tree, "-o", tmp_path / "out", "--dry-run")
+    assert code == 0 and out.count("->") == 3 and not (tmp_path / "out").exists()
+
+
+def test_usage_errors(run_cli, tmp_path):
+    assert run_cli("enhance", tmp_path / "missing.wav")[0] == 1
+    code, _, err = run_cli("enhance", tmp_path, "--model", "nosuch")
+    assert code == 1 and "unknown model" in err
+    _write(tmp_path / "x.wav", _lr(0.3, 44100, 1, 5000), 44100)
+    code, _, err = run_cli("enhance", tmp_path / "x.wav", "-o", "-")
+    assert code == 1 and "--format" in err
+
+
+def test_stdin_to_stdout(tmp_path):
+    x = _lr(0.5, 44100, 2, 6000)
+    _write(tmp_path / "x.flac", x, 44100, "PCM_24")
+    res = subprocess.run([sys.executable, "-m", "upsr", "enhance", "-", "-o", "-", "--format",
+                          "wav", "-q"], stdin=open(tmp_path / "x.flac", "rb"),
+                         capture_output=True, check=False)
+    assert res.returncode == 0, res.stderr.decode()
+    (tmp_path / "y.wav").write_bytes(res.stdout)
+    info = sf.info(str(tmp_path / "y.wav"))
+    assert (info.channels, info.samplerate, info.frames) == (2, 44100, x.shape[1])
