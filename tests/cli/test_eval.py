@@ -1,5 +1,7 @@
 import csv
 import json
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -96,16 +98,38 @@ def test_eval_usage_errors(run_cli, trees, tmp_path):
     assert code == 1 and "unknown --lsd" in err
 
 
-def test_eval_optional_metric_without_package_is_one_line(run_cli, trees):
-    try:
-        import pesq  # noqa: F401
-        pytest.skip("pesq is installed here")
-    except ImportError:
-        pass
+def test_eval_optional_metric_without_package_is_one_line(run_cli, trees, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pesq", None)  # import pesq -> ImportError
     ref, est, _ = trees
     code, out, err = run_cli("eval", ref, est, "--pesq")
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and "pip install 'upsr[metrics]'" in err
+
+
+def test_eval_optional_metric_plumbing(run_cli, trees, tmp_path, monkeypatch):
+    """A stand-in pystoi module: scores reach the CSV, one value per channel is averaged,
+    and a failure inside the package fails that file only (exit 2, one line)."""
+    calls = []
+
+    def fake_stoi(ref, est, fs, extended=False):
+        calls.append((ref.shape, fs, extended))
+        if fs != 16000:
+            raise ValueError("boom\nsecond line")
+        return 0.5 + 0.1 * len(calls)
+
+    monkeypatch.setitem(sys.modules, "pystoi", types.SimpleNamespace(stoi=fake_stoi))
+    ref, est, _ = trees
+    code, _, err = run_cli("eval", ref, est, "--stoi", "--csv", tmp_path / "s.csv")
+    assert code == 0, err
+    rows = {r["file"]: r for r in csv.DictReader(open(tmp_path / "s.csv"))}
+    assert float(rows["a/x"]["stoi"]) == pytest.approx((0.6 + 0.7) / 2)  # 2 channels
+    assert float(rows["y"]["stoi"]) == pytest.approx(0.8)
+    assert [c[1:] for c in calls] == [(16000, False)] * 3
+    sf.write(ref / "w_only_est.wav", np.zeros((8000, 1)), 8000)
+    code, _, err = run_cli("eval", ref, est, "--estoi")
+    assert code == 2
+    assert [line for line in err.splitlines() if "error" in line] == [
+        "upsr: error: w_only_est: estoi failed: ValueError: boom"]
 
 
 def test_eval_two_files(run_cli, trees):

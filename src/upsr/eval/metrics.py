@@ -185,6 +185,22 @@ def stoi(ref: np.ndarray, est: np.ndarray, sr: int, extended: bool = False) -> f
     return float(np.mean([pystoi.stoi(rc, ec, sr, extended=extended) for rc, ec in zip(r, e)]))
 
 
+_VISQOL_APIS: dict[str, object] = {}
+
+
+def _visqol_api(mode: str):
+    """One initialised ``VisqolApi`` per mode (loading its SVR model takes a while)."""
+    if mode not in _VISQOL_APIS:
+        visqol_mod = _need("visqol", "ViSQOL", "visqol-python")
+        api = visqol_mod.VisqolApi()
+        try:
+            api.create(mode=mode)
+        except ImportError as exc:  # e.g. libsvm-official missing for the audio-mode model
+            raise UsageError(f"ViSQOL cannot start: {str(exc).splitlines()[0]}") from None
+        _VISQOL_APIS[mode] = api
+    return _VISQOL_APIS[mode]
+
+
 def visqol(ref: np.ndarray, est: np.ndarray, sr: int, mode: str = "audio") -> float:
     """ViSQOL v3 MOS-LQO (Chinen et al. 2020) via the pure-Python ``visqol-python`` package.
 
@@ -192,7 +208,6 @@ def visqol(ref: np.ndarray, est: np.ndarray, sr: int, mode: str = "audio") -> fl
     ViSQOL down-mixes channels itself, so the mono mean of each signal is scored. The package
     measures files, so both go through temporary float WAVs.
     """
-    visqol_mod = _need("visqol", "ViSQOL", "visqol-python")
     import tempfile
     from pathlib import Path
 
@@ -206,8 +221,7 @@ def visqol(ref: np.ndarray, est: np.ndarray, sr: int, mode: str = "audio") -> fl
     r, e = _pair(ref, est)
     r = resample(r.mean(axis=0), sr, rate)
     e = resample(e.mean(axis=0), sr, rate)
-    api = visqol_mod.VisqolApi()
-    api.create(mode=mode)
+    api = _visqol_api(mode)
     with tempfile.TemporaryDirectory(prefix="upsr-visqol-") as tmp:
         ref_path, est_path = Path(tmp) / "ref.wav", Path(tmp) / "est.wav"
         sf.write(ref_path, r, rate, subtype="FLOAT")
@@ -226,3 +240,5 @@ def require(name: str) -> None:
         raise UsageError(f"unknown metric {name!r}; optional metrics are "
                          f"{', '.join(_EXTRA_MODULES)}")
     _need(*_EXTRA_MODULES[name])
+    if name == "visqol":
+        _visqol_api("audio")

@@ -134,14 +134,20 @@ def score_arrays(ref: np.ndarray, est: np.ndarray, sr: int, cutoff_hz: float | N
     out["snr"] = m.snr(ref, est)
     out["sdr"] = m.sdr(ref, est)
     for name in extras:
-        if name == "pesq":
-            out["pesq"] = m.pesq_wb(ref, est, sr)
-        elif name in ("stoi", "estoi"):
-            out[name] = m.stoi(ref, est, sr, extended=name == "estoi")
-        elif name == "visqol":
-            out["visqol"] = m.visqol(ref, est, sr)
-        else:
+        if name not in EXTRAS:
             raise UsageError(f"unknown metric {name!r}; extras are {', '.join(EXTRAS)}")
+        try:
+            if name == "pesq":
+                out["pesq"] = m.pesq_wb(ref, est, sr)
+            elif name in ("stoi", "estoi"):
+                out[name] = m.stoi(ref, est, sr, extended=name == "estoi")
+            else:
+                out["visqol"] = m.visqol(ref, est, sr)
+        except UsageError:
+            raise
+        except Exception as exc:  # third-party metric code: e.g. PESQ finds no utterance
+            raise AudioError(f"{name} failed: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
     return out
 
 
