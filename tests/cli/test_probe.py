@@ -1,4 +1,5 @@
 import json
+import types
 
 import numpy as np
 import pytest
@@ -93,3 +94,18 @@ def test_short_and_long_files(run_cli, tmp_path):
     assert lg["peak_dbfs"] == pytest.approx(20 * np.log10(0.9), abs=1e-4)  # exact peak
     code, out, _ = run_cli("probe", tmp_path / "short.wav")
     assert code == 0 and "n/a" in out
+
+
+def test_probe_stdin(run_cli, tree, monkeypatch):
+    import io
+    import sys
+
+    data = (tree / "sub" / "cut8k.flac").read_bytes()
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(data)))
+    code, out, err = run_cli("probe", "--json", "-")
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert row["path"] == "-" and row["format"] == "FLAC" and row["band_limited"] is True
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(b"junk")))
+    code, out, err = run_cli("probe", "-")
+    assert code == 2 and err.startswith("upsr: error: <stdin>: ") and err.count("\n") == 1

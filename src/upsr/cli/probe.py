@@ -51,8 +51,36 @@ def source_text(row: dict[str, Any]) -> str:
     return "-"
 
 
+def _probe_stdin() -> dict[str, Any]:
+    """Probe audio piped on stdin: spooled to a temporary file, since the analysis reads the
+    header, excerpts and blocks separately (and mutagen needs a file)."""
+    import os
+    import sys
+    import tempfile
+
+    from upsr.audio.analysis import probe_file
+    from upsr.errors import AudioError
+
+    data = sys.stdin.buffer.read()
+    if not data:
+        raise AudioError("<stdin>: empty input (0 bytes)")
+    fd, name = tempfile.mkstemp(prefix="upsr-probe-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        try:
+            row = probe_file(name)
+        except AudioError as exc:
+            raise AudioError(str(exc).replace(name, "<stdin>")) from None
+    finally:
+        os.unlink(name)
+    row["path"] = "-"
+    return row
+
+
 def probe(
-    paths: Annotated[list[Path], typer.Argument(help="Audio files or folders (recursive).")],
+    paths: Annotated[list[Path], typer.Argument(
+        help="Audio files or folders (recursive); '-' reads stdin.")],
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout instead of a table.")
                        ] = False,
     quiet: _common.Quiet = False,
@@ -73,7 +101,7 @@ def probe(
             if not found:
                 _common.log.warning("%s: no audio files", p)
             files.extend(found)
-        elif p.exists():
+        elif p.exists() or str(p) == "-":
             files.append(p)
         else:
             _common.file_error(p, "no such file or directory")
@@ -81,10 +109,10 @@ def probe(
     rows = []
     for f in files:
         try:
-            rows.append(probe_file(f))
+            rows.append(_probe_stdin() if str(f) == "-" else probe_file(f))
         except UpsrError as exc:
             msg = str(exc)
-            if msg.startswith(str(f)):
+            if msg.startswith((str(f), "<stdin>")):
                 _common.error(msg)
             else:
                 _common.file_error(f, msg)
