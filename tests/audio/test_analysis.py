@@ -169,3 +169,18 @@ def test_estimate_bitrate_from_container_and_lossless(tmp_path):
     est = estimate_bitrate(None, cut, sr)  # no LAME setting cuts at 6 kHz at 44.1 kHz stereo
     assert (est.source, est.codec, est.kbps) == ("cutoff", None, None)
     assert abs(est.cutoff_hz / 6000 - 1) < 0.02
+
+
+def test_float32_input_is_analysed_in_float64():
+    x = np.random.default_rng(7).standard_normal((2, 20000))
+    a = analysis.spectrum_sum(x.astype(np.float32), 2048, 512, power=True)
+    b = analysis.spectrum_sum(x.astype(np.float32).astype(np.float64), 2048, 512, power=True)
+    assert a.dtype == np.float64 and np.allclose(a, b, rtol=1e-12, atol=0)
+
+
+def test_estimate_bitrate_reuses_a_given_band():
+    est = estimate_bitrate(None, None, 44100, band=(True, 16817.0))
+    assert (est.source, est.codec, est.kbps, est.candidates) == ("cutoff", "MP3", 128.0, (128,))
+    est = estimate_bitrate(None, None, 44100, band=(True, 19565.0))
+    assert est.candidates == (224, 256)  # indistinguishable low-passes: both reported
+    assert estimate_bitrate(None, None, 44100, band=(False, 22050.0)).source == "none"

@@ -72,11 +72,13 @@ COMPRESSED_SUBTYPES = {"MPEG_LAYER_I": "MP1", "MPEG_LAYER_II": "MP2", "MPEG_LAYE
 
 
 def _segments(x: Signal) -> list[np.ndarray]:
-    """Excerpts as float64 ``[C, T]`` arrays (a single array is one excerpt)."""
+    """Excerpts as floating ``[C, T]`` arrays (a single array is one excerpt)."""
     parts = [x] if isinstance(x, np.ndarray) else list(x)
     if not parts:
         raise UsageError("no audio to analyse")
-    return [np.atleast_2d(np.asarray(p, dtype=np.float64)) for p in parts]
+    # float32 stays float32 (no whole-file float64 copy); frames are promoted group by group
+    return [np.atleast_2d(p if isinstance(p, np.ndarray) and p.dtype.kind == "f"
+                          else np.asarray(p, dtype=np.float64)) for p in parts]
 
 
 def spectrum_sum(x: Signal, n_fft: int, hop: int, power: bool,
@@ -113,7 +115,7 @@ def spectrum_sum(x: Signal, n_fft: int, hop: int, power: bool,
         group = max(1, (1 << 22) // size)  # ~32 MB of complex frames per step
         for ch in range(frames.shape[0]):
             for g in range(0, frames.shape[1], group):
-                mag = np.abs(np.fft.rfft(frames[ch, g:g + group] * win, axis=-1))
+                mag = np.abs(np.fft.rfft(frames[ch, g:g + group] * win, axis=-1))  # float64
                 part += (mag * mag if power else mag).sum(axis=0)
         if size != n_fft:  # coarser grid: spread onto the n_fft bins, keeping the total
             grid = np.linspace(0.0, 1.0, n_fft // 2 + 1)
@@ -256,12 +258,14 @@ def _container_bitrate(path: str, codec: str, duration_s: float) -> tuple[float 
 
 
 def estimate_bitrate(path_or_info: Any = None, x: Signal | None = None,
-                     sr: int | None = None) -> BitrateEstimate:
+                     sr: int | None = None,
+                     band: tuple[bool, float] | None = None) -> BitrateEstimate:
     """Estimate the source bitrate/codec of one file.
 
     path_or_info: a path, an ``upsr.audio.io.AudioInfo`` (anything with ``path``, ``format``,
     ``subtype``, ``sr``, ``channels``, ``frames``) or None. x: the audio (or excerpts) at
-    ``sr`` for the spectral estimate.
+    ``sr`` for the spectral estimate; ``band``: :func:`is_band_limited` of that audio when
+    already computed, so that it is not analysed twice.
     Rule: a compressed container (MP3, Ogg Vorbis/Opus) gives the codec and its bitrate from
     the header; otherwise, if the band edge is below full band (:func:`is_band_limited`), the
     LAME table gives the bitrate whose low-pass matches the edge (codec "MP3"; no match: a
@@ -272,15 +276,17 @@ def estimate_bitrate(path_or_info: Any = None, x: Signal | None = None,
         from upsr.audio import io
 
         info = io.info(os.fspath(path_or_info))
-    if x is not None and sr is None:
+    if sr is None:
         sr = getattr(info, "sr", None)
-        if sr is None:
-            raise UsageError("estimate_bitrate: sr is required with x")
+    if (x is not None or band is not None) and sr is None:
+        raise UsageError("estimate_bitrate: sr is required with audio")
     channels = (_segments(x)[0].shape[0] if x is not None else getattr(info, "channels", 2))
 
     edge = float("nan")
     limited = False
-    if x is not None and sr is not None:
+    if band is not None:
+        limited, edge = band
+    elif x is not None and sr is not None:
         limited, edge = is_band_limited(x, sr)
 
     codec = None
@@ -298,7 +304,7 @@ def estimate_bitrate(path_or_info: Any = None, x: Signal | None = None,
                 edge = float(min(rows, key=lambda r: abs(r[2] - kbps))[4])
         return BitrateEstimate(kbps=kbps, codec=codec, source="container", cutoff_hz=edge,
                                mode=mode)
-    if x is None or sr is None:
+    if (x is None and band is None) or sr is None:
         return BitrateEstimate(kbps=None, codec=None, source="none", cutoff_hz=edge)
     if not limited:
         return BitrateEstimate(kbps=None, codec=None, source="none", cutoff_hz=edge)
@@ -378,7 +384,7 @@ def probe_file(path: str | os.PathLike) -> dict[str, Any]:
             peak = max(peak, float(np.max(np.abs(block))))
     sr = info.sr
     limited, edge = is_band_limited(segments, sr)
-    estimate = estimate_bitrate(info, segments, sr)
+    estimate = estimate_bitrate(info, segments, sr, band=(limited, edge))
     return {
         "path": str(info.path), "format": info.format, "subtype": info.subtype, "sr": sr,
         "channels": info.channels, "frames": info.frames, "duration_s": info.duration_s,
