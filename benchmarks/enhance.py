@@ -1,0 +1,99 @@
+"""Benchmark ``upsr enhance``: real-time factor and peak RSS of the whole CLI on long files.
+
+    python benchmarks/enhance.py                     # 1 h stereo 44.1 kHz with sbr
+    python benchmarks/enhance.py --minutes 10 --models apollo,wave-u-mamba,aeromamba
+
+Each run is a fresh ``upsr enhance`` process (so peak RSS is the tool's own, imports included),
+timed end to end; neural models use random weights saved to a temporary checkpoint. The input
+is band-limited music-like audio written block-wise (the generator never holds the hour).
+Prints a table: model, audio minutes, wall seconds (median of --repeat runs), x real time,
+real-time factor, peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+
+def make_input(path: Path, minutes: float, sr: int = 44100, cutoff: float = 11000.0) -> None:
+    from upsr.audio import synth
+
+    block = synth.brickwall(synth.music_like(10.0, sr, channels=2, seed=1), sr, cutoff)
+    total = int(minutes * 60 * sr)
+    with sf.SoundFile(str(path), "w", sr, 2, subtype="PCM_16") as f:
+        done = 0
+        rng = np.random.default_rng(0)
+        while done < total:
+            n = min(block.shape[1], total - done)
+            f.write((block[:, :n] * rng.uniform(0.6, 1.0)).T)
+            done += n
+
+
+def run_once(args: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) of one CLI process."""
+    code = ("import resource, sys; from upsr.cli.main import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "    sys.stderr.write(f'\\nPEAK_RSS_KB {rss}\\n'); raise\n")
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"enhance failed:\n{res.stderr}")
+    rss_kb = int(res.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
+    return wall, rss_kb / 1024.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--minutes", type=float, default=60.0)
+    ap.add_argument("--models", default="sbr")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--chunk-s", default="10")
+    a = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="upsr-bench-") as tmp:
+        src = Path(tmp) / "in" / "long.wav"
+        src.parent.mkdir()
+        make_input(src, a.minutes)
+        for name in a.models.split(","):
+            model = name
+            if name != "sbr":
+                import torch
+
+                from upsr import checkpoint, models
+
+                torch.manual_seed(0)
+                model = str(Path(tmp) / f"{name}.safetensors")
+                checkpoint.save(model, models.build(name))
+            walls, rss = [], []
+            for i in range(a.repeat):
+                out = Path(tmp) / f"out-{name}-{i}"
+                w, r = run_once(["enhance", str(src), "-o", str(out), "-q", "--model", model,
+                                 "--device", "cpu", "--chunk-s", a.chunk_s])
+                walls.append(w)
+                rss.append(r)
+            wall = statistics.median(walls)
+            audio_s = a.minutes * 60
+            rows.append((name, a.minutes, wall, audio_s / wall, wall / audio_s, max(rss)))
+    print(f"\nupsr enhance, {a.minutes:g} min stereo 44.1 kHz, {os.cpu_count()} CPUs, "
+          f"torch threads {a.threads}, median of {a.repeat}")
+    print(f"{'model':<14}{'minutes':>8}{'wall s':>10}{'x real':>9}{'RTF':>8}{'peak RSS MiB':>14}")
+    for name, minutes, wall, speed, rtf, rss in rows:
+        print(f"{name:<14}{minutes:>8g}{wall:>10.1f}{speed:>9.2f}{rtf:>8.3f}{rss:>14.0f}")
+
+
+if __name__ == "__main__":
+    main()
