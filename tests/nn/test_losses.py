@@ -233,3 +233,17 @@ def test_gan_losses_give_generator_gradients_through_a_discriminator():
         fake_feats, real_feats) + feature_matching_relative(fake_feats, real_feats)
     g_loss.backward()
     assert torch.isfinite(generated.grad).all() and generated.grad.abs().sum() > 0
+
+
+def test_half_precision_inputs_are_computed_in_float32():
+    # A bf16-autocast generator hands bf16 audio to the losses; the STFT needs float32.
+    torch.manual_seed(2)
+    ref = torch.randn(1, 4096)
+    est = ref + 0.2 * torch.randn(1, 4096)
+    e16, r16 = est.bfloat16(), ref.bfloat16()
+    stft = STFTLoss(512, 128, 512)
+    mel = MelL1Loss(16000, 512, 128, n_mels=20)
+    for fn in (stft, mel, freq_mae):
+        got = fn(e16, r16)
+        assert got.dtype == torch.float32
+        assert float(got) == pytest.approx(float(fn(e16.float(), r16.float())), rel=1e-6)

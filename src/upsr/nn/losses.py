@@ -23,6 +23,11 @@ Tensors = tp.Sequence[torch.Tensor]
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
+    """``[..., T]`` → ``[N, T]``, promoted to float32 when half precision: the STFT has no
+    float16/bfloat16 kernels on every device, and losses of bf16-autocast generators are
+    better computed in float32 anyway."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
     return x.reshape(-1, x.shape[-1])
 
 
@@ -244,9 +249,9 @@ def freq_mae(est: torch.Tensor, ref: torch.Tensor,
     """
     _check_pair(est, ref, "freq_mae")
     e, r = _flat(est), _flat(ref)
-    total = est.new_zeros(())
+    total = e.new_zeros(())
     for win in windows:
-        window = torch.hann_window(win, device=est.device, dtype=est.dtype)
+        window = torch.hann_window(win, device=e.device, dtype=e.dtype)
         s_e = torch.stft(e, win, win // 2, window=window, center=True, pad_mode="reflect",
                          return_complex=True).abs()
         s_r = torch.stft(r, win, win // 2, window=window, center=True, pad_mode="reflect",

@@ -133,6 +133,8 @@ class MelSpectrogram(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()  # no half-precision STFT kernels on every device
         spec = torch.stft(
             x.reshape(-1, x.shape[-1]),
             self.n_fft,
