@@ -4,6 +4,16 @@ Spectral reconstruction losses take ``est`` (generator output) and ``ref`` (clea
 waveforms of the same shape ``[B, T]`` or ``[B, C, T]`` (channels are folded into the batch)
 and return a scalar. Adversarial and feature-matching losses take the ``(logits, features)``
 lists that every discriminator in :mod:`upsr.nn.discriminators` returns.
+
+How the official recipes combine them (``d_fake`` = logits/features of the generated batch):
+
+- AEROMamba: G = ``aeromamba_stft_loss()`` + ``hinge_g_loss`` + 100 · (4 / (n_layers + 1)) /
+  num_D · ``feature_matching_l1`` (MelGAN MSD); D = ``hinge_d_loss``.
+- Apollo: G = ``freq_mae`` + ``lsgan_g_loss(reduction="mean")`` +
+  ``feature_matching_relative``; D = ``lsgan_d_loss(reduction="mean")``.
+- Wave-U-Mamba: G = ``lsgan_g_loss`` (MPD) + ``lsgan_g_loss`` (MSD) + 45 ·
+  ``wave_u_mamba_mel_loss()`` + 10 · ``wave_u_mamba_stft_loss()``; D = ``lsgan_d_loss`` (MPD)
+  + ``lsgan_d_loss`` (MSD). (Its feature matching is defined but commented out upstream.)
 """
 
 from __future__ import annotations
