@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import typing as tp
 
 import pytest
 import torch
@@ -59,7 +60,7 @@ def test_matches_official_fixture() -> None:
                 if k.startswith("state.")}
     assert len(official) == len(json.loads(meta["state_keys"]))
     overrides, state = convert_official({"generator": official})
-    model = build("wave-u-mamba", **overrides).eval()
+    model: tp.Any = build("wave-u-mamba", **overrides).eval()
     checkpoint.load_state_strict(model, state, "fixture")
     assert sum(p.numel() for p in model.parameters()) == int(meta["param_count"])
 
@@ -97,12 +98,12 @@ def test_weight_norm_conversion_matches_old_style() -> None:
     """The official layers use ``torch.nn.utils.weight_norm`` (g over dim 0, which is
     in_channels for ConvTranspose1d); the converted parametrization gives the same weight."""
     torch.manual_seed(1)
-    old_up = torch.nn.utils.weight_norm(torch.nn.ConvTranspose1d(16, 8, 4, 2, padding=1))
-    old_conv = torch.nn.utils.weight_norm(torch.nn.Conv1d(8, 8, 3, padding=1))
+    old_up: tp.Any = torch.nn.utils.weight_norm(torch.nn.ConvTranspose1d(16, 8, 4, 2, padding=1))
+    old_conv: tp.Any = torch.nn.utils.weight_norm(torch.nn.Conv1d(8, 8, 3, padding=1))
     with torch.no_grad():
         for layer in (old_up, old_conv):
             layer.weight_g.mul_(torch.rand_like(layer.weight_g) + 0.5)
-    model = small_model()
+    model: tp.Any = small_model()
     official = to_official(model)
     for key, layer in (("module.ups.0", old_up), ("module.resblocks.0.convs1.0", old_conv)):
         for leaf in ("weight_g", "weight_v", "bias"):
