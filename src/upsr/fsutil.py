@@ -11,6 +11,39 @@ from pathlib import Path
 TMP_PREFIX = ".upsr-tmp-"
 
 
+def tmp_prefix() -> str:
+    """Prefix for this process's temporary files: ``.upsr-tmp-<pid>-``. The pid lets a later
+    run tell the leftovers of a killed process (``kill -9``, power loss) from live files."""
+    return f"{TMP_PREFIX}{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files in ``folder`` left by upsr processes that no longer run."""
+    removed: list[Path] = []
+    d = Path(folder)
+    if not d.is_dir():
+        return removed
+    for f in d.iterdir():
+        if not f.name.startswith(TMP_PREFIX) or not f.is_file():
+            continue
+        pid_text = f.name[len(TMP_PREFIX):].split("-", 1)[0]
+        if pid_text.isdigit() and int(pid_text) != os.getpid() and not _alive(int(pid_text)):
+            with contextlib.suppress(OSError):
+                f.unlink()
+                removed.append(f)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> tp.Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
@@ -21,7 +54,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> tp.I
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix if suffix is not None
+    fd, tmp_name = tempfile.mkstemp(prefix=tmp_prefix(), suffix=suffix if suffix is not None
                                     else target.suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)

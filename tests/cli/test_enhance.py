@@ -203,3 +203,61 @@ def test_stdin_to_stdout(tmp_path):
     (tmp_path / "y.wav").write_bytes(res.stdout)
     info = sf.info(str(tmp_path / "y.wav"))
     assert (info.channels, info.samplerate, info.frames) == (2, 44100, x.shape[1])
+
+
+def test_kill_9_leftovers_are_cleaned_and_rerun_completes(tmp_path):
+    import os
+    import signal
+    import time
+
+    src = tmp_path / "in"
+    for i in range(2):
+        _write(src / f"f{i}.wav", _lr(3.0, 44100, 2, 5000, i), 44100)
+    out = tmp_path / "out"
+    out.mkdir()
+    # a temporary file of a process that no longer exists (as kill -9 leaves behind)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / f".upsr-tmp-{dead.pid}-abcd.wav"
+    stale.write_bytes(b"partial")
+    proc = subprocess.Popen([sys.executable, "-m", "upsr", "enhance", str(src), "-o", str(out),
+                             "-q", "--chunk-s", "0.5"], stderr=subprocess.PIPE)
+    time.sleep(0.5)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if list(out.glob(f".upsr-tmp-{proc.pid}-*")):
+            break
+        time.sleep(0.05)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = [p for p in out.glob("*.wav") if not p.name.startswith(".")]
+    for p in finished:  # whatever was renamed into place is complete
+        assert sf.info(str(p)).frames == 3 * 44100
+    res = subprocess.run([sys.executable, "-m", "upsr", "enhance", str(src), "-o", str(out), "-q"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["f0.wav", "f1.wav"]
+    for p in out.iterdir():
+        assert sf.info(str(p)).frames == 3 * 44100
+
+
+def test_bitrate_auto_picks_the_nearest_variant(run_cli, tmp_path, monkeypatch):
+    from upsr import checkpoint, models
+
+    mdir = tmp_path / "models"
+    for cutoff in (4000, 11000):
+        m = models.build("sbr", level_db=float(cutoff) / 1000)
+        checkpoint.save(mdir / f"sbr-{cutoff // 1000}k.safetensors", m,
+                        variant={"cutoff_hz": cutoff})
+    monkeypatch.setenv("UPSR_MODEL_DIR", str(mdir))
+    _write(tmp_path / "in" / "x.wav", synth.brickwall(
+        synth.tilted_noise(1.0, 44100, channels=1, seed=2), 44100, 4200), 44100)
+    code, _, err = run_cli("enhance", tmp_path / "in", "-o", tmp_path / "o", "--bitrate-auto",
+                           "--report", tmp_path / "r.json")
+    assert code == 0, err
+    rec = json.loads((tmp_path / "r.json").read_text())["files"][0]
+    assert Path(rec["model"]).name == "sbr-4k.safetensors"
+    code, out, _ = run_cli("models", "list", "--json")
+    names = {r["name"] for r in json.loads(out)}
+    assert {"sbr-4k", "sbr-11k", "apollo", "sbr"} <= names

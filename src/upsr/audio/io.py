@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 
 from upsr.errors import AudioError, UsageError
-from upsr.fsutil import TMP_PREFIX, atomic_path
+from upsr.fsutil import atomic_path, tmp_prefix
 
 log = logging.getLogger("upsr.audio.io")
 
@@ -473,7 +473,7 @@ class BlockWriter:
     def __enter__(self) -> BlockWriter:
         if self._spool_needed:
             where = Path(self.path).parent if self.path != "-" else None
-            fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".w64", dir=where)
+            fd, name = tempfile.mkstemp(prefix=tmp_prefix(), suffix=".w64", dir=where)
             os.close(fd)
             self._spool = Path(name)
             self._file = sf.SoundFile(name, "w", self.sr, self.channels, format="W64",

@@ -279,6 +279,10 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
         if on_item:
             on_item(item)
 
+    from upsr.fsutil import remove_stale
+
+    for folder in sorted({str(Path(it.dst).parent) for it in items if it.dst != "-"}):
+        remove_stale(folder)  # leftovers of a killed earlier run
     with tempfile.TemporaryDirectory(prefix="upsr-") as tmp:
         jobs_by_model: dict[str, list[Job]] = {}
         for item in items:
