@@ -73,14 +73,14 @@ def test_rejects_wrong_channel_count(name):
         make()(torch.zeros(1, channels + 1, 512))
 
 
-def test_full_size_defaults_run_on_a_short_input():
+def test_full_size_apollo_discriminator_on_a_short_input():
+    # (The other defaults are large; their structure is checked by the counts and layout tests.)
     torch.manual_seed(1)
-    for disc, channels in [(MelGANMultiScaleDiscriminator(), 1),
-                           (MultiFrequencyDiscriminator(), 2)]:
-        with torch.no_grad():
-            logits, feats = disc(torch.randn(1, channels, 2048))
-        assert all(torch.isfinite(lg).all() for lg in logits)
-    # Apollo, 32-sample window: 17 bins × 129 frames, three stride-2 convs → 3 × 17 logits.
+    disc = MultiFrequencyDiscriminator()
+    with torch.no_grad():
+        logits, feats = disc(torch.randn(1, 2, 2048))
+    assert len(logits) == 7 and all(torch.isfinite(lg).all() for lg in logits)
+    # 32-sample window: 17 bins × 129 frames, three stride-2 convs → 3 × 17 logits.
     assert logits[0].shape == (1, 1, 3, 17)
     assert [f.shape[1] for f in feats[0]] == [8, 16, 32, 64, 128, 256]
 
