@@ -5,15 +5,11 @@ Weight and spectral norm use ``torch.nn.utils.parametrizations`` (the old hook-b
 form, whose state-dict keys differ; :func:`legacy_norm_keys_to_parametrized` and
 :func:`parametrized_norm_keys_to_legacy` translate between the two exactly:
 
-===========================  =============================================
-old hook form                ``torch.nn.utils.parametrizations`` form
-===========================  =============================================
-``<m>.weight_g``  (weight norm)    ``<m>.parametrizations.weight.original0``
-``<m>.weight_v``  (weight norm)    ``<m>.parametrizations.weight.original1``
-``<m>.weight_orig`` (spectral)     ``<m>.parametrizations.weight.original``
-``<m>.weight_u``  (spectral)       ``<m>.parametrizations.weight.0._u``
-``<m>.weight_v``  (spectral)       ``<m>.parametrizations.weight.0._v``
-===========================  =============================================
+- weight norm: ``<m>.weight_g`` ↔ ``<m>.parametrizations.weight.original0`` and
+  ``<m>.weight_v`` ↔ ``<m>.parametrizations.weight.original1``;
+- spectral norm: ``<m>.weight_orig`` ↔ ``<m>.parametrizations.weight.original``,
+  ``<m>.weight_u`` ↔ ``<m>.parametrizations.weight.0._u`` and
+  ``<m>.weight_v`` ↔ ``<m>.parametrizations.weight.0._v``.
 
 ``weight_v`` means different things in the two old norms; a module is taken to be spectral-
 normed when its ``weight_orig`` key is present.
@@ -87,7 +83,12 @@ def weight_norm(module: M, name: str = "weight", dim: int = 0) -> M:
 def spectral_norm(module: M, name: str = "weight", n_power_iterations: int = 1,
                   eps: float = 1e-12) -> M:
     """Spectral normalisation ``w / σ(w)`` with σ from power iteration (Miyato et al., ICLR
-    2018, eq. 8) as a parametrization; the same defaults as the old ``nn.utils.spectral_norm``."""
+    2018, eq. 8) as a parametrization; the same defaults as the old ``nn.utils.spectral_norm``.
+
+    With the same stored ``u``, ``v`` the two give identical weights in eval mode; in training
+    mode torch's parametrization updates ``u`` before ``v`` where the old hook updated ``v``
+    first, so σ estimates differ slightly (≈1e-3 relative) for the first steps after loading
+    an old-style state, then converge to the same value."""
     return tp.cast(M, parametrizations.spectral_norm(
         module, name=name, n_power_iterations=n_power_iterations, eps=eps))
 
