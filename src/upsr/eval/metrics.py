@@ -129,17 +129,20 @@ def sdr(ref: np.ndarray, est: np.ndarray, filter_len: int = 512) -> float:
     ``SDR = 10 log10(|s_target|^2 / |est - s_target|^2)``; mean over channels.
     Filtering the reference (an EQ, a delay shorter than ``filter_len``) is not penalised.
     """
+    from scipy import fft as sfft
     from scipy.linalg import solve_toeplitz
+    from scipy.signal import fftconvolve
 
     r, e = _pair(ref, est)
     n = r.shape[-1]
     taps = max(1, min(filter_len, n))
-    size = 1 << (2 * n - 1).bit_length()
+    # lags 0 .. taps-1 only: a circular correlation of n + taps - 1 points never wraps there
+    size = 1 << (n + taps - 2).bit_length()
     vals = []
     for rc, ec in zip(r, e):
-        rf = np.fft.rfft(rc, size)
-        auto = np.fft.irfft(rf * np.conj(rf), size)[:taps]  # R[k] = sum_t r[t] r[t+k]
-        cross = np.fft.irfft(np.conj(rf) * np.fft.rfft(ec, size), size)[:taps]  # sum r[t] e[t+k]
+        rf = sfft.rfft(rc, size)
+        auto = sfft.irfft(rf * np.conj(rf), size)[:taps]  # R[k] = sum_t r[t] r[t+k]
+        cross = sfft.irfft(np.conj(rf) * sfft.rfft(ec, size), size)[:taps]  # sum r[t] e[t+k]
         if auto[0] == 0.0:
             vals.append(MAX_DB if float(ec @ ec) == 0.0 else -MAX_DB)
             continue
@@ -148,7 +151,7 @@ def sdr(ref: np.ndarray, est: np.ndarray, filter_len: int = 512) -> float:
         auto = auto.copy()
         auto[0] *= 1.0 + 1e-10
         coef = solve_toeplitz(auto, cross)
-        target = np.convolve(rc, coef)  # full length n + taps - 1, as BSS Eval
+        target = fftconvolve(rc, coef)  # full length n + taps - 1, as BSS Eval
         noise = np.concatenate([ec, np.zeros(taps - 1)]) - target
         vals.append(_db(float(target @ target), float(noise @ noise)))
     return float(np.mean(vals))
