@@ -134,8 +134,11 @@ def test_resume_redoes_only_missing_pairs(tree, tmp_path, run_cli):
     (out / "hr" / "a_0001.wav").unlink()
     with open(out / "manifest.jsonl", "a") as fh:
         fh.write('{"hr": "hr/zz')
+    # ... and so are the temporary files of a killed run (pid 99999999 does not exist)
+    stale = out / "lr" / "sub" / ".upsr-tmp-99999999-abc.wav"
+    stale.write_bytes(b"partial")
     assert run_cli(*args)[0] == 0
-    assert snapshot(out) == first
+    assert snapshot(out) == first and not stale.exists()
 
 
 def test_segments_hr_rate_mono_flac_and_resample(tree, tmp_path, run_cli):

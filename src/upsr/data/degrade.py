@@ -31,7 +31,7 @@ import numpy as np
 
 from upsr.data.spec import DegradeSpec, parse_spec
 from upsr.errors import UpsrError, UsageError
-from upsr.fsutil import TMP_PREFIX, atomic_path, atomic_write_text
+from upsr.fsutil import TMP_PREFIX, atomic_path, atomic_write_text, remove_stale
 
 log = logging.getLogger("upsr.data.degrade")
 
@@ -456,6 +456,8 @@ def degrade_tree(src_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
         return result
 
     out.mkdir(parents=True, exist_ok=True)
+    for folder, _, _ in os.walk(out):  # temporary files of a killed earlier run
+        remove_stale(folder)
     manifest = out / MANIFEST
     if manifest.is_file():  # drop stale or half-written lines before appending
         _write_manifest_sorted(out, done)
