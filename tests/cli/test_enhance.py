@@ -261,3 +261,18 @@ def test_bitrate_auto_picks_the_nearest_variant(run_cli, tmp_path, monkeypatch):
     code, out, _ = run_cli("models", "list", "--json")
     names = {r["name"] for r in json.loads(out)}
     assert {"sbr-4k", "sbr-11k", "apollo", "sbr"} <= names
+
+
+def test_bitrate_auto_sees_the_band_limit_of_long_files(run_cli, tmp_path, monkeypatch):
+    from upsr.infer import batch
+
+    monkeypatch.setattr(batch, "EXCERPTS", 4)
+    monkeypatch.setattr(batch, "EXCERPT_S", 0.25)  # 2 s file > 4 x 0.25 s: excerpts are used
+    x = synth.brickwall(synth.music_like(2.0, 44100, channels=2, seed=6), 44100, 16000)
+    _write(tmp_path / "in" / "x.wav", x, 44100)
+    code, _, err = run_cli("enhance", tmp_path / "in", "-o", tmp_path / "o", "--bitrate-auto",
+                           "--report", tmp_path / "r.json")
+    assert code == 0, err
+    rec = json.loads((tmp_path / "r.json").read_text())["files"][0]
+    assert rec["status"] == "done"  # not mistaken for full band
+    assert 15000 < rec["cutoff_hz"] <= 16100

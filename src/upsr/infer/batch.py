@@ -160,16 +160,17 @@ def check_writable(out: str) -> None:
 # ------------------------------------------------------------------------------------ deciding
 
 
-def excerpts(path: str, info: tp.Any) -> np.ndarray:
-    """Up to EXCERPTS evenly spread excerpts of EXCERPT_S seconds (the whole file if short),
-    concatenated ``[C, n]``: enough for a spectrum, bounded for hour-long files."""
+def excerpts(path: str, info: tp.Any) -> list[np.ndarray]:
+    """Up to EXCERPTS evenly spread excerpts ``[C, n]`` of EXCERPT_S seconds (the whole file if
+    short): enough for a spectrum, bounded for hour-long files. Kept apart, not concatenated:
+    the steps at the joins would fill the top of the spectrum and hide a band limit."""
     from upsr.audio import io
 
     n = int(EXCERPT_S * info.sr)
     if info.frames <= EXCERPTS * n:
-        return io.read(path).samples
+        return [io.read(path).samples]
     starts = np.linspace(0, info.frames - n, EXCERPTS).astype(int)
-    return np.concatenate([io.read(path, start=int(s), frames=n).samples for s in starts], -1)
+    return [io.read(path, start=int(s), frames=n).samples for s in starts]
 
 
 def decide(item: Item, path: str, info: tp.Any, opts: BatchOptions) -> None:
@@ -184,9 +185,10 @@ def decide(item: Item, path: str, info: tp.Any, opts: BatchOptions) -> None:
         method: tp.Any = opts.cutoff_method
         item.cutoff_hz = float(analysis.effective_cutoff_hz(x, info.sr, method=method))
     if opts.bitrate_auto:
-        est = analysis.estimate_bitrate(path, x, info.sr)
+        band = analysis.is_band_limited(x, info.sr)
+        est = analysis.estimate_bitrate(path, x, info.sr, band=band)
         item.bitrate_kbps, item.bitrate_source, item.codec = est.kbps, est.source, est.codec
-        limited, _ = analysis.is_band_limited(x, info.sr)
+        limited = band[0]
         if not limited and opts.full_band != "process":
             item.status = "skipped-full-band" if opts.full_band == "skip" else "copied"
 

@@ -294,7 +294,8 @@ def enhance_array(x: np.ndarray, sr: int, model: tp.Any, cutoff_hz: float | None
 
     The same code path as ``upsr enhance`` on a file: chunking, low-band splice, rates.
     ``model``: a loaded model or a name/path for :func:`upsr.load_model`.
-    ``cutoff_hz`` None with ``detect_cutoff`` uses the 0.985 roll-off of ``x``.
+    ``cutoff_hz`` None with ``detect_cutoff`` uses the 0.985 roll-off of ``x`` (Nyquist when
+    none is found, as AudioSR).
     """
     from upsr.infer.stream import ArraySource
 
@@ -310,7 +311,7 @@ def enhance_array(x: np.ndarray, sr: int, model: tp.Any, cutoff_hz: float | None
     if cutoff_hz is None and detect_cutoff and arr.shape[-1]:
         from upsr.audio import analysis
 
-        cutoff_hz = analysis.rolloff_hz(arr, sr)
+        cutoff_hz = analysis.effective_cutoff_hz(arr, sr)  # silence: Nyquist, no splice
     r = plan_rates(model, sr, arr.shape[-1], opts.out_sr)
     pieces: list[np.ndarray] = []
     job = Job("array", restore_stream(ArraySource(arr, sr), model, pieces.append, cutoff_hz,
