@@ -97,14 +97,17 @@ def scan_ref(
     bsz, di, length = u.shape
     Bc = per_channel(B4, di)
     Cc = per_channel(C4, di)
+    # unbind (not indexing) per step: its backward stacks the step gradients instead of
+    # scattering each into a full-size zero tensor, which would make backward O(L²).
+    us, ds = u.unbind(-1), delta.unbind(-1)
+    bs = Bc.unbind(-1) if Bc.shape[-1] > 1 else (Bc[..., 0],) * length
+    cs = Cc.unbind(-1) if Cc.shape[-1] > 1 else (Cc[..., 0],) * length
     h = u.new_zeros(bsz, di, A.shape[1])
     ys = []
     for t in range(length):
-        dt = delta[:, :, t, None]
-        bt = Bc[..., t if Bc.shape[-1] > 1 else 0]
-        ct = Cc[..., t if Cc.shape[-1] > 1 else 0]
-        h = torch.exp(dt * A) * h + dt * bt * u[:, :, t, None]
-        ys.append((h * ct).sum(-1))
+        dt = ds[t][..., None]
+        h = torch.exp(dt * A) * h + dt * bs[t] * us[t][..., None]
+        ys.append((h * cs[t]).sum(-1))
     y = torch.stack(ys, dim=-1) if ys else u.new_zeros(bsz, di, 0)
     return y, h
 

@@ -1,0 +1,302 @@
+"""CPU kernels for the selective-scan recurrence (numba), forward and backward.
+
+The recurrence of :mod:`upsr.nn.scan` (Gu & Dao 2023, Algorithm 2), for one (batch, channel)::
+
+    h_l = a_l ⊙ h_{l-1} + Δ_l·u_l·B_l,   a_l = exp(Δ_l·A) ∈ (0, 1]^N,   y_l = ⟨h_l, C_l⟩
+
+is run directly, one step after the other, in the input precision. That is stable for any Δ:
+every factor ``a_l`` is at most 1, so nothing overflows (a log-space cumulative sum would, once
+``Σ Δ·|A|`` over a chunk passes ~88 in float32). Parallelism is over (batch, channel) pairs.
+
+Backward is the adjoint recurrence run in reverse time (λ_l = g_l·C_l + a_{l+1} ⊙ λ_{l+1})::
+
+    ∂u_l = Δ_l ⟨λ_l, B_l⟩            ∂Δ_l = ⟨λ_l, B_l·u_l + A ⊙ a_l ⊙ h_{l-1}⟩
+    ∂A  += Δ_l λ_l ⊙ a_l ⊙ h_{l-1}   ∂B_l += Δ_l u_l λ_l            ∂C_l += g_l h_l
+
+It needs ``h_{l-1}`` in reverse order. Running the recurrence backwards divides by ``a_l``,
+which blows up, so the forward pass stores the state at the start of every ``CHUNK`` steps
+(``[Bsz, Di, ceil(L/CHUNK), N]``) and the backward recomputes each chunk's states from its
+checkpoint. ``B``/``C`` are shared by many channels, so each worker accumulates their gradients
+in its own slice ``[worker, ...]``; the slices are summed afterwards, in a fixed order, which
+also makes the result deterministic for a given thread count.
+
+Array layouts (all C-contiguous): ``u, delta: [Bsz, Di, L]``; ``A: [Di, N]``;
+``Bt, Ct: [Bb, G, Lb, N]`` (time last-but-one so the inner loop over N is contiguous; ``Bb`` is
+1 or Bsz, ``Lb`` is 1 or L, ``G`` divides Di).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numba
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic, overload
+
+CHUNK = 64  # steps between stored states: memory B·Di·N·L/CHUNK, recompute one forward
+
+# Only these fast-math flags: reassociation lets LLVM vectorise the sum over states, contraction
+# allows FMA. No 'nnan'/'ninf': NaN and inf inputs must still propagate as in the reference.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+
+def _njit(**kw: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit(cache=True, **kw)``, falling back to no cache where none can be written.
+
+    numba refuses ``cache=True`` at decoration time when it finds no writable cache location
+    (read-only install, no home directory); compiling on first use still works then.
+    """
+
+    def deco(fn: Callable[..., Any]) -> Any:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", numba.NumbaWarning)
+                return numba.njit(cache=True, **kw)(fn)
+        except RuntimeError:
+            return numba.njit(cache=False, **kw)(fn)
+
+    return deco
+
+
+@intrinsic
+def _bits_as_f32(typingctx: Any, bits: Any) -> Any:
+    """Reinterpret the low 32 bits of an integer as float32 (an LLVM bitcast: it vectorises)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        low = args[0]
+        if bits.bitwidth > 32:  # type: ignore[attr-defined]
+            low = builder.trunc(low, ir.IntType(32))
+        return builder.bitcast(low, ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+def exp_ad(x):  # type: ignore[no-untyped-def]  # numba matches this signature exactly
+    """``exp(x)`` for the discretisation ``exp(Δ·A)``: float32 gets a vectorisable version."""
+    return math.exp(x)
+
+
+@_njit(fastmath=FASTMATH)
+def _expf(x):  # pragma: no cover - compiled
+    """float32 exp that LLVM can vectorise (libm's expf is an opaque call; numba has no SVML).
+
+    Cody–Waite reduction ``x = k·ln2 + r`` with ``|r| ≤ ln2/2`` (ln2 split in a hi part exact in
+    float32 and a lo correction), a degree-6 Taylor polynomial for ``exp(r)`` (truncation
+    < 1.2e-7 relative), and ``2**k`` built from its exponent bits. Below -87.3 the result is 0
+    (libm gives a denormal < 1.2e-38 there), above log(FLT_MAX) inf (between 88.37 and 88.72
+    it saturates near 2.4e38); NaN stays NaN. Max relative error ≈ 2 ulp.
+    """
+    f = np.float32
+    xc = min(max(x, f(-87.3)), f(88.37))  # 2**k stays a normal float32
+    k = np.floor(xc * f(1.4426950408889634) + f(0.5))
+    r = xc - k * f(0.693145751953125) - k * f(1.428606765330187e-06)
+    p = f(1.0 / 720.0)
+    p = p * r + f(1.0 / 120.0)
+    p = p * r + f(1.0 / 24.0)
+    p = p * r + f(1.0 / 6.0)
+    p = p * r + f(0.5)
+    p = p * r + f(1.0)
+    p = p * r + f(1.0)
+    scale = _bits_as_f32((np.int32(k) + 127) << 23)
+    out = p * scale
+    if x < f(-87.3):
+        out = f(0.0)
+    if x > f(88.72):  # log(FLT_MAX)
+        out = f(np.inf)
+    if x != x:
+        out = x
+    return out
+
+
+@overload(exp_ad, jit_options={"fastmath": FASTMATH})
+def _exp_ad_overload(x):  # type: ignore[no-untyped-def]
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x: _expf(x)
+    return lambda x: math.exp(x)
+
+
+@_njit(parallel=True, nogil=True, fastmath=FASTMATH)
+def _forward(u, delta, A, Bt, Ct, y, last, ckpt, save):  # pragma: no cover - compiled
+    bsz, di, length = u.shape
+    n_state = A.shape[1]
+    gb = di // Bt.shape[1]
+    gc = di // Ct.shape[1]
+    for i in prange(bsz * di):
+        b = i // di
+        d = i % di
+        bb = b if Bt.shape[0] > 1 else 0
+        bc = b if Ct.shape[0] > 1 else 0
+        tb = Bt.shape[2] > 1
+        tc = Ct.shape[2] > 1
+        a = A[d]
+        h = np.zeros(n_state, dtype=u.dtype)
+        for t in range(length):
+            if save and t % CHUNK == 0:
+                ckpt[b, d, t // CHUNK, :] = h
+            dt = delta[b, d, t]
+            du = dt * u[b, d, t]
+            brow = Bt[bb, d // gb, t if tb else 0]
+            crow = Ct[bc, d // gc, t if tc else 0]
+            acc = u.dtype.type(0.0)
+            for n in range(n_state):
+                hn = exp_ad(dt * a[n]) * h[n] + du * brow[n]
+                h[n] = hn
+                acc += hn * crow[n]
+            y[b, d, t] = acc
+        last[b, d, :] = h
+
+
+@_njit(parallel=True, nogil=True, fastmath=FASTMATH)
+def _backward(u, delta, A, Bt, Ct, gy, glast, ckpt,
+              du_out, ddelta, dA_part, dB_part, dC_part):  # pragma: no cover - compiled
+    bsz, di, length = u.shape
+    n_state = A.shape[1]
+    n_work = dA_part.shape[0]
+    gb = di // Bt.shape[1]
+    gc = di // Ct.shape[1]
+    n_chunks = (length + CHUNK - 1) // CHUNK
+    for w in prange(n_work):
+        hbuf = np.empty((CHUNK + 1, n_state), dtype=u.dtype)  # h_{t0-1} .. h_{t1-1}
+        ebuf = np.empty((CHUNK, n_state), dtype=u.dtype)  # a_t = exp(Δ_t·A)
+        eh = np.empty(n_state, dtype=u.dtype)
+        lam = np.empty(n_state, dtype=u.dtype)
+        dA_c = np.empty(n_state, dtype=u.dtype)
+        dA_loc = np.empty(n_state, dtype=np.float64)
+        for i in range(w, bsz * di, n_work):
+            b = i // di
+            d = i % di
+            bb = b if Bt.shape[0] > 1 else 0
+            bc = b if Ct.shape[0] > 1 else 0
+            tb = Bt.shape[2] > 1
+            tc = Ct.shape[2] > 1
+            a = A[d]
+            lam[:] = glast[b, d, :]
+            dA_loc[:] = 0.0
+            for c in range(n_chunks - 1, -1, -1):
+                t0 = c * CHUNK
+                t1 = min(length, t0 + CHUNK)
+                hbuf[0, :] = ckpt[b, d, c, :]
+                for t in range(t0, t1):  # recompute h_{t0} .. h_{t1-1}
+                    dt = delta[b, d, t]
+                    dtu = dt * u[b, d, t]
+                    brow = Bt[bb, d // gb, t if tb else 0]
+                    k = t - t0
+                    hprev = hbuf[k]
+                    hnext = hbuf[k + 1]
+                    erow = ebuf[k]
+                    for n in range(n_state):
+                        erow[n] = exp_ad(dt * a[n])
+                    for n in range(n_state):
+                        hnext[n] = erow[n] * hprev[n] + dtu * brow[n]
+                dA_c[:] = 0.0
+                # The loops below are split so that each touches few arrays: LLVM vectorises a
+                # loop over n only when it can rule out aliasing between all of them.
+                for t in range(t1 - 1, t0 - 1, -1):
+                    k = t - t0
+                    dt = delta[b, d, t]
+                    ut = u[b, d, t]
+                    g = gy[b, d, t]
+                    lb = t if tb else 0
+                    lc = t if tc else 0
+                    brow = Bt[bb, d // gb, lb]
+                    crow = Ct[bc, d // gc, lc]
+                    dbrow = dB_part[w, bb, d // gb, lb]
+                    dcrow = dC_part[w, bc, d // gc, lc]
+                    hprev = hbuf[k]
+                    hcur = hbuf[k + 1]
+                    erow = ebuf[k]
+                    for n in range(n_state):
+                        lam[n] += g * crow[n]  # λ_t = g_t C_t + a_{t+1} ⊙ λ_{t+1}
+                    for n in range(n_state):
+                        dcrow[n] += g * hcur[n]
+                    dtu = dt * ut
+                    for n in range(n_state):
+                        dbrow[n] += lam[n] * dtu
+                    for n in range(n_state):
+                        eh[n] = erow[n] * hprev[n]  # a_t ⊙ h_{t-1}
+                    s_u = u.dtype.type(0.0)
+                    s_d = u.dtype.type(0.0)
+                    for n in range(n_state):
+                        s_u += lam[n] * brow[n]
+                        s_d += lam[n] * (brow[n] * ut + a[n] * eh[n])
+                    for n in range(n_state):
+                        dA_c[n] += lam[n] * eh[n] * dt
+                    for n in range(n_state):
+                        lam[n] *= erow[n]  # carries a_t ⊙ λ_t to step t-1
+                    du_out[b, d, t] = s_u * dt
+                    ddelta[b, d, t] = s_d
+                for n in range(n_state):  # chunk sums in float64 keep long sequences exact
+                    dA_loc[n] += dA_c[n]
+            for n in range(n_state):
+                dA_part[w, d, n] += dA_loc[n]
+
+
+def _num_threads() -> int:
+    """numba threads = torch's intra-op thread count (bounded by numba's pool)."""
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+
+
+class SelectiveScanCPU(torch.autograd.Function):
+    """``(u, delta, A, B4, C4) -> (y, last_state)`` on CPU; see the module docstring.
+
+    ``u, delta: [Bsz, Di, L]`` (delta already positive), ``A: [Di, N]``,
+    ``B4, C4: [Bb, G, N, Lb]`` as made by :func:`upsr.nn.scan.as_groups`; all of one float dtype
+    (float32 or float64). Returns ``y: [Bsz, Di, L]`` (no D, no gate) and ``last: [Bsz, Di, N]``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                B4: torch.Tensor, C4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bsz, di, length = u.shape
+        n_state = A.shape[1]
+        save = any(ctx.needs_input_grad)
+        uc, dc, Ac = (x.detach().contiguous() for x in (u, delta, A))
+        Bt = B4.detach().transpose(2, 3).contiguous()
+        Ct = C4.detach().transpose(2, 3).contiguous()
+        y = torch.empty_like(uc)
+        last = uc.new_empty(bsz, di, n_state)
+        n_ck = (length + CHUNK - 1) // CHUNK if save else 0
+        ckpt = uc.new_empty(bsz, di, n_ck, n_state)
+        if length == 0:
+            last.zero_()
+        else:
+            numba.set_num_threads(_num_threads())
+            _forward(uc.numpy(), dc.numpy(), Ac.numpy(), Bt.numpy(), Ct.numpy(), y.numpy(),
+                     last.numpy(), ckpt.numpy(), save)
+        if save:
+            ctx.save_for_backward(uc, dc, Ac, Bt, Ct, ckpt)
+            ctx.b_shape = B4.shape
+            ctx.c_shape = C4.shape
+        return y, last
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor | None,
+                 glast: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        uc, dc, Ac, Bt, Ct, ckpt = ctx.saved_tensors
+        bsz, di, length = uc.shape
+        gy = torch.zeros_like(uc) if gy is None else gy.to(uc.dtype).contiguous()
+        glast = (uc.new_zeros(bsz, di, Ac.shape[1]) if glast is None
+                 else glast.to(uc.dtype).contiguous())
+        n_work = max(1, min(_num_threads(), bsz * di))
+        du = torch.empty_like(uc)  # the kernel writes every element
+        ddelta = torch.empty_like(uc)
+        dA_part = torch.zeros(n_work, *Ac.shape, dtype=torch.float64)
+        dB_part = uc.new_zeros(n_work, *Bt.shape)
+        dC_part = uc.new_zeros(n_work, *Ct.shape)
+        if length > 0:
+            numba.set_num_threads(n_work)
+            _backward(uc.numpy(), dc.numpy(), Ac.numpy(), Bt.numpy(), Ct.numpy(), gy.numpy(),
+                      glast.numpy(), ckpt.numpy(), du.numpy(), ddelta.numpy(), dA_part.numpy(),
+                      dB_part.numpy(), dC_part.numpy())
+        dA = dA_part.sum(0).to(uc.dtype)
+        dB = dB_part.sum(0).transpose(2, 3).reshape(ctx.b_shape)
+        dC = dC_part.sum(0).transpose(2, 3).reshape(ctx.c_shape)
+        return du, ddelta, dA, dB, dC

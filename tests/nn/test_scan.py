@@ -1,0 +1,301 @@
+"""Selective scan: fixture parity, float64 references, extreme Δ, gradients, backend dispatch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from conftest import fixture_path, rel_l2
+from upsr.errors import UsageError
+from upsr.nn import Mamba, scan, selective_scan
+
+TRAINABLE = ["cpu", "ref"]
+
+
+def numpy_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, softplus=False):
+    """Independent float64 reference (numpy, per step), B/C as [Bsz, N, L] or [Di, N]."""
+    u, delta, A = (np.asarray(x, np.float64) for x in (u, delta, A))
+    B, C = np.asarray(B, np.float64), np.asarray(C, np.float64)
+    if delta_bias is not None:
+        delta = delta + np.asarray(delta_bias, np.float64)[:, None]
+    if softplus:
+        delta = np.logaddexp(0.0, delta)
+    bsz, di, length = u.shape
+    h = np.zeros((bsz, di, A.shape[1]))
+    y = np.empty((bsz, di, length))
+    for t in range(length):
+        bt = B[None] if B.ndim == 2 else B[:, None, :, t]
+        ct = C[None] if C.ndim == 2 else C[:, None, :, t]
+        dt = delta[:, :, t, None]
+        h = np.exp(dt * A) * h + dt * bt * u[:, :, t, None]
+        y[:, :, t] = (h * ct).sum(-1)
+    if D is not None:
+        y = y + u * np.asarray(D, np.float64)[:, None]
+    if z is not None:
+        z = np.asarray(z, np.float64)
+        y = y * z / (1.0 + np.exp(-z))
+    return y, h
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpu", "ref"])
+def test_fixture_parity(backend: str) -> None:
+    """mamba_ssm's selective_scan_ref call: output and last state to 1e-5 (float32)."""
+    t = load_file(str(fixture_path("mamba_selective_scan.safetensors")))
+    out, last = selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], z=t["z"],
+                               delta_bias=t["delta_bias"], delta_softplus=True,
+                               return_last_state=True, backend=backend)
+    assert out.dtype == torch.float32 and out.shape == t["output"].shape
+    assert rel_l2(out, t["output"]) <= 1e-5
+    assert rel_l2(last, t["last_state"]) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["mamba_v1.safetensors", "mamba_v1_d48.safetensors"])
+def test_module_fixture_scan_intermediates(name: str) -> None:
+    """The scan called inside the official module (inter.scan.*) is reproduced to 1e-5."""
+    path = fixture_path(name)
+    t = load_file(str(path))
+    with safe_open(str(path), "pt") as f:
+        assert "state_keys" in f.metadata()
+    A = -torch.exp(t["state.A_log"])
+    y = selective_scan(t["inter.scan.u"], t["inter.scan.delta"], A, t["inter.scan.B"],
+                       t["inter.scan.C"], t["state.D"], z=t["inter.scan.z"],
+                       delta_bias=t["state.dt_proj.bias"], delta_softplus=True)
+    assert rel_l2(y, t["inter.scan.y"]) <= 1e-5
+
+
+def _random(bsz, di, n, length, dtype=torch.float32, seed=0, dmax=0.5, bc="batch", groups=1):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(bsz, di, length, generator=g, dtype=torch.float64)
+    delta = torch.rand(bsz, di, length, generator=g, dtype=torch.float64) * dmax
+    A = -(torch.rand(di, n, generator=g, dtype=torch.float64) * 19.75 + 0.25)
+    if bc == "batch":
+        shape: tuple[int, ...] = (bsz, n, length)
+    elif bc == "group":
+        shape = (bsz, groups, n, length)
+    else:
+        shape = (di, n)
+    B = torch.randn(*shape, generator=g, dtype=torch.float64)
+    C = torch.randn(*shape, generator=g, dtype=torch.float64)
+    return [x.to(dtype) for x in (u, delta, A, B, C)]
+
+
+@pytest.mark.parametrize("backend", TRAINABLE)
+@pytest.mark.parametrize("bc", ["batch", "invariant"])
+def test_matches_float64_numpy_reference(backend: str, bc: str) -> None:
+    """D, z, bias, softplus and both B/C layouts against the numpy float64 loop."""
+    u, delta, A, B, C = _random(2, 6, 5, 150, torch.float64, seed=1, bc=bc)
+    g = torch.Generator().manual_seed(2)
+    D, bias = torch.randn(6, generator=g, dtype=torch.float64), torch.randn(6, generator=g,
+                                                                           dtype=torch.float64)
+    z = torch.randn(2, 6, 150, generator=g, dtype=torch.float64)
+    want, h = numpy_scan(u, delta, A, B, C, D, z, bias, softplus=True)
+    got, last = selective_scan(u, delta, A, B, C, D, z, bias, True, True, backend=backend)
+    assert got.dtype == torch.float64
+    assert rel_l2(got, want) < 1e-13 and rel_l2(last, h) < 1e-13
+    got32, last32 = selective_scan(*(x.float() for x in (u, delta, A, B, C, D, z, bias)),
+                                   delta_softplus=True, return_last_state=True, backend=backend)
+    assert rel_l2(got32, want) < 1e-5 and rel_l2(last32, h) < 1e-5
+
+
+def test_grouped_b_c() -> None:
+    """[B, G, N, L] B/C: channel d uses group d // (Di/G); equals per-channel expansion."""
+    u, delta, A, B, C = _random(2, 6, 3, 40, torch.float64, seed=3, bc="group", groups=3)
+    got = selective_scan(u, delta, A, B, C, backend="cpu")
+    want = torch.empty_like(u)
+    for d in range(6):
+        want[:, d : d + 1] = selective_scan(u[:, d : d + 1], delta[:, d : d + 1], A[d : d + 1],
+                                            B[:, d // 2], C[:, d // 2], backend="ref")
+    assert rel_l2(got, want) < 1e-13
+
+
+@pytest.mark.parametrize("backend", TRAINABLE)
+def test_extreme_delta_stays_finite_and_exact(backend: str) -> None:
+    """Δ·|A| up to 50 per step (a log-space cumsum would overflow float32): exact, finite."""
+    u, delta, A, B, C = _random(1, 4, 4, 300, torch.float64, seed=4, dmax=2.5)
+    A[0] = -20.0
+    delta[0, 0, ::37] = 2.5  # Δ·|A| = 50 exactly on these steps
+    want, h = numpy_scan(u, delta, A, B, C)
+    for dtype in (torch.float32, torch.float64):
+        got, last = selective_scan(*(x.to(dtype) for x in (u, delta, A, B, C)),
+                                   return_last_state=True, backend=backend)
+        assert torch.isfinite(got).all() and torch.isfinite(last).all()
+        assert rel_l2(got, want) < (1e-5 if dtype == torch.float32 else 1e-13)
+
+
+def test_long_sequence_matches_float64() -> None:
+    """L = 24000 (1 s at 48 kHz / 2): float32 CPU kernel vs numpy float64, with large Δ too."""
+    u, delta, A, B, C = _random(1, 4, 4, 24000, torch.float64, seed=5, dmax=2.5)
+    delta[..., ::7] *= 1e-3  # mix tiny steps (long memory) with huge ones
+    want, h = numpy_scan(u, delta, A, B, C)
+    got, last = selective_scan(*(x.float() for x in (u, delta, A, B, C)),
+                               return_last_state=True, backend="cpu")
+    assert torch.isfinite(got).all()
+    assert rel_l2(got, want) < 1e-5 and rel_l2(last, h) < 1e-5
+
+
+def test_nan_propagates() -> None:
+    """A NaN input gives NaN downstream (no fast-math that would hide it)."""
+    u, delta, A, B, C = _random(1, 2, 3, 10, seed=6)
+    u[0, 0, 4] = float("nan")
+    y = selective_scan(u, delta, A, B, C, backend="cpu")
+    assert torch.isnan(y[0, 0, 4:]).all() and torch.isfinite(y[0, 0, :4]).all()
+    assert torch.isfinite(y[0, 1]).all()
+
+
+@pytest.mark.parametrize("backend,length", [("cpu", 70), ("ref", 9)])
+@pytest.mark.parametrize("bc", ["batch", "invariant", "group"])
+def test_gradcheck(backend: str, length: int, bc: str) -> None:
+    """torch.autograd.gradcheck (float64) of every input, output and last state.
+
+    L = 70 crosses the CPU kernel's 64-step checkpoint boundary.
+    """
+    u, delta, A, B, C = _random(2, 4, 3, length, torch.float64, seed=7, bc=bc, groups=2)
+    g = torch.Generator().manual_seed(8)
+    D = torch.randn(4, generator=g, dtype=torch.float64)
+    z = torch.randn(2, 4, length, generator=g, dtype=torch.float64)
+    bias = torch.randn(4, generator=g, dtype=torch.float64) * 0.3
+    inputs = [x.requires_grad_() for x in (u, delta - 0.5, A, B, C, D, z, bias)]
+
+    def f(*args):
+        out, last = selective_scan(*args, delta_softplus=True, return_last_state=True,
+                                   backend=backend)
+        return out, last
+
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_cpu_gradients_float32_match_ref() -> None:
+    """float32 gradients over many checkpoint chunks agree with the reference's."""
+    args = [x.requires_grad_() for x in _random(2, 3, 4, 300, seed=9, dmax=1.0)]
+    grads = {}
+    for backend in TRAINABLE:
+        out, last = selective_scan(*args, return_last_state=True, backend=backend)
+        loss = (out * torch.linspace(-1, 1, 300)).sum() + last.square().sum()
+        grads[backend] = torch.autograd.grad(loss, args)
+    for gc, gr in zip(grads["cpu"], grads["ref"]):
+        assert rel_l2(gc, gr) < 1e-5
+
+
+def test_last_state_only_gradient() -> None:
+    """Backward when only the last state is used (the output gradient is None)."""
+    args = [x.requires_grad_() for x in _random(1, 2, 3, 20, torch.float64, seed=10)]
+    grads = {}
+    for backend in TRAINABLE:
+        _, last = selective_scan(*args, return_last_state=True, backend=backend)
+        grads[backend] = torch.autograd.grad(last.sum(), args, allow_unused=True)
+    for a, b, x in zip(grads["cpu"], grads["ref"], args):
+        b = torch.zeros_like(x) if b is None else b  # C does not reach the last state
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert grads["cpu"][0].abs().sum() > 0
+
+
+def test_empty_sequence() -> None:
+    u, delta, A, B, C = _random(1, 2, 3, 0)
+    out, last = selective_scan(u, delta, A, B, C, return_last_state=True, backend="cpu")
+    assert out.shape == (1, 2, 0) and torch.equal(last, torch.zeros(1, 2, 3))
+
+
+# -- dispatch ----------------------------------------------------------------------------------
+
+
+def test_auto_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(scan, "_cuda_scan_fn", lambda: None)
+    assert scan.resolve_backend("auto", cpu) == "cpu"
+    assert scan.resolve_backend("auto", cuda) == "ref"  # CUDA without mamba_ssm: torch loop
+    with pytest.raises(UsageError, match=r"upsr\[cuda\]"):
+        scan.resolve_backend("cuda", cpu)
+    with pytest.raises(UsageError, match="unknown"):
+        scan.resolve_backend("fast", cpu)
+    with pytest.raises(UsageError, match="needs CPU tensors"):
+        scan.resolve_backend("cpu", cuda)
+    monkeypatch.setattr(scan, "_cuda_scan_fn", lambda: object())
+    assert scan.resolve_backend("auto", cuda) == "cuda"
+    assert scan.resolve_backend("auto", cpu) == "cpu"
+    monkeypatch.setattr(scan, "_cpu_scan_fn", lambda: None)  # numba missing
+    assert scan.resolve_backend("auto", cpu) == "ref"
+
+
+def test_cuda_backend_forwards_every_argument(monkeypatch: pytest.MonkeyPatch) -> None:
+    """backend='cuda' hands the untouched arguments to mamba_ssm's selective_scan_fn."""
+    calls = []
+
+    def fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+        calls.append((u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state))
+        return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                              return_last_state, backend="ref")
+
+    monkeypatch.setattr(scan, "_cuda_scan_fn", lambda: fake)
+    u, delta, A, B, C = _random(1, 4, 3, 12, seed=11)
+    D = torch.ones(4)
+    out = selective_scan(u, delta, A, B, C, D, None, None, True, False, backend="cuda")
+    assert len(calls) == 1 and calls[0][0] is u and calls[0][3] is B and calls[0][8] is True
+    assert rel_l2(out, selective_scan(u, delta, A, B, C, D, delta_softplus=True)) < 1e-6
+
+
+def test_mamba_cuda_path_uses_causal_conv1d(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the cuda backend the block uses causal_conv1d_fn (faked here) with SiLU fused."""
+    from upsr.nn import mamba
+
+    conv_calls = []
+
+    def fake_conv(x, weight, bias, activation=None):
+        conv_calls.append((tuple(x.shape), tuple(weight.shape), activation))
+        k = weight.shape[-1]
+        y = F.conv1d(F.pad(x, (k - 1, 0)), weight[:, None], bias, groups=x.shape[1])
+        return F.silu(y) if activation == "silu" else y
+
+    monkeypatch.setattr(mamba, "_causal_conv1d_fn", lambda: fake_conv)
+    monkeypatch.setattr(scan, "_cuda_scan_fn",
+                        lambda: lambda *a: selective_scan(*a, backend="ref"))
+    m = Mamba(8, d_state=4)
+    x = torch.randn(2, 30, 8)
+    with torch.no_grad():
+        want = Mamba.forward(m, x)  # auto on CPU: cpu backend, nn.Conv1d
+        m.backend = "cuda"
+        got = m(x)
+    assert conv_calls == [((2, 16, 30), (16, 4), "silu")]
+    assert rel_l2(got, want) < 1e-6
+
+
+def test_njit_falls_back_when_cache_unwritable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numba raises RuntimeError for cache=True without a writable cache dir: we compile anyway."""
+    import numba
+
+    from upsr.nn import _scan_numba
+
+    real = numba.njit
+    seen = []
+
+    def njit(*args, cache=False, **kw):
+        seen.append(cache)
+        if cache:
+            raise RuntimeError("cannot cache function: no locator available")
+        return real(*args, cache=cache, **kw)
+
+    monkeypatch.setattr(numba, "njit", njit)
+    fn = _scan_numba._njit()(lambda x: x + 1)
+    assert seen == [True, False] and fn(2) == 3
+
+
+def test_bad_arguments() -> None:
+    u, delta, A, B, C = _random(1, 4, 3, 10)
+    with pytest.raises(UsageError, match="u and delta"):
+        selective_scan(u, delta[..., :5], A, B, C)
+    with pytest.raises(UsageError, match="A is"):
+        selective_scan(u, delta, A[:2], B, C)
+    with pytest.raises(UsageError, match="B is"):
+        selective_scan(u, delta, A, B[..., :5], C)
+    with pytest.raises(UsageError, match="G dividing"):
+        selective_scan(u, delta, A, torch.randn(1, 3, 3, 10), C)
+    with pytest.raises(UsageError, match="complex"):
+        selective_scan(u, delta, A.to(torch.complex64), B, C)
+    with pytest.raises(UsageError, match="state size"):
+        selective_scan(u, delta, A, torch.randn(1, 5, 10), C)
+    with pytest.raises(UsageError, match="z is"):
+        selective_scan(u, delta, A, B, C, z=u[..., :3])
