@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from tests.conftest import fixture_path, rel_l2
 
+from tests.conftest import fixture_path, rel_l2
 from upsr import checkpoint, models
 from upsr.errors import CheckpointError
 from upsr.models.apollo import Apollo, ApolloConfig, convert_official

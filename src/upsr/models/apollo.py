@@ -27,7 +27,7 @@ from torch import nn
 from upsr.errors import CheckpointError, UsageError
 from upsr.models import register
 from upsr.models.base import Restorer
-from upsr.nn.roformer import RMSNorm, RoformerBlock, rope_tables
+from upsr.nn.roformer import RMSNorm, RoformerBlock, rms_normalize, rope_tables
 
 N_BANDS = 80  # official: 79 equal bands + 1 band holding the remaining bins
 N_HEADS = 8  # band Roformer heads
@@ -82,8 +82,14 @@ class ApolloConfig:
 
 class TimeConvBlock(nn.Module):
     """Residual ``x + W2 · SiLU(W1 · RMSNorm(DWConv_k(x)))`` along time (official
-    ``ConvActNorm1d``, non-causal). ``x: [N, C, T] -> [N, C, T]``; ``conv.{0,1,2,4}`` keep the
-    official names (index 3 is the SiLU)."""
+    ``ConvActNorm1d``, non-causal); ``conv.{0,1,2,4}`` keep the official names (index 3 is the
+    SiLU).
+
+    ``forward(x: [N, C, T])`` is the official layout, run through the ``conv`` modules as
+    written; ``forward_frames(x: [B, T, K, C])`` computes the same function channel-last, with
+    the 1×1 convolutions as single ``F.linear`` GEMMs over all bands and frames (about 3× faster
+    on CPU than oneDNN's 1×1 convolutions on the band-folded layout).
+    """
 
     def __init__(self, channels: int, hidden: int, kernel: int = TIME_KERNEL) -> None:
         super().__init__()
@@ -98,6 +104,23 @@ class TimeConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv(x)
 
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, k, c = x.shape
+        conv: tp.Any = self.conv
+        dw, norm, up, down = conv[0], conv[1], conv[2], conv[4]
+        # depthwise conv along frames as kernel-size shifted multiply-adds on the zero-padded
+        # channel-last tensor: no transposes, and faster than oneDNN's depthwise kernel here
+        half = (dw.weight.shape[-1] - 1) // 2
+        xp = F.pad(x, (0, 0, 0, 0, half, half))
+        taps = dw.weight.squeeze(1)  # [C, kernel]
+        y = torch.addcmul(dw.bias, xp[:, :t], taps[:, 0])
+        for j in range(1, taps.shape[-1]):
+            y.addcmul_(xp[:, j:j + t], taps[:, j])
+        y = rms_normalize(y, norm.eps)
+        y = F.silu(F.linear(y, up.weight.squeeze(-1) * norm.weight, up.bias), inplace=True)
+        return torch.addmm(down.bias, y.reshape(-1, y.shape[-1]),
+                           down.weight.squeeze(-1).t()).reshape(x.shape).add_(x)
+
 
 class TimeConvStack(nn.Module):
     """The "TCN" of a BSNet (official ``ICB``): three :class:`TimeConvBlock` with 4× hidden."""
@@ -110,11 +133,18 @@ class TimeConvStack(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
 
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        for block in tp.cast(tp.Iterable[TimeConvBlock], self.blocks):
+            x = block.forward_frames(x)
+        return x
+
 
 class BSNet(nn.Module):
     """One band-sequence block: Roformer across bands, then the TCN along frames.
 
-    ``forward(x: [B, K, C, T]) -> [B, K, C, T]`` (K bands, C channels, T frames).
+    ``forward(x: [B, K, C, T]) -> [B, K, C, T]`` (K bands, C channels, T frames) in the official
+    layout; ``forward_frames(x: [B, T, K, C])`` is the same function channel-last, the layout
+    :class:`Apollo` keeps between blocks so that both halves run as plain GEMMs.
     """
 
     def __init__(self, feature_dim: int) -> None:
@@ -124,10 +154,12 @@ class BSNet(nn.Module):
         self.seq_net = TimeConvStack(feature_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, k, c, t = x.shape
-        y = self.band_net(x.permute(0, 3, 1, 2).reshape(b * t, k, c))  # [B·T, K, C]
-        y = y.reshape(b, t, k, c).permute(0, 2, 3, 1).reshape(b * k, c, t)
-        return self.seq_net(y).reshape(b, k, c, t)
+        return self.forward_frames(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, k, c = x.shape
+        y = self.band_net(x.reshape(b * t, k, c)).reshape(b, t, k, c)
+        return self.seq_net.forward_frames(y)
 
 
 def _band_groups(widths: tp.Sequence[int]) -> list[tuple[int, int, int]]:
@@ -326,9 +358,17 @@ class Apollo(Restorer):
             wt = torch.stack([m[1].weight.squeeze(-1) for m in mods])  # [n, C, 2w+1]
             bias = torch.stack([m[1].bias for m in mods])  # [n, C]
             feat = feat * torch.rsqrt(feat.square().mean(2, keepdim=True) + 1e-5)
-            feat = feat * g[None, :, :, None]
+            wt = wt * g[:, None, :]  # RMSNorm gain folded into the embedding weights
             out.append(torch.einsum("nci,bnit->bnct", wt, feat) + bias[None, :, :, None])
         return torch.cat(out, 1)
+
+    def run_net(self, feature: torch.Tensor) -> torch.Tensor:
+        """The BSNet stack, ``[B, K, C, T] -> [B, K, C, T]`` (official ``self.net``), computed
+        channel-last ``[B, T, K, C]`` throughout: one layout change in, one out."""
+        x = feature.permute(0, 3, 1, 2).contiguous()
+        for block in tp.cast(tp.Iterable[BSNet], self.net):
+            x = block.forward_frames(x)
+        return x.permute(0, 2, 3, 1)
 
     def head(self, feature: torch.Tensor) -> torch.Tensor:
         """Per-band output: ``[B, K, C, T]`` -> complex spectrum ``[B, F, T]``.
@@ -344,7 +384,8 @@ class Apollo(Restorer):
             wt = torch.stack([m[1].weight.squeeze(-1) for m in mods])  # [n, 4w, C]
             bias = torch.stack([m[1].bias for m in mods])  # [n, 4w]
             f = feature[:, first:first + count]
-            f = f * torch.rsqrt(f.square().mean(2, keepdim=True) + 1e-5) * g[None, :, :, None]
+            f = f * torch.rsqrt(f.square().mean(2, keepdim=True) + 1e-5)
+            wt = wt * g[:, None, :]  # RMSNorm gain folded into the head weights
             y = torch.einsum("noc,bnct->bnot", wt, f) + bias[None, :, :, None]
             y = F.glu(y, dim=2).unflatten(2, (2, w))  # [B, n, 2, w, T]
             out.append(torch.complex(y[:, :, 0], y[:, :, 1]).flatten(1, 2))
@@ -366,7 +407,7 @@ class Apollo(Restorer):
         if length <= self.config.hop:
             x = F.pad(x, (0, self.config.hop + 1 - length))
         spec = self.stft(x)
-        est = self.head(self.net(self.features(spec)))
+        est = self.head(self.run_net(self.features(spec)))
         return self.istft(est, x.shape[-1])[:, :length]
 
     def restore(self, x: torch.Tensor) -> torch.Tensor:

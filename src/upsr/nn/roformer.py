@@ -35,6 +35,9 @@ class RMSNorm(nn.Module):
         self.dim = dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dim in (-1, x.dim() - 1) and x.dtype == torch.float32:
+            # the same formula as below, as one fused kernel
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         xf = x.float()
         y = (xf * torch.rsqrt(xf.pow(2).mean(self.dim, keepdim=True) + self.eps)).type_as(x)
         shape = [1] * x.dim()
@@ -62,11 +65,22 @@ def rope_tables(positions: int, dim: int, theta: float = 10000.0,
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs: ``x: [..., L, D]``, ``cos``/``sin``: ``[L, D]`` -> ``[..., L, D]``.
 
-    ``(a, b) -> (a cos - b sin, b cos + a sin)`` for each pair ``(x[2i], x[2i+1])``.
+    ``(a, b) -> (a cos - b sin, b cos + a sin)`` for each pair ``(x[2i], x[2i+1])``, computed
+    as ``x·cos + swap(x)·(∓sin)`` (the sign folded into the small table: three passes over x).
     """
-    pairs = x.unflatten(-1, (-1, 2))
-    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-    return x * cos + rotated * sin
+    sign = torch.tensor([-1.0, 1.0], dtype=sin.dtype, device=sin.device).repeat(sin.shape[-1] // 2)
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return torch.addcmul(x * cos, swapped, sin * sign)
+
+
+def rms_normalize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``x / sqrt(mean(x**2, -1) + eps)`` without a gain, ``x: [..., C]``.
+
+    Callers fold an RMSNorm's gain into the weight of the linear map that follows
+    (``W · diag(g)``), which saves a full pass over the activations.
+    """
+    ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1])
+    return x * ms.add_(eps).rsqrt_()
 
 
 class RoformerBlock(nn.Module):
@@ -112,14 +126,17 @@ class RoformerBlock(nn.Module):
         n, length, _ = x.shape
         if length > self.max_positions:
             raise ValueError(f"sequence of {length} exceeds the RoPE table ({self.max_positions})")
-        qkv = F.linear(self.input_norm(x), self.weight.weight.squeeze(-1))  # [N, L, 3·hidden]
+        mlp: tp.Any = self.MLP  # [RMSNorm, 1×1 conv, SiLU]; indexed for its weights
+        w_qkv = self.weight.weight.squeeze(-1) * self.input_norm.weight  # RMSNorm gain folded
+        qkv = F.linear(rms_normalize(x, self.input_norm.eps), w_qkv)  # [N, L, 3·hidden]
         qkv = qkv.view(n, length, self.num_heads, 3, self.head_dim).permute(3, 0, 2, 1, 4)
         cos, sin = self.cos_freq[:length], self.sin_freq[:length]
         q, k = apply_rope(qkv[0], cos, sin), apply_rope(qkv[1], cos, sin)
-        att = F.scaled_dot_product_attention(q, k, qkv[2].contiguous(), is_causal=self.causal)
+        att = F.scaled_dot_product_attention(q, k, qkv[2], is_causal=self.causal)
         att = att.transpose(1, 2).reshape(n, length, -1)  # [N, L, hidden], head-major channels
-        y = x + F.linear(att, self.output.weight.squeeze(-1))
-        mlp: tp.Any = self.MLP  # [RMSNorm, 1×1 conv, SiLU]; indexed for its weights
-        h = F.linear(mlp[0](y), mlp[1].weight.squeeze(-1))
-        gate, value = F.silu(h).chunk(2, dim=-1)
-        return y + F.linear(F.silu(gate) * value, self.MLP_output.weight.squeeze(-1))
+        y = F.linear(att, self.output.weight.squeeze(-1)).add_(x)
+        w_up = mlp[1].weight.squeeze(-1) * mlp[0].weight
+        h = F.silu(F.linear(rms_normalize(y, mlp[0].eps), w_up), inplace=True)
+        gate, value = h.chunk(2, dim=-1)
+        gate = F.silu(gate, inplace=True).mul_(value)  # the official second SiLU on the gate
+        return F.linear(gate, self.MLP_output.weight.squeeze(-1)).add_(y)
