@@ -51,6 +51,15 @@ MODELS["aeromamba"] = _aeromamba
 MODELS["aeromamba-official"] = _aeromamba_official
 
 
+def _apollo() -> tuple[torch.nn.Module, int]:
+    from upsr.models import build
+
+    return build("apollo").eval(), 44100  # feature_dim 256, 6 BSNets, 80 bands
+
+
+MODELS["apollo"] = _apollo
+
+
 def _signal(seconds: float, sr: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return 0.1 * torch.randn(1, int(seconds * sr), generator=g)
