@@ -15,9 +15,8 @@ Backends (``backend=``):
 
 - ``"cuda"``: mamba_ssm's fused CUDA kernel, imported lazily, only when asked for or when the
   input is on a CUDA device and the package imports (the ``upsr[cuda]`` extra);
-- ``"cpu"``: a numba kernel parallel over (batch, channel), forward and backward
-  (:mod:`upsr.nn._scan_numba`); the softplus, ``D`` skip and gate stay in torch, so autograd
-  differentiates them;
+- ``"cpu"``: numba kernels parallel over (batch, channel), forward and backward
+  (:mod:`upsr.nn._scan_numba`), with the bias, softplus, ``D`` skip and gate fused in;
 - ``"ref"``: a plain per-step loop in torch, vectorised over (batch, channel, state), used by
   tests as the independent reference and as the fallback on devices with neither of the above.
 
@@ -203,23 +202,25 @@ def selective_scan(
 
     dtype_in = u.dtype
     cdt = compute_dtype(dtype_in)
-    uc = u.to(cdt)
-    dc = delta.to(cdt)
-    if delta_bias is not None:
-        dc = dc + delta_bias.to(cdt)[:, None]
-    if delta_softplus:
-        dc = F.softplus(dc)
-    Ac = A.to(cdt)
-    Bc = B4.to(cdt)
-    Cc = C4.to(cdt)
+
+    def cast(x: torch.Tensor | None) -> torch.Tensor | None:
+        return None if x is None else x.to(cdt)
+
     if name == "cpu":
         fn = _cpu_scan_fn()
         assert fn is not None
-        y, last = fn(uc, dc, Ac, Bc, Cc)
+        out, last = fn(u.to(cdt), delta.to(cdt), A.to(cdt), B4.to(cdt), C4.to(cdt), cast(D),
+                       cast(z), cast(delta_bias), bool(delta_softplus))
     else:
-        y, last = scan_ref(uc, dc, Ac, Bc, Cc)
-    out = y if D is None else y + uc * D.to(cdt)[:, None]
-    if z is not None:
-        out = out * F.silu(z.to(cdt))
+        uc = u.to(cdt)
+        dc = delta.to(cdt)
+        if delta_bias is not None:
+            dc = dc + delta_bias.to(cdt)[:, None]
+        if delta_softplus:
+            dc = F.softplus(dc)
+        y, last = scan_ref(uc, dc, A.to(cdt), B4.to(cdt), C4.to(cdt))
+        out = y if D is None else y + uc * D.to(cdt)[:, None]
+        if z is not None:
+            out = out * F.silu(z.to(cdt))
     out = out.to(dtype_in)
     return (out, last) if return_last_state else out
