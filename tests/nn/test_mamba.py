@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from conftest import fixture_path, rel_l2
 from upsr.errors import UsageError
 from upsr.nn import BiMamba, Mamba
+from upsr.nn.mamba import causal_depthwise_conv1d
 
 MODULE_FIXTURES = ["mamba_v1.safetensors", "mamba_v1_d48.safetensors"]
 
@@ -114,6 +115,21 @@ def _randomise(m: torch.nn.Module, seed: int) -> None:
                 p.copy_(torch.log(torch.rand(p.shape, generator=g) * 10 + 0.25))
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+
+@pytest.mark.parametrize("k,bias", [(4, True), (1, True), (3, False)])
+def test_causal_conv_equals_padded_conv1d(k: int, bias: bool) -> None:
+    """Shift-and-add conv = official nn.Conv1d(padding=K-1)[..., :L], values and gradients."""
+    conv = torch.nn.Conv1d(6, 6, k, groups=6, padding=k - 1, bias=bias).double()
+    x = torch.randn(2, 6, 31, dtype=torch.float64, requires_grad=True)
+    want = conv(x)[..., :31]
+    got = causal_depthwise_conv1d(x, conv.weight, conv.bias)
+    assert rel_l2(got.detach(), want.detach()) < 1e-14
+    g = torch.randn_like(want)
+    params = [x, conv.weight] + ([conv.bias] if bias else [])
+    gw = torch.autograd.grad(want, params, g)
+    gg = torch.autograd.grad(got, params, g)
+    assert all(rel_l2(a, b) < 1e-13 for a, b in zip(gg, gw))
 
 
 def test_step_mode_equals_forward() -> None:
