@@ -267,13 +267,13 @@ def test_chunks_with_context_equal_whole_signal() -> None:
     channels for speed; the reach is set by the Mamba decay rates, which the realistic re-draw
     controls. With this draw the error is 4.6e-4 at 0.1 s of context, 9.6e-5 at 0.5 s and
     3.4e-5 at 1 s, so the test does tell a too-short context. Chunk starts must stay on the
-    16-sample grid (``frame_hop``): one sample off, the pooling grid changes and so does the
+    16-sample grid (``align``): one sample off, the pooling grid changes and so does the
     output, far beyond the tolerance.
     """
     torch.manual_seed(5)
     model = realistic_(tp.cast(WaveUMamba, build("wave-u-mamba", channels=(8, 16, 16, 32))),
                        seed=6).eval()
-    assert model.frame_hop == STRIDE
+    assert model.align == STRIDE
     g = torch.Generator().manual_seed(7)
     total = 240_000 - 1  # 30 s at 8 kHz, one sample short of a multiple of 16
     x = torch.randn(1, total, generator=g)
