@@ -273,7 +273,7 @@ def test_receptive_field_is_measured_exactly(layer):
     """Perturb one sample at several offsets from the frame grid; the output changes within
     ``receptive_field`` samples and nowhere beyond, and the bound is tight to one hop."""
     model = _small(layer=layer)
-    hop = model.frame_hop
+    hop = model.align
     n = 4 * model.receptive_field
     torch.manual_seed(1)
     x = torch.randn(1, n) * 0.1
@@ -325,21 +325,21 @@ def test_chunked_inference_with_context_equals_whole_signal():
         whole = model.restore(x)
     assert whole.shape == x.shape
     context = round(model.context_s * model.out_rate)
-    keep = 1000 * model.frame_hop  # 10 s; chunk starts on the STFT frame grid
+    keep = 1000 * model.align  # 10 s; chunk starts on the STFT frame grid
     chunked = _chunked(model, x, keep, context)
     assert chunked.shape == whole.shape
     assert (chunked - whole).abs().max() <= 1e-4 * whole.abs().max()
 
 
 def test_chunks_off_the_frame_grid_differ():
-    """Why ``frame_hop`` matters: shifting the chunk grid by 100 samples moves the STFT frames,
+    """Why ``align`` matters: shifting the chunk grid by 100 samples moves the STFT frames,
     so the kept centres are no longer the whole-signal output."""
     model = _small(feature_dim=16, layer=1)
     torch.manual_seed(3)
     x = torch.randn(1, 44100) * 0.1
     with torch.no_grad():
         whole = model.restore(x)
-    context, keep = model.receptive_field, 30 * model.frame_hop
+    context, keep = model.receptive_field, 30 * model.align
     aligned = _chunked(model, x, keep, context)
     shifted = torch.cat([whole[:, :100], _chunked(model, x[:, 100:], keep, context)], -1)
     assert (aligned - whole).abs().max() <= 1e-4 * whole.abs().max()
@@ -355,3 +355,24 @@ def test_output_has_exactly_the_input_length(length):
         y = model.restore(x)
     assert y.shape == x.shape and torch.isfinite(y).all()
     assert model.restore(torch.zeros(1, 0)).shape == (1, 0)
+
+
+def test_engine_chunk_plan_with_context_and_align_equals_whole_signal():
+    """The engine's ChunkPlan fed ``context_s`` and ``align`` (kept regions that are not hop
+    multiples, chunk starts rounded down onto the frame grid) reproduces the whole signal."""
+    from upsr.infer.chunk import ChunkPlan
+
+    model = _small(feature_dim=16, layer=2)
+    torch.manual_seed(4)
+    x = torch.randn(1, 44100 * 3 + 17) * 0.1
+    plan = ChunkPlan.for_rate(x.shape[-1], 44100, chunk_s=0.5123, overlap_s=0.0,
+                              context_s=model.context_s, align=model.align)
+    out = torch.zeros_like(x)
+    with torch.no_grad():
+        whole = model.restore(x)
+        for ch in plan:
+            assert ch.lo % model.align == 0
+            y = model.restore(x[:, ch.lo:ch.hi])
+            out[:, ch.keep_lo:ch.keep_hi] = y[:, ch.keep_lo - ch.lo:ch.keep_hi - ch.lo]
+    assert len(plan) > 4
+    assert (out - whole).abs().max() <= 1e-4 * whole.abs().max()

@@ -292,8 +292,8 @@ class Apollo(Restorer):
     windows cover it, every TCN block spreads a frame by ``(kernel-1)/2`` frames, and each
     output sample is overlap-added from two frames, so the reach is
     ``(layer·3·3 + 2) · hop`` samples (0.56 s for the published config).
-    ``frame_hop`` is the STFT hop: chunk boundaries must fall on multiples of it for chunked
-    inference to equal whole-signal inference (the frame grid is anchored at sample 0).
+    ``align`` is the STFT hop: chunk starts must fall on multiples of it for chunked inference
+    to equal whole-signal inference (the frame grid is anchored at sample 0).
     """
 
     config_cls = ApolloConfig
@@ -319,7 +319,8 @@ class Apollo(Restorer):
 
     # -- contract ----------------------------------------------------------------------------
     @property
-    def frame_hop(self) -> int:
+    def align(self) -> int:
+        """Chunk starts must be multiples of the STFT hop (441 samples at 44.1 kHz)."""
         return self.config.hop
 
     @property
@@ -329,7 +330,7 @@ class Apollo(Restorer):
         return (frames + 2) * self.config.hop
 
     @property
-    def context_s(self) -> float:  # type: ignore[override]
+    def context_s(self) -> float:
         return self.receptive_field / self.config.sr
 
     # -- stages (public so parity tests can compare the official intermediates) --------------
