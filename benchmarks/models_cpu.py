@@ -6,8 +6,8 @@ Per model, for ``--seconds`` of audio (default 10 s) at the model's input rate:
 - peak memory: the resident-set high-water mark added by one cold forward pass, measured in a
   fresh subprocess (``ru_maxrss`` after minus RSS before);
 - FLOPs per second of audio, counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls
-  and convolutions only; elementwise ops and custom kernels such as the selective scan are not
-  counted, so this is a lower bound);
+  and convolutions only; elementwise ops are not counted, so this is a lower bound), plus the
+  analytic FLOPs of the Mamba selective scans, which the counter cannot see (``scan_flops``);
 - fraction of measured matmul throughput: (counted FLOPs / wall time) / the GFLOP/s of a
   1024×1024 float32 ``torch.mm`` with the same thread count.
 
@@ -60,6 +60,18 @@ def _apollo() -> tuple[torch.nn.Module, int]:
 MODELS["apollo"] = _apollo
 
 
+def _wave_u_mamba() -> tuple[torch.nn.Module, int]:
+    from upsr.models import build
+
+    model = build("wave-u-mamba").eval()  # 19 Mamba blocks; input already at 48 kHz
+    # FlopCounterMode hooks the weight-norm parametrization's inputs for gradients, which
+    # fails under inference_mode while they require grad; inference needs no grad anyway.
+    return model.requires_grad_(False), 48000
+
+
+MODELS["wave-u-mamba"] = _wave_u_mamba
+
+
 def _signal(seconds: float, sr: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     return 0.1 * torch.randn(1, int(seconds * sr), generator=g)
@@ -108,6 +120,35 @@ def count_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
+def scan_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Analytic FLOPs of the selective scans FlopCounterMode cannot see (upsr.nn.mamba).
+
+    Per Mamba call on ``L`` steps with ``Di`` channels and ``N`` states: per (channel, step,
+    state) Δ·A, exp, (Δu)·B, Ā·h + B̄u (2) and h·C accumulated (2) = 7; per (channel, step)
+    softplus(Δ + bias), Δ·u, D·u + y and the SiLU(z) gate ≈ 8. Counted with forward hooks, so
+    it follows whatever shapes the model really runs.
+    """
+    from upsr.nn.mamba import BiMamba, Mamba
+
+    total = 0
+
+    def hook(mod: torch.nn.Module, inputs: tuple, _out: tp.Any) -> None:
+        nonlocal total
+        batch, length = inputs[0].shape[:2]
+        d_inner, d_state = tp.cast(torch.Tensor, mod.A_log).shape
+        passes = 2 if isinstance(mod, BiMamba) else 1
+        total += passes * batch * length * d_inner * (7 * d_state + 8)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, Mamba)]
+    try:
+        with torch.inference_mode():
+            model.restore(x)  # type: ignore[operator]
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
 def bench(name: str, seconds: float, runs: int, threads: int, mm_gflops: float) -> dict:
     model, sr = MODELS[name]()
     x = _signal(seconds, sr)
@@ -119,7 +160,7 @@ def bench(name: str, seconds: float, runs: int, threads: int, mm_gflops: float) 
             model.restore(x)  # type: ignore[operator]
             times.append(time.perf_counter() - t0)
     wall = statistics.median(times)
-    flops = count_flops(model, x)
+    flops = count_flops(model, x) + scan_flops(model, x)
     return {
         "model": name,
         "rtf": wall / seconds,
