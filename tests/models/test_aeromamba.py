@@ -283,12 +283,12 @@ def _chunked(model: am.AEROMamba, x: torch.Tensor, kept: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(("official", "seconds", "kept_s"), [(True, 30.0, 10.0),
-                                                              (False, 12.0, 4.0)])
+                                                              (False, 8.0, 4.0)])
 def test_chunked_equals_whole_signal(official, seconds, kept_s):
     """Chunks with ``context_s`` of real audio each side reproduce whole-signal inference in
     every kept region, once the whole-signal normalisation statistics are used (the model's
     input mean/std and its GroupNorms span the whole signal; see the class docstring). The
-    Mamba variant runs on 12 s only to keep the suite fast."""
+    Mamba variant runs on 8 s only to keep the suite fast."""
     model = _small(official_forward=official)
     x = _signal(seconds)
     kept = int(kept_s * SR)
@@ -304,16 +304,17 @@ def test_chunked_equals_whole_signal(official, seconds, kept_s):
 
 # --- lengths ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("length", [1, 63, 127, 255, 319, 64 * 17 - 1, int(0.1 * SR),
-                                    3 * SR])
-def test_output_is_exactly_four_times_the_input(length):
+def test_output_is_exactly_four_times_the_input():
+    """1 sample short of hop multiples, shorter than the STFT frame, 0.1 s (30 s: see the
+    chunking test); batch rows are processed independently."""
     model = _small(official_forward=True)
-    x = torch.randn(2, length) * 0.1
+    torch.manual_seed(1)
     with torch.no_grad():
-        y = model.restore(x)
-        assert y.shape == (2, 4 * length)
-        assert torch.isfinite(y).all()
-        # batch rows are independent
+        for length in (1, 63, 255, 319, 64 * 17 - 1, int(0.1 * SR)):
+            x = torch.randn(2, length) * 0.1
+            y = model.restore(x)
+            assert y.shape == (2, 4 * length)
+            assert torch.isfinite(y).all()
         assert torch.allclose(model.restore(x[1:]), y[1:], rtol=1e-4, atol=1e-6)
 
 
