@@ -277,7 +277,7 @@ def test_receptive_field_is_measured_exactly(layer):
     n = 4 * model.receptive_field
     torch.manual_seed(1)
     x = torch.randn(1, n) * 0.1
-    offsets = (0, 1, 200, 440)
+    offsets = (0, 1, 440)  # on a frame centre, just after it, just before the next
     positions = [(n // 2 // hop) * hop + off for off in offsets]
     reach = 0
     with torch.no_grad():
@@ -362,10 +362,10 @@ def test_engine_chunk_plan_with_context_and_align_equals_whole_signal():
     multiples, chunk starts rounded down onto the frame grid) reproduces the whole signal."""
     from upsr.infer.chunk import ChunkPlan
 
-    model = _small(feature_dim=16, layer=2)
+    model = _small(feature_dim=16, layer=1)
     torch.manual_seed(4)
-    x = torch.randn(1, 44100 * 3 + 17) * 0.1
-    plan = ChunkPlan.for_rate(x.shape[-1], 44100, chunk_s=0.5123, overlap_s=0.0,
+    x = torch.randn(1, 44100 * 2 + 17) * 0.1
+    plan = ChunkPlan.for_rate(x.shape[-1], 44100, chunk_s=0.3123, overlap_s=0.0,
                               context_s=model.context_s, align=model.align)
     out = torch.zeros_like(x)
     with torch.no_grad():
