@@ -193,13 +193,42 @@ def test_convert_official_names_bad_keys():
         am.convert_official(_official_package(args | {"bogus": 1}, state))
 
 
+def _omegaconf_like(value):
+    """What the safe unpickler makes of an OmegaConf config: placeholders whose ``state``
+    holds ``_content`` (DictConfig/ListConfig) or ``_val`` (value nodes)."""
+    from upsr.models.importers import _opaque
+
+    if isinstance(value, dict):
+        node = _opaque("omegaconf.dictconfig", "DictConfig")()
+        node.state = {"_metadata": None, "_parent": None,
+                      "_content": {k: _omegaconf_like(v) for k, v in value.items()}}
+    elif isinstance(value, list):
+        node = _opaque("omegaconf.listconfig", "ListConfig")()
+        node.state = {"_metadata": None, "_content": [_omegaconf_like(v) for v in value]}
+    else:
+        node = _opaque("omegaconf.nodes", "AnyNode")()
+        node.state = {"_metadata": None, "_val": value}
+    return node
+
+
+def test_convert_official_reads_omegaconf_placeholders():
+    args, state, _ = _fixture()
+    expected, _ = am.convert_official(_official_package(args, state))
+    for kwargs in (_omegaconf_like(args),  # the whole config is a DictConfig
+                   {k: _omegaconf_like(v) for k, v in args.items()}):  # plain dict of nodes
+        package = {"class": object(), "args": [], "kwargs": kwargs, "state": state}
+        overrides, _ = am.convert_official(package)
+        assert overrides == expected
+    assert expected["strides"] == (4, 4, 2, 2) and expected["channels"] == args["channels"]
+
+
 def test_convert_official_without_readable_config_infers_channels():
-    """``generator_best.th`` layout whose kwargs are an opaque OmegaConf object."""
+    """``generator_best.th`` layout whose kwargs are an unreadable placeholder."""
     from upsr.models.importers import _opaque
 
     args, state, _ = _fixture()
-    config_node = _opaque("omegaconf.dictconfig", "DictConfig")()
-    package = {"class": object(), "args": [], "kwargs": config_node, "state": state}
+    package = {"class": object(), "args": [], "kwargs": _opaque("some", "Thing")(),
+               "state": state}
     overrides, converted = am.convert_official(package)
     assert overrides == {"channels": args["channels"], "official_forward": True}
     assert converted.keys() == state.keys()

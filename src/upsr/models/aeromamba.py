@@ -372,27 +372,19 @@ def config_from_official_args(args: dict[str, tp.Any]) -> dict[str, tp.Any]:
     return out
 
 
-def _plain_dict(obj: tp.Any) -> dict[str, tp.Any] | None:
-    """A plain dict from a dict or an OmegaConf placeholder whose state holds ``_content``."""
-    if isinstance(obj, dict):
-        return obj
+def _plain(obj: tp.Any) -> tp.Any:
+    """Plain Python data from an unpickled config value: OmegaConf containers and value nodes
+    arrive as inert placeholders whose ``state`` holds ``_content`` (dict/list) or ``_val``."""
     state = getattr(obj, "state", None)
-    if isinstance(state, dict):
-        content = state.get("_content", state)
-        if isinstance(content, dict) and all(isinstance(k, str) for k in content):
-            out = {}
-            for k, v in content.items():
-                inner = getattr(v, "state", None)
-                if isinstance(inner, dict) and "_val" in inner:
-                    v = inner["_val"]
-                elif isinstance(inner, dict) and "_content" in inner:
-                    v = inner["_content"]
-                    if isinstance(v, list):
-                        v = [getattr(i, "state", {}).get("_val", i)
-                             if isinstance(getattr(i, "state", None), dict) else i for i in v]
-                out[k] = v
-            return out
-    return None
+    if isinstance(state, dict) and "_content" in state:
+        obj = state["_content"]
+    elif isinstance(state, dict) and "_val" in state:
+        obj = state["_val"]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 def convert_official(obj: tp.Any) -> tuple[dict[str, tp.Any], dict[str, torch.Tensor]]:
@@ -419,8 +411,8 @@ def convert_official(obj: tp.Any) -> tuple[dict[str, tp.Any], dict[str, torch.Te
     if not isinstance(state, dict):
         raise CheckpointError("AEROMamba checkpoint: 'state' is not a state dict")
     overrides: dict[str, tp.Any] = {}
-    kwargs = _plain_dict(package.get("kwargs"))
-    if kwargs:
+    kwargs = _plain(package.get("kwargs"))
+    if isinstance(kwargs, dict) and kwargs and all(isinstance(k, str) for k in kwargs):
         overrides = config_from_official_args(kwargs)
     elif "encoder.0.pre_conv.weight" in state:
         overrides["channels"] = int(state["encoder.0.pre_conv.weight"].shape[0])
