@@ -20,9 +20,10 @@ checkpoint. ``B``/``C`` are shared by many channels, so each worker accumulates 
 in its own slice ``[worker, ...]``; the slices are summed afterwards, in a fixed order, which
 also makes the result deterministic for a given thread count.
 
-The Δ bias and softplus, the ``D·u`` skip and the ``SiLU(z)`` gate are fused into both kernels
-(the backward recomputes ``y_l = ⟨h_l, C_l⟩`` for the gate's gradient), which saves about ten
-passes over ``[Bsz, Di, L]`` tensors per training step.
+The ``D·u`` skip and the multiplication by the gate ``SiLU(z)`` are fused into both kernels (the
+backward recomputes ``y_l = ⟨h_l, C_l⟩`` for the gate's gradient), saving several passes over
+``[Bsz, Di, L]`` tensors. The transcendental parts (softplus of Δ, SiLU of z) stay in torch,
+whose vectorised exp is far cheaper than scalar libm calls inside the kernel.
 
 Array layouts (all C-contiguous): ``u, delta: [Bsz, Di, L]``; ``A: [Di, N]``;
 ``Bt, Ct: [Bb, G, Lb, N]`` (time last-but-one so the inner loop over N is contiguous; ``Bb`` is
@@ -127,21 +128,9 @@ def _exp_ad_overload(x):  # type: ignore[no-untyped-def]
     return lambda x: math.exp(x)
 
 
-@_njit(fastmath=FASTMATH)
-def _softplus(x):  # pragma: no cover - compiled
-    """torch's softplus (beta 1, threshold 20): x above 20, else log(1 + e^x) (callers cast)."""
-    return x if x > 20.0 else math.log1p(math.exp(x))
-
-
-@_njit(fastmath=FASTMATH)
-def _sigmoid(x):  # pragma: no cover - compiled
-    """Logistic function; callers cast the (float64) result back to the array dtype."""
-    return 1.0 / (1.0 + math.exp(-x))
-
-
 @_njit(parallel=True, nogil=True, fastmath=FASTMATH)
-def _forward(u, delta, A, Bt, Ct, D, z, bias, softplus, has_z,
-             out, last, ckpt, save):  # pragma: no cover - compiled
+def _forward(u, delta, A, Bt, Ct, D, gate, has_gate, out, last, ckpt,
+             save):  # pragma: no cover - compiled
     bsz, di, length = u.shape
     n_state = A.shape[1]
     gb = di // Bt.shape[1]
@@ -158,9 +147,7 @@ def _forward(u, delta, A, Bt, Ct, D, z, bias, softplus, has_z,
         for t in range(length):
             if save and t % CHUNK == 0:
                 ckpt[b, d, t // CHUNK, :] = h
-            dt = delta[b, d, t] + bias[d]
-            if softplus:
-                dt = u.dtype.type(_softplus(dt))
+            dt = delta[b, d, t]
             ut = u[b, d, t]
             du = dt * ut
             brow = Bt[bb, d // gb, t if tb else 0]
@@ -171,17 +158,16 @@ def _forward(u, delta, A, Bt, Ct, D, z, bias, softplus, has_z,
                 h[n] = hn
                 acc += hn * crow[n]
             o = acc + D[d] * ut
-            if has_z:
-                zt = z[b, d, t]
-                o = o * zt * u.dtype.type(_sigmoid(zt))
+            if has_gate:
+                o = o * gate[b, d, t]
             out[b, d, t] = o
         last[b, d, :] = h
 
 
 @_njit(parallel=True, nogil=True, fastmath=FASTMATH)
-def _backward(u, delta, A, Bt, Ct, D, z, bias, softplus, has_z, gout, glast, ckpt,
-              du_out, ddelta, dz, dA_part, dB_part, dC_part, dD_part,
-              dbias_part):  # pragma: no cover - compiled
+def _backward(u, delta, A, Bt, Ct, D, gate, has_gate, gout, glast, ckpt,
+              du_out, ddelta, dgate, dA_part, dB_part, dC_part,
+              dD_part):  # pragma: no cover - compiled
     bsz, di, length = u.shape
     n_state = A.shape[1]
     n_work = dA_part.shape[0]
@@ -191,7 +177,6 @@ def _backward(u, delta, A, Bt, Ct, D, z, bias, softplus, has_z, gout, glast, ckp
     for w in prange(n_work):
         hbuf = np.empty((CHUNK + 1, n_state), dtype=u.dtype)  # h_{t0-1} .. h_{t1-1}
         ebuf = np.empty((CHUNK, n_state), dtype=u.dtype)  # a_t = exp(Δ_t·A)
-        dtbuf = np.empty(CHUNK, dtype=u.dtype)  # Δ_t after bias and softplus
         eh = np.empty(n_state, dtype=u.dtype)
         lam = np.empty(n_state, dtype=u.dtype)
         dA_c = np.empty(n_state, dtype=u.dtype)
@@ -207,17 +192,13 @@ def _backward(u, delta, A, Bt, Ct, D, z, bias, softplus, has_z, gout, glast, ckp
             lam[:] = glast[b, d, :]
             dA_loc[:] = 0.0
             dD_loc = 0.0
-            dbias_loc = 0.0
             for c in range(n_chunks - 1, -1, -1):
                 t0 = c * CHUNK
                 t1 = min(length, t0 + CHUNK)
                 hbuf[0, :] = ckpt[b, d, c, :]
-                for t in range(t0, t1):  # recompute Δ_t, a_t and h_{t0} .. h_{t1-1}
+                for t in range(t0, t1):  # recompute a_t and h_{t0} .. h_{t1-1}
                     k = t - t0
-                    dt = delta[b, d, t] + bias[d]
-                    if softplus:
-                        dt = u.dtype.type(_softplus(dt))
-                    dtbuf[k] = dt
+                    dt = delta[b, d, t]
                     dtu = dt * u[b, d, t]
                     brow = Bt[bb, d // gb, t if tb else 0]
                     hprev = hbuf[k]
@@ -232,7 +213,7 @@ def _backward(u, delta, A, Bt, Ct, D, z, bias, softplus, has_z, gout, glast, ckp
                 # loop over n only when it can rule out aliasing between all of them.
                 for t in range(t1 - 1, t0 - 1, -1):
                     k = t - t0
-                    dt = dtbuf[k]
+                    dt = delta[b, d, t]
                     ut = u[b, d, t]
                     lb = t if tb else 0
                     lc = t if tc else 0
@@ -244,15 +225,12 @@ def _backward(u, delta, A, Bt, Ct, D, z, bias, softplus, has_z, gout, glast, ckp
                     hcur = hbuf[k + 1]
                     erow = ebuf[k]
                     g = gout[b, d, t]
-                    if has_z:  # out = (y + D·u)·silu(z): gradient of the gate
-                        zt = z[b, d, t]
-                        sg = u.dtype.type(_sigmoid(zt))
+                    if has_gate:  # out = (y + D·u)·gate; y_t recomputed from h_t
                         ysum = u.dtype.type(0.0)
                         for n in range(n_state):
                             ysum += hcur[n] * crow[n]
-                        pre = ysum + D[d] * ut
-                        dz[b, d, t] = g * pre * sg * (1.0 + zt * (1.0 - sg))
-                        g = u.dtype.type(g * zt * sg)
+                        dgate[b, d, t] = g * (ysum + D[d] * ut)
+                        g = g * gate[b, d, t]
                     dD_loc += g * ut
                     for n in range(n_state):
                         lam[n] += g * crow[n]  # λ_t = g_t C_t + a_{t+1} ⊙ λ_{t+1}
@@ -273,16 +251,12 @@ def _backward(u, delta, A, Bt, Ct, D, z, bias, softplus, has_z, gout, glast, ckp
                     for n in range(n_state):
                         lam[n] *= erow[n]  # carries a_t ⊙ λ_t to step t-1
                     du_out[b, d, t] = s_u * dt + g * D[d]
-                    if softplus:  # d softplus(x)/dx = sigmoid(x)
-                        s_d = u.dtype.type(s_d * _sigmoid(delta[b, d, t] + bias[d]))
                     ddelta[b, d, t] = s_d
-                    dbias_loc += s_d
                 for n in range(n_state):  # chunk sums in float64 keep long sequences exact
                     dA_loc[n] += dA_c[n]
             for n in range(n_state):
                 dA_part[w, d, n] += dA_loc[n]
             dD_part[w, d] += dD_loc
-            dbias_part[w, d] += dbias_loc
 
 
 def _num_threads() -> int:
@@ -291,22 +265,19 @@ def _num_threads() -> int:
 
 
 class SelectiveScanCPU(torch.autograd.Function):
-    """Fused selective scan on CPU: ``(u, delta, A, B4, C4, D, z, delta_bias, softplus)`` →
-    ``(out, last_state)``; see the module docstring.
+    """Selective scan on CPU: ``(u, delta, A, B4, C4, D, gate)`` → ``(out, last_state)``.
 
-    ``u, delta, z: [Bsz, Di, L]``, ``A: [Di, N]``, ``B4, C4: [Bb, G, N, Lb]`` as made by
-    :func:`upsr.nn.scan.as_groups`, ``D, delta_bias: [Di]``; ``D``, ``z`` and ``delta_bias`` may
-    be None. All tensors share one float dtype (float32 or float64). The bias, softplus, ``D``
-    skip and SiLU(z) gate are computed inside the kernels, which saves whole passes over the
-    ``[Bsz, Di, L]`` tensors in both directions. Returns ``out: [Bsz, Di, L]`` and
-    ``last: [Bsz, Di, N]``.
+    ``out = (y + D·u)·gate`` with ``y`` the recurrence output (module docstring).
+    ``u, delta, gate: [Bsz, Di, L]`` (delta already positive: bias and softplus applied),
+    ``A: [Di, N]``, ``B4, C4: [Bb, G, N, Lb]`` as made by :func:`upsr.nn.scan.as_groups`,
+    ``D: [Di]``; ``D`` and ``gate`` may be None. All of one float dtype (float32 or float64).
+    Returns ``out: [Bsz, Di, L]`` and ``last: [Bsz, Di, N]``.
     """
 
     @staticmethod
     def forward(ctx: Any, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                 B4: torch.Tensor, C4: torch.Tensor, D: torch.Tensor | None,
-                z: torch.Tensor | None, delta_bias: torch.Tensor | None,
-                softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                gate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         bsz, di, length = u.shape
         n_state = A.shape[1]
         save = any(ctx.needs_input_grad)
@@ -314,8 +285,7 @@ class SelectiveScanCPU(torch.autograd.Function):
         Bt = B4.detach().transpose(2, 3).contiguous()
         Ct = C4.detach().transpose(2, 3).contiguous()
         Dc = uc.new_zeros(di) if D is None else D.detach().contiguous()
-        bc = uc.new_zeros(di) if delta_bias is None else delta_bias.detach().contiguous()
-        zc = uc.new_zeros(1, 1, 1) if z is None else z.detach().contiguous()
+        gc = uc.new_zeros(1, 1, 1) if gate is None else gate.detach().contiguous()
         out = torch.empty_like(uc)
         last = uc.new_empty(bsz, di, n_state)
         n_ck = (length + CHUNK - 1) // CHUNK if save else 0
@@ -325,19 +295,19 @@ class SelectiveScanCPU(torch.autograd.Function):
         else:
             numba.set_num_threads(_num_threads())
             _forward(uc.numpy(), dc.numpy(), Ac.numpy(), Bt.numpy(), Ct.numpy(), Dc.numpy(),
-                     zc.numpy(), bc.numpy(), bool(softplus), z is not None, out.numpy(),
-                     last.numpy(), ckpt.numpy(), save)
+                     gc.numpy(), gate is not None, out.numpy(), last.numpy(), ckpt.numpy(),
+                     save)
         if save:
-            ctx.save_for_backward(uc, dc, Ac, Bt, Ct, Dc, zc, bc, ckpt)
+            ctx.save_for_backward(uc, dc, Ac, Bt, Ct, Dc, gc, ckpt)
             ctx.shapes = (B4.shape, C4.shape)
-            ctx.flags = (bool(softplus), z is not None)
+            ctx.has_gate = gate is not None
         return out, last
 
     @staticmethod
     def backward(ctx: Any, gout: torch.Tensor | None,
                  glast: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-        uc, dc, Ac, Bt, Ct, Dc, zc, bc, ckpt = ctx.saved_tensors
-        softplus, has_z = ctx.flags
+        uc, dc, Ac, Bt, Ct, Dc, gc, ckpt = ctx.saved_tensors
+        has_gate = ctx.has_gate
         bsz, di, length = uc.shape
         gout = torch.zeros_like(uc) if gout is None else gout.to(uc.dtype).contiguous()
         glast = (uc.new_zeros(bsz, di, Ac.shape[1]) if glast is None
@@ -345,24 +315,21 @@ class SelectiveScanCPU(torch.autograd.Function):
         n_work = max(1, min(_num_threads(), bsz * di))
         du = torch.empty_like(uc)  # the kernel writes every element
         ddelta = torch.empty_like(uc)
-        dz = torch.empty_like(uc) if has_z else uc.new_zeros(1, 1, 1)
+        dgate = torch.empty_like(uc) if has_gate else uc.new_zeros(1, 1, 1)
         dA_part = torch.zeros(n_work, *Ac.shape, dtype=torch.float64)
         dB_part = uc.new_zeros(n_work, *Bt.shape)
         dC_part = uc.new_zeros(n_work, *Ct.shape)
         dD_part = torch.zeros(n_work, di, dtype=torch.float64)
-        dbias_part = torch.zeros(n_work, di, dtype=torch.float64)
         if length > 0:
             numba.set_num_threads(n_work)
             _backward(uc.numpy(), dc.numpy(), Ac.numpy(), Bt.numpy(), Ct.numpy(), Dc.numpy(),
-                      zc.numpy(), bc.numpy(), softplus, has_z, gout.numpy(), glast.numpy(),
-                      ckpt.numpy(), du.numpy(), ddelta.numpy(), dz.numpy(), dA_part.numpy(),
-                      dB_part.numpy(), dC_part.numpy(), dD_part.numpy(), dbias_part.numpy())
+                      gc.numpy(), has_gate, gout.numpy(), glast.numpy(), ckpt.numpy(),
+                      du.numpy(), ddelta.numpy(), dgate.numpy(), dA_part.numpy(),
+                      dB_part.numpy(), dC_part.numpy(), dD_part.numpy())
         b_shape, c_shape = ctx.shapes
         dA = dA_part.sum(0).to(uc.dtype)
         dB = dB_part.sum(0).transpose(2, 3).reshape(b_shape)
         dC = dC_part.sum(0).transpose(2, 3).reshape(c_shape)
-        need = ctx.needs_input_grad
-        dD = dD_part.sum(0).to(uc.dtype) if need[5] else None
-        dzo = dz if (has_z and need[6]) else None
-        dbias = dbias_part.sum(0).to(uc.dtype) if need[7] else None
-        return du, ddelta, dA, dB, dC, dD, dzo, dbias, None
+        dD = dD_part.sum(0).to(uc.dtype) if ctx.needs_input_grad[5] else None
+        dg = dgate if (has_gate and ctx.needs_input_grad[6]) else None
+        return du, ddelta, dA, dB, dC, dD, dg

@@ -16,7 +16,7 @@ Backends (``backend=``):
 - ``"cuda"``: mamba_ssm's fused CUDA kernel, imported lazily, only when asked for or when the
   input is on a CUDA device and the package imports (the ``upsr[cuda]`` extra);
 - ``"cpu"``: numba kernels parallel over (batch, channel), forward and backward
-  (:mod:`upsr.nn._scan_numba`), with the bias, softplus, ``D`` skip and gate fused in;
+  (:mod:`upsr.nn._scan_numba`), with the ``D`` skip and the gate multiplication fused in;
 - ``"ref"``: a plain per-step loop in torch, vectorised over (batch, channel, state), used by
   tests as the independent reference and as the fallback on devices with neither of the above.
 
@@ -206,21 +206,21 @@ def selective_scan(
     def cast(x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else x.to(cdt)
 
+    uc = u.to(cdt)
+    dc = delta.to(cdt)
+    if delta_bias is not None:
+        dc = dc + delta_bias.to(cdt)[:, None]
+    if delta_softplus:
+        dc = F.softplus(dc)
+    gate = None if z is None else F.silu(z.to(cdt))
     if name == "cpu":
         fn = _cpu_scan_fn()
         assert fn is not None
-        out, last = fn(u.to(cdt), delta.to(cdt), A.to(cdt), B4.to(cdt), C4.to(cdt), cast(D),
-                       cast(z), cast(delta_bias), bool(delta_softplus))
+        out, last = fn(uc, dc, A.to(cdt), B4.to(cdt), C4.to(cdt), cast(D), gate)
     else:
-        uc = u.to(cdt)
-        dc = delta.to(cdt)
-        if delta_bias is not None:
-            dc = dc + delta_bias.to(cdt)[:, None]
-        if delta_softplus:
-            dc = F.softplus(dc)
         y, last = scan_ref(uc, dc, A.to(cdt), B4.to(cdt), C4.to(cdt))
         out = y if D is None else y + uc * D.to(cdt)[:, None]
-        if z is not None:
-            out = out * F.silu(z.to(cdt))
+        if gate is not None:
+            out = out * gate
     out = out.to(dtype_in)
     return (out, last) if return_last_state else out
