@@ -73,20 +73,27 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return meta
 
 
+def check_keys(state: tp.Mapping[str, torch.Tensor], expected: tp.Mapping[str, torch.Tensor],
+               where: str, name: tp.Callable[[str], str] = str) -> None:
+    """Raise a CheckpointError naming the first missing, misshapen or unexpected key.
+
+    ``name`` maps our key to the one the user's file uses (for importers whose official
+    layout differs), so the message names what is actually in their file.
+    """
+    for k, ref in expected.items():
+        if k not in state:
+            raise CheckpointError(f"{where}: missing key {name(k)!r}")
+        if tuple(state[k].shape) != tuple(ref.shape):
+            raise CheckpointError(f"{where}: key {name(k)!r} has shape {tuple(state[k].shape)}, "
+                                  f"expected {tuple(ref.shape)}")
+    for k in state:
+        if k not in expected:
+            raise CheckpointError(f"{where}: unexpected key {name(k)!r}")
+
+
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """``load_state_dict(strict=True)`` with errors that name the first bad key."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing:
-        raise CheckpointError(f"{where}: missing key {missing[0]!r} ({len(missing)} missing)")
-    if unexpected:
-        raise CheckpointError(
-            f"{where}: unexpected key {unexpected[0]!r} ({len(unexpected)} unexpected)")
-    for k, v in state.items():
-        if tuple(own[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{where}: key {k!r} has shape {tuple(v.shape)}, the model "
-                                  f"expects {tuple(own[k].shape)}")
+    check_keys(state, model.state_dict(), where)
     model.load_state_dict(state, strict=True)
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from upsr.checkpoint import check_keys
 from upsr.errors import CheckpointError, UsageError
 from upsr.models import register
 from upsr.models.base import Restorer
@@ -272,15 +273,7 @@ def convert_official(obj: tp.Any) -> tuple[dict[str, tp.Any], dict[str, torch.Te
         out[key] = value.detach().to(torch.float32)
     with torch.device("meta"):  # the expected keys and shapes, without allocating weights
         expected = Apollo(config).state_dict()
-    for key, ref_t in expected.items():
-        if key not in out:
-            raise CheckpointError(f"apollo: missing key {key!r}")
-        if tuple(out[key].shape) != tuple(ref_t.shape):
-            raise CheckpointError(f"apollo: key {key!r} has shape {tuple(out[key].shape)}, "
-                                  f"expected {tuple(ref_t.shape)}")
-    for key in out:
-        if key not in expected:
-            raise CheckpointError(f"apollo: unexpected key {key!r}")
+    check_keys(out, expected, "apollo")
     return overrides, out
 
 

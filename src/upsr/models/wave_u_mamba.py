@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from upsr.checkpoint import check_keys
 from upsr.errors import CheckpointError, UsageError
 from upsr.models import register
 from upsr.models.base import Restorer
@@ -301,18 +302,12 @@ def convert_official(obj: tp.Any) -> tuple[dict[str, tp.Any], dict[str, torch.Te
         new = f"{head}.{_WEIGHT_NORM_KEYS[leaf]}" if leaf in _WEIGHT_NORM_KEYS else key
         out[new] = value.detach().to(torch.float32)
         official_name[new] = key
-    expected = WaveUMamba(config).state_dict()
-    for key, ref in expected.items():
-        if key not in out:
-            old = key.replace(_WEIGHT_NORM_KEYS["weight_g"], "weight_g").replace(
-                _WEIGHT_NORM_KEYS["weight_v"], "weight_v")
-            raise CheckpointError(f"wave-u-mamba: missing key {old!r}")
-        if tuple(out[key].shape) != tuple(ref.shape):
-            raise CheckpointError(f"wave-u-mamba: key {official_name[key]!r} has shape "
-                                  f"{tuple(out[key].shape)}, expected {tuple(ref.shape)}")
-    for key in out:
-        if key not in expected:
-            raise CheckpointError(f"wave-u-mamba: unexpected key {official_name[key]!r}")
+    def official(key: str) -> str:
+        return official_name.get(key) or key.replace(
+            _WEIGHT_NORM_KEYS["weight_g"], "weight_g").replace(
+            _WEIGHT_NORM_KEYS["weight_v"], "weight_v")
+
+    check_keys(out, WaveUMamba(config).state_dict(), "wave-u-mamba", official)
     return overrides, out
 
 
