@@ -1,0 +1,51 @@
+"""``upsr train RECIPE.toml``: train a GAN restorer from a recipe (also under torchrun)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from upsr.cli import _common
+
+
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe file (TOML), e.g. recipes/apollo.toml.")],
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --out (or the newest runs/<recipe>-*) from its "
+                         "latest checkpoint, exactly.")] = False,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", metavar="SECTION.KEY=VALUE",
+        help="Override a recipe value (TOML syntax), e.g. --set train.steps=100 "
+             "--set data.train=~/music. Repeatable.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Run folder (default runs/<recipe>-<timestamp>).")] = None,
+    device: Annotated[str, typer.Option(
+        "--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    quiet: _common.Quiet = False,
+    verbose: _common.Verbose = 0,
+) -> None:
+    """Train AEROMamba, Apollo or Wave-U-Mamba as a recipe describes.
+
+    Writes the resolved recipe, log.csv, validation examples and checkpoints
+    (checkpoints/latest.safetensors, best.safetensors: usable with 'upsr enhance --model FILE')
+    into the run folder. Under torchrun every rank runs this same command.
+    """
+    from upsr.errors import UsageError
+    from upsr.train import loop
+    from upsr.train import recipe as R
+
+    _common.setup_logging(quiet, max(verbose, 0 if quiet else 1))
+    r = R.load(recipe, overrides or ())
+    run_dir = out
+    if resume and run_dir is None:
+        runs = sorted(Path("runs").glob(f"{recipe.stem}-*"))
+        if not runs:
+            raise UsageError(f"--resume: no runs/{recipe.stem}-* folder; pass --out RUN_DIR")
+        run_dir = runs[-1]
+    loop.train(r, run_dir, resume=resume, device=device)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
