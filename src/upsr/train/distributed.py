@@ -79,9 +79,14 @@ def broadcast(d: Dist, obj: tp.Any) -> tp.Any:
 
 
 def digest(module: torch.nn.Module) -> str:
-    """SHA-256 of every parameter's and buffer's bytes, in state-dict order."""
+    """SHA-256 of every parameter's bytes, in registration order.
+
+    Buffers are left out: BatchNorm running statistics (AEROMamba's FTB) are updated from each
+    rank's own batch and made equal again by DDP's broadcast from rank 0 at the next forward,
+    so after a step they legitimately differ; checkpoints hold rank 0's.
+    """
     h = hashlib.sha256()
-    for key, value in module.state_dict().items():
+    for key, value in module.named_parameters():
         h.update(key.encode())
         h.update(value.detach().to("cpu").contiguous().numpy().tobytes())
     return h.hexdigest()

@@ -185,7 +185,10 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [d.device.index] if d.device.type == "cuda" else None
-        g_train = DDP(g_train, device_ids=ids)
+        if d.device.type == "cuda":  # batch statistics over all ranks (Apollo used sync BN)
+            gen = nn.SyncBatchNorm.convert_sync_batchnorm(gen)
+            state.generator = gen
+        g_train = DDP(_Restore(gen), device_ids=ids)
         d_train = DDP(disc, device_ids=ids)
     autocast = d.device.type == "cuda" and recipe.train.precision in ("auto", "bf16")
     if d.device.type == "cpu" and recipe.train.precision == "bf16":
@@ -257,11 +260,15 @@ def train_step(run: Run, hr: torch.Tensor, lr: torch.Tensor) -> dict[str, float]
         with amp:
             both = disc(torch.cat([real_in, S.disc_input(disc, fake)]))
         (_, r_feats), (f_logits, f_feats) = _split_batch(both, real_in.shape[0])
-        adv = g_loss_fn([x.float() for x in f_logits])
-        fm = fm_fn([[f.float() for f in fs] for fs in f_feats],
-                   [[f.float() for f in fs] for fs in r_feats])
-        total = total + w_adv * adv + w_fm * fm
-        out["adversarial"], out["feature_matching"] = float(adv.detach()), float(fm.detach())
+        if w_adv > 0:
+            adv = g_loss_fn([x.float() for x in f_logits])
+            total = total + w_adv * adv
+            out["adversarial"] = float(adv.detach())
+        if w_fm > 0:
+            fm = fm_fn([[f.float() for f in fs] for fs in f_feats],
+                       [[f.float() for f in fs] for fs in r_feats])
+            total = total + w_fm * fm
+            out["feature_matching"] = float(fm.detach())
     st.opt_g.zero_grad(set_to_none=True)
     total.backward()
     out["grad_norm_g"] = _clip(st.generator.parameters(), rc.optim.generator.grad_clip)
