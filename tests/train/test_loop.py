@@ -46,8 +46,6 @@ def test_tiny_recipe_learns_validates_and_checkpoints(name, tiny_data, tmp_path)
     assert out_sr == run.recipe.data.sample_rate and np.isfinite(y).all()
 
 
-@pytest.mark.xfail(strict=True, reason="upsr.nn.roformer (0e9adaa) modifies autograd views "
-                   "in place; Apollo's generator cannot be back-propagated yet")
 def test_tiny_apollo_trains(tiny_data, tmp_path):
     _train("apollo", tiny_data, tmp_path / "run", "train.steps=2")
 

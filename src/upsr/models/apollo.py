@@ -118,7 +118,8 @@ class TimeConvBlock(nn.Module):
         for j in range(1, taps.shape[-1]):
             y.addcmul_(xp[:, j:j + t], taps[:, j])
         y = rms_normalize(y, norm.eps)
-        y = F.silu(F.linear(y, up.weight.squeeze(-1) * norm.weight, up.bias), inplace=True)
+        y = F.silu(F.linear(y, up.weight.squeeze(-1) * norm.weight, up.bias),
+                   inplace=not torch.is_grad_enabled())
         return torch.addmm(down.bias, y.reshape(-1, y.shape[-1]),
                            down.weight.squeeze(-1).t()).reshape(x.shape).add_(x)
 

@@ -79,7 +79,10 @@ def rms_normalize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     Callers fold an RMSNorm's gain into the weight of the linear map that follows
     (``W · diag(g)``), which saves a full pass over the activations.
     """
-    ms = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1])
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    if torch.is_grad_enabled():  # autograd needs the norm as it was: no in-place updates
+        return x * (norm.square() / x.shape[-1] + eps).rsqrt()
+    ms = norm.square_().div_(x.shape[-1])
     return x * ms.add_(eps).rsqrt_()
 
 
@@ -134,9 +137,14 @@ class RoformerBlock(nn.Module):
         q, k = apply_rope(qkv[0], cos, sin), apply_rope(qkv[1], cos, sin)
         att = F.scaled_dot_product_attention(q, k, qkv[2], is_causal=self.causal)
         att = att.transpose(1, 2).reshape(n, length, -1)  # [N, L, hidden], head-major channels
-        y = F.linear(att, self.output.weight.squeeze(-1)).add_(x)
+        # in-place ops save memory passes at inference; training needs the autograd-safe forms
+        train = torch.is_grad_enabled()
+        y = F.linear(att, self.output.weight.squeeze(-1))
+        y = y + x if train else y.add_(x)
         w_up = mlp[1].weight.squeeze(-1) * mlp[0].weight
-        h = F.silu(F.linear(rms_normalize(y, mlp[0].eps), w_up), inplace=True)
+        h = F.silu(F.linear(rms_normalize(y, mlp[0].eps), w_up), inplace=not train)
         gate, value = h.chunk(2, dim=-1)
-        gate = F.silu(gate, inplace=True).mul_(value)  # the official second SiLU on the gate
-        return F.linear(gate, self.MLP_output.weight.squeeze(-1)).add_(y)
+        # the official second SiLU on the gate
+        gate = F.silu(gate) * value if train else F.silu(gate, inplace=True).mul_(value)
+        out = F.linear(gate, self.MLP_output.weight.squeeze(-1))
+        return out + y if train else out.add_(y)
