@@ -90,8 +90,10 @@ def enhance(
     chunk_s: Annotated[float, typer.Option("--chunk-s", help="Seconds kept per chunk.")] = 10.0,
     overlap_s: Annotated[float, typer.Option("--overlap-s", help="Cross-fade seconds between "
                          "chunks (context is added on top).")] = 0.25,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Chunk rows per forward pass "
-                          "(chunks of several files are batched together).")] = 4,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Chunk rows per forward "
+                          "pass; chunks of several files are batched together (default: 1 on "
+                          "CPU, where batching only costs memory; 4 on GPUs).",
+                          show_default=False)] = None,
     no_lf_replace: Annotated[bool, typer.Option("--no-lf-replace", help="Do not splice the "
                              "input back below its cutoff.")] = False,
     cutoff: Annotated[float | None, typer.Option("--cutoff", help="Force the input cutoff "
@@ -117,6 +119,9 @@ def enhance(
     from upsr.infer.batch import BatchOptions, check_writable, enhance_files, plan_items
     from upsr.infer.engine import EnhanceOptions
 
+    where = _device(device)
+    if batch_size is None:
+        batch_size = 1 if where == "cpu" else 4
     try:
         engine = EnhanceOptions(chunk_s=chunk_s, overlap_s=overlap_s, batch_size=batch_size,
                                 lf_replace=not no_lf_replace, stereo=stereo.value, out_sr=sr)
@@ -130,7 +135,7 @@ def enhance(
                         bit_depth=bit_depth.value if bit_depth else None, overwrite=overwrite,
                         bitrate_auto=bitrate_auto, full_band=full_band.value, cutoff_hz=cutoff,
                         cutoff_method=cutoff_method.value.replace("-", "_"),
-                        copy_tags=not no_tags, device=_device(device))
+                        copy_tags=not no_tags, device=where)
     from upsr import models
 
     models.load_model(model)  # fail before any work on a bad --model
