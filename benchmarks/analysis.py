@@ -8,27 +8,16 @@ Prints one row per operation: median wall time over ``--runs`` runs and the real
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
+from _timing import median_time
 
 from upsr.audio.analysis import band_edge_hz, rolloff_hz
 from upsr.audio.spectral import lf_replace
 from upsr.eval.metrics import lsd, sdr, si_snr
 
 SR = 44100
-
-
-def _median_s(fn: Callable[[], object], runs: int) -> float:
-    fn()  # warm-up (imports, FFT plans)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -58,7 +47,7 @@ def main() -> None:
     print(f"{args.seconds:g} s stereo @ {SR} Hz, median of {args.runs} runs")
     print(f"{'operation':36} {'time s':>8} {'RTF':>8}")
     for name, fn in cases:
-        t = _median_s(fn, args.runs)
+        t = median_time(fn, args.runs)
         print(f"{name:36} {t:8.3f} {t / args.seconds:8.4f}")
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _timing import median_time
 
 SR = 44100
 SPEC = "lowpass=cheby1,ellip,butter,boxcar:2-10:2k-16k mp3=24,32,48,64,96,128"
@@ -40,15 +40,6 @@ def make_source(folder: Path, minutes: int) -> list[np.ndarray]:
         sf.write(folder / f"track_{i:02d}.wav", clip.T, SR, subtype="PCM_16")
         clips.append(clip)
     return clips
-
-
-def timed(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def run_cli(src: Path, work: Path, jobs: int) -> None:
@@ -100,7 +91,7 @@ def main() -> None:
         print(f"| {'stage':<32} | {'audio s':>8} | {'wall s':>8} | {'x real-time':>11} |")
         print(f"|{'-' * 34}|{'-' * 10}|{'-' * 10}|{'-' * 13}|")
         for name, fn in rows:
-            wall = timed(fn, args.runs)
+            wall = median_time(fn, args.runs, warmup=False)
             print(f"| {name:<32} | {audio_s:8.1f} | {wall:8.2f} | {audio_s / wall:11.1f} |",
                   flush=True)
 

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _timing import median_time
 
 from upsr.nn import Mamba, selective_scan
 
@@ -44,17 +42,6 @@ def reference_scan(u, delta, A, B, C, D, z, delta_bias):
         ys.append(torch.einsum("bdn,bn->bd", x, c))
     y = torch.stack(ys, dim=2)
     return (y + u * D[:, None]) * F.silu(z)
-
-
-def timed(fn: Callable[[], object], runs: int) -> float:
-    """Median wall time of ``runs`` calls, after one untimed warm-up call."""
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def scan_inputs(bsz: int, di: int, n: int, length: int, grad: bool) -> list[torch.Tensor]:
@@ -127,8 +114,8 @@ def main() -> None:
     for name, mk in (("forward", lambda f, a: fwd(f, a)),
                      ("forward+backward", lambda f, a: fwd_bwd(f, a, weight))):
         a = x if name == "forward" else xg
-        t_ours = timed(mk(ours, a), args.runs)
-        t_ref = timed(mk(reference_scan, a), args.ref_runs)
+        t_ours = median_time(mk(ours, a), args.runs)
+        t_ref = median_time(mk(reference_scan, a), args.ref_runs)
         rows.append((name, t_ours, t_ref))
     print(f"{'':18}{'upsr cpu (s)':>14}{'reference (s)':>15}{'speed-up':>10}{'Mupd/s':>10}")
     for name, t_ours, t_ref in rows:
@@ -142,13 +129,13 @@ def main() -> None:
     for steps in (24000, 48000):
         h = torch.randn(1, steps, 32)
         hg = h.clone().requires_grad_()
-        t_f = timed(fwd(m, [h]), args.runs)
+        t_f = median_time(fwd(m, [h]), args.runs)
 
         def train_step(hg=hg):
             m.zero_grad()
             m(hg).square().mean().backward()
 
-        t_fb = timed(train_step, args.runs)
+        t_fb = median_time(train_step, args.runs)
         print(f"{steps:>18}{t_f:13.4f}{t_fb:13.4f}")
 
     if args.compile:
