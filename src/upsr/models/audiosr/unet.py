@@ -96,10 +96,14 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm evaluated in float32 and cast back (the official ``GroupNorm32``)."""
+    """GroupNorm evaluated in float32 (float64 for float64 inputs) and cast back: the official
+    ``GroupNorm32`` for float32/half inputs, also with half-precision parameters."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        w = None if self.weight is None else self.weight.to(dt)
+        b = None if self.bias is None else self.bias.to(dt)
+        return F.group_norm(x.to(dt), self.num_groups, w, b, self.eps).type(x.dtype)
 
 
 class ResBlock(nn.Module):
