@@ -12,9 +12,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tests.conftest import fixture_path, rel_l2
+from upsr.errors import CheckpointError
+from upsr.models.audiosr.importer import convert_official
 from upsr.models.audiosr.unet import UNet, UNetConfig, timestep_embedding
 from upsr.models.audiosr.vae import AutoencoderKL, VAEConfig
 from upsr.models.audiosr.vocoder import Vocoder, VocoderConfig
+from upsr.models.importers import safe_load
 from upsr.nn.layers import remove_norms
 
 TOL = 1e-5
@@ -216,3 +219,150 @@ def test_timestep_embedding_closed_form():
     ref = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
     assert torch.allclose(emb, ref, atol=2e-4)  # float32 arguments up to t·f ≈ 981
     assert torch.equal(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4, dtype=torch.float64))
+
+
+# --- import of the official checkpoint format --------------------------------------------------
+
+SCHEDULE = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+            "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod",
+            "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
+            "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2")
+
+
+def _ema_name(key: str) -> str:
+    return "model_ema." + ("diffusion_model." + key).replace(".", "")
+
+
+@functools.lru_cache(maxsize=1)
+def _official_state_dict():
+    """What ``LatentDiffusion.state_dict()`` holds, with the fixtures' small networks: U-Net,
+    first-stage VAE + vocoder, the condition's copy, EMA shadows (perturbed, so that choosing
+    them is visible), a stand-in CLAP, the official schedule buffers, logvar, scale_factor."""
+    _, _, vae = _fixture("audiosr_vae")
+    _, _, voc = _fixture("audiosr_vocoder")
+    _, ut, unet = _fixture("audiosr_unet")
+    _, math_t, _ = _fixture("audiosr_pipeline_math")
+    g = torch.Generator().manual_seed(7)
+    sd: dict[str, torch.Tensor] = {}
+    sd.update({"model.diffusion_model." + k: v.clone() for k, v in unet.items()})
+    for prefix in ("first_stage_model.", "cond_stage_models.0.vae."):
+        sd.update({prefix + k: v.clone() for k, v in vae.items()})
+        sd.update({prefix + "vocoder." + k: v.clone() for k, v in voc.items()})
+    sd.update({_ema_name(k): v + 0.01 * torch.randn(v.shape, generator=g)
+               for k, v in unet.items()})
+    sd["model_ema.decay"] = torch.tensor(0.9999)
+    sd["model_ema.num_updates"] = torch.tensor(1000, dtype=torch.int32)
+    sd["clap.model.audio_branch.patch_embed.proj.weight"] = torch.randn(8, 1, 4, 4, generator=g)
+    sd["clap.model.text_branch.embeddings.word_embeddings.weight"] = torch.randn(
+        50, 8, generator=g)
+    sd.update({name: math_t["schedule." + name].clone() for name in SCHEDULE})
+    sd["logvar"] = torch.zeros(1000)
+    sd["scale_factor"] = ut["wrapper.scale_factor"].clone()
+    return sd
+
+
+def _official_sd() -> dict[str, torch.Tensor]:
+    return dict(_official_state_dict())
+
+
+def _models(config, state):
+    """Our three networks built from an imported (config, state), as the Restorer does."""
+    config = json.loads(json.dumps(config))  # through JSON, like checkpoint metadata
+    out = []
+    for name, cls, cfg_cls in (("vae", AutoencoderKL, VAEConfig), ("vocoder", Vocoder,
+                                                                    VocoderConfig),
+                               ("unet", UNet, UNetConfig)):
+        part = {k[len(name) + 1:]: v.float() for k, v in state.items()
+                if k.startswith(name + ".")}
+        out.append(_built(cls, cfg_cls(**config[name]), part))
+    return out
+
+
+def test_official_container_imports_and_reproduces_the_fixtures(tmp_path):
+    path = tmp_path / "pytorch_model.bin"
+    torch.save({"state_dict": _official_sd(), "epoch": 3, "global_step": 12000}, path)
+    config, state = convert_official(safe_load(path))
+    assert config["vae"] == VAEConfig.small().as_dict()
+    assert config["vocoder"] == VocoderConfig.small().as_dict()
+    assert config["unet"] == UNetConfig.small().as_dict()
+    _, ut, _ = _fixture("audiosr_unet")
+    assert config["scale_factor"] == float(ut["wrapper.scale_factor"])
+    # one VAE, no CLAP/EMA/schedule: exactly the three networks' parameters
+    n = sum(int(meta["param_count"]) for meta, _, _ in
+            (_fixture(f) for f in ("audiosr_vae", "audiosr_vocoder", "audiosr_unet")))
+    assert sum(v.numel() for v in state.values()) == n
+    assert all(v.dtype == torch.float32 for v in state.values())
+    vae, vocoder, unet = _models(config, state)
+    _, vt, _ = _fixture("audiosr_vae")
+    _, ct, _ = _fixture("audiosr_vocoder")
+    with torch.no_grad():
+        assert rel_l2(vae.decode(vae.encode(vt["input"]).mode()), vt["output"]) <= TOL_VAE_OUT
+        assert rel_l2(vocoder(ct["input"]), ct["output"]) <= TOL
+        assert rel_l2(unet(ut["input"], ut["timesteps"]), ut["output"]) <= TOL
+
+
+def test_import_ema_and_half_precision():
+    sd = _official_sd()
+    _, ema_state = convert_official({"state_dict": sd}, ema=True)
+    for key in ("out.2.weight", "input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight"):
+        assert torch.equal(ema_state["unet." + key], sd[_ema_name(key)])
+        assert not torch.equal(ema_state["unet." + key], sd["model.diffusion_model." + key])
+    _, half = convert_official(sd, dtype=torch.float16)  # a bare state dict works too
+    key = "vocoder.conv_pre.weight"
+    assert half[key].dtype == torch.float16
+    assert torch.equal(half[key], sd["first_stage_model." + key].half())
+    with pytest.raises(CheckpointError, match="dtype"):
+        convert_official(sd, dtype=torch.int8)
+
+
+def test_import_folds_old_weight_norm_in_the_vocoder():
+    """``w = g·v/‖v‖`` with the norm per dim-0 slice (the old ``weight_norm(dim=0)``)."""
+    sd = _official_sd()
+    key = "first_stage_model.vocoder.ups.1.weight"  # ConvTranspose1d: [in, out, k]
+    w = sd.pop(key)
+    sd[key + "_g"] = torch.linalg.vector_norm(w, dim=(1, 2), keepdim=True)
+    sd[key + "_v"] = w * torch.linspace(0.5, 2.0, w.shape[0]).view(-1, 1, 1)
+    _, state = convert_official(sd)
+    assert rel_l2(state["vocoder.ups.1.weight"], w) <= 1e-6
+    del sd[key + "_g"]
+    with pytest.raises(CheckpointError, match="no matching"):
+        convert_official(sd)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda sd: sd.update({"first_stage_model.loss.logvar": torch.zeros(1)}),
+     "unexpected key 'first_stage_model.loss.logvar'"),
+    (lambda sd: sd.pop("model.diffusion_model.out.2.bias"),
+     "missing key 'model.diffusion_model.out.2.bias'"),
+    (lambda sd: sd.update({"first_stage_model.vocoder.conv_post.weight": torch.zeros(1, 4, 5)}),
+     "first_stage_model.vocoder.conv_post.weight' has shape"),
+    (lambda sd: sd.update({"cond_stage_models.0.vae.encoder.conv_in.bias":
+                           sd["cond_stage_models.0.vae.encoder.conv_in.bias"] + 1e-3}),
+     "condition VAE 'cond_stage_models.0.vae.encoder.conv_in.bias' differs"),
+    (lambda sd: sd.update({"alphas_cumprod": torch.linspace(1.0, 0.0, 1000)}),
+     "cosine schedule"),
+    (lambda sd: sd.pop("scale_factor"), "scale_factor"),
+    (lambda sd: sd.update({"model_ema.unknown": torch.zeros(1)}),
+     "unexpected key 'model_ema.unknown'"),
+])
+def test_import_errors_name_the_key(edit, message):
+    sd = _official_sd()  # the edits replace tensors, never change them in place
+    edit(sd)
+    with pytest.raises(CheckpointError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        convert_official({"state_dict": sd}, ema="model_ema.unknown" in sd)
+
+
+def test_import_rejects_what_is_not_an_audiosr_checkpoint():
+    with pytest.raises(CheckpointError, match="state_dict"):
+        convert_official(["not", "a", "dict"])
+    with pytest.raises(CheckpointError, match="model.diffusion_model"):
+        convert_official({"state_dict": {"scale_factor": torch.tensor(0.5)}})
+    sd = {k: v for k, v in _official_sd().items() if not k.startswith("model_ema.")}
+    with pytest.raises(CheckpointError, match="EMA weights requested"):
+        convert_official(sd, ema=True)
+
+
+def test_published_dot_free_ema_names_are_unambiguous():
+    with torch.device("meta"):
+        keys = list(UNet().state_dict())
+    assert len({_ema_name(k) for k in keys}) == len(keys)
