@@ -34,7 +34,8 @@ float64 difference of the same computation): VAE decode(encode) fp16 5.9e-3, bf1
 [6.4e-6]; VAE encoder mean fp16 1.3e-3, bf16 9.8e-3 [1.5e-6]; vocoder fp16 2.1e-4, bf16
 1.4e-3 [7.6e-8]; U-Net fp16 7.9e-4, bf16 6.5e-3 [6.8e-7]. So the default keeps float32
 (≈ 2.69 GB for the 672 M kept parameters, against ≈ 1.35 GB in fp16); ``dtype=torch.float16``
-or ``torch.bfloat16`` is available when size matters more than parity.
+or ``torch.bfloat16`` is available when size matters more than parity. Reproduce the table with
+``python benchmarks/audiosr_weight_dtype.py``.
 """
 
 from __future__ import annotations

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from upsr.models.audiosr.vae import Upsample  # the same layer: nearest ×2, conv 3×3 (``conv``)
+
 NORM_GROUPS = 32
 
 
@@ -225,17 +227,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
-
-
-class Upsample(nn.Module):
-    """Nearest ×2, then conv 3×3 with padding 1."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class TimestepEmbedSequential(nn.Sequential):
