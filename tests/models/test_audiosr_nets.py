@@ -366,3 +366,17 @@ def test_published_dot_free_ema_names_are_unambiguous():
     with torch.device("meta"):
         keys = list(UNet().state_dict())
     assert len({_ema_name(k) for k in keys}) == len(keys)
+
+
+def test_import_reads_the_published_configuration_off_the_weights():
+    """The full-size layout (meta tensors, no memory) maps to the published configs."""
+    with torch.device("meta"):
+        parts = {"model.diffusion_model.": UNet().state_dict(),
+                 "first_stage_model.": AutoencoderKL().state_dict(),
+                 "first_stage_model.vocoder.": Vocoder().state_dict()}
+    sd = {prefix + k: v for prefix, part in parts.items() for k, v in part.items()}
+    sd["scale_factor"] = torch.tensor(0.3342)
+    config, state = convert_official({"state_dict": sd})
+    assert config == {"vae": VAEConfig().as_dict(), "vocoder": VocoderConfig().as_dict(),
+                      "unet": UNetConfig().as_dict(), "scale_factor": pytest.approx(0.3342)}
+    assert sum(v.numel() for v in state.values()) == 223_535_569 + 190_281_889 + 258_195_088
