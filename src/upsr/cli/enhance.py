@@ -110,6 +110,10 @@ def enhance(
     report: Annotated[Path | None, typer.Option("--report", help="Write a JSON report: per "
                       "file decisions, model, timings.", show_default=False)] = None,
     no_tags: Annotated[bool, typer.Option("--no-tags", help="Do not copy tags.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download weights: a "
+                       "--model that is not installed is an error (also UPSR_OFFLINE=1, "
+                       "HF_HUB_OFFLINE=1); otherwise published weights are pulled on first "
+                       "use.")] = False,
     quiet: _common.Quiet = False,
     verbose: _common.Verbose = 0,
 ) -> None:
@@ -138,7 +142,7 @@ def enhance(
                         copy_tags=not no_tags, device=where)
     from upsr import models
 
-    models.load_model(model)  # fail before any work on a bad --model
+    models.load_model(model, pull=not offline)  # fail (or fetch weights) before any work
     items = plan_items(paths, out, opts.format)
     if not items:
         raise UsageError("no audio files found in " + ", ".join(paths))
