@@ -266,18 +266,18 @@ def pull(name: str, *, revision: str | None = None, keep_original: bool = False,
                     not _is_sha256(etag) or had.get("sha256") == etag):
                 return Pulled(dest, commit, str(had.get("sha256", "")), True, (),
                               f"{src.name}: up to date ({src.repo} at {commit[:12]})")
-    originals = install_dir() / "originals" / src.name
-    try:
-        local = Path(hf.hf_hub_download(src.repo, src.filename, revision=commit,
-                                        local_dir=originals, endpoint=endpoint))
-    except Exception as exc:
-        raise _hub_error(src, rev, exc) from None
-
     from upsr.models.importers import import_checkpoint, sha256_file
 
+    originals = install_dir() / "originals" / src.name
+    local = originals / src.filename
     warnings: list[str] = []
     ok = False
-    try:
+    try:  # an error or Ctrl-C anywhere below leaves no original and no installed file
+        try:
+            local = Path(hf.hf_hub_download(src.repo, src.filename, revision=commit,
+                                            local_dir=originals, endpoint=endpoint))
+        except Exception as exc:
+            raise _hub_error(src, rev, exc) from None
         digest = sha256_file(local)
         if _is_sha256(etag) and digest != etag:
             raise CheckpointError(f"{src.name}: the downloaded {src.filename} is damaged "
