@@ -156,7 +156,8 @@ def test_apollo_model_args_win_over_inference_and_bad_splits_are_named(tmp_path)
 
 def test_aeromamba_widths_are_inferred_from_shapes_and_printed(run_cli, tmp_path):
     torch.manual_seed(0)
-    model = models.build("aeromamba", channels=8, growth=1, dconv_depth=1, dconv_comp=2)
+    model = models.build("aeromamba", channels=8, growth=1, dconv_depth=1, dconv_comp=2,
+                         official_forward=True).eval()
     buf = tmp_path / "checkpoint.th"
     torch.save({"models": {"generator": {"class": "Aero", "args": [], "kwargs": None,
                                          "state": model.state_dict()}}}, buf)
@@ -166,13 +167,10 @@ def test_aeromamba_widths_are_inferred_from_shapes_and_printed(run_cli, tmp_path
     assert ("channels=8 growth=1 dconv_depth=1 dconv_comp=2 d_state=16 expand=2 d_conv=4 "
             "(inferred from tensor shapes)") in err
     loaded = models.load_model(str(out))
-    assert (loaded.config.channels, loaded.config.growth, loaded.config.dconv_depth) == (8, 1, 1)
+    assert loaded.config == model.config
     x = torch.randn(1, 2048, generator=torch.Generator().manual_seed(1)) * 0.1
-    official = models.build("aeromamba", channels=8, growth=1, dconv_depth=1, dconv_comp=2,
-                            official_forward=True).eval()
-    official.load_state_dict(model.state_dict())
     with torch.no_grad():
-        assert torch.equal(loaded.restore(x), official.restore(x))
+        assert torch.equal(loaded.restore(x), model.restore(x))
 
 
 def test_import_of_a_non_checkpoint_is_one_line(run_cli, tmp_path):
