@@ -299,6 +299,10 @@ def test_browser_only_source_prints_page_and_import_command(run_cli, fake_hub, t
 
 def test_enhance_pulls_a_missing_model_with_one_notice(run_cli, fake_hub, tmp_path):
     _lowpassed(tmp_path / "in.wav")
+    code, out, err = run_cli("enhance", tmp_path / "in.wav", "--model", "apollo", "-o",
+                             tmp_path / "out", "--dry-run")
+    assert code == 0 and "the run downloads it from hf:JusperLee/Apollo" in err, err
+    assert fake_hub.log == [] and not _model_dir(tmp_path).exists()
     code, _, err = run_cli("enhance", tmp_path / "in.wav", "--model", "apollo", "-o",
                            tmp_path / "out")
     assert code == 0, err

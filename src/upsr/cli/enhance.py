@@ -141,8 +141,14 @@ def enhance(
                         cutoff_method=cutoff_method.value.replace("-", "_"),
                         copy_tags=not no_tags, device=where)
     from upsr import models
+    from upsr.models import hub
 
-    models.load_model(model, pull=not offline)  # fail (or fetch weights) before any work
+    pending = hub.pending_pull(model) if dry_run and not offline else None
+    if pending is not None:  # a dry run downloads nothing; it says that the run will
+        print(f"upsr: {pending.name} is not installed: the run downloads it from "
+              f"{pending.where} first", file=__import__("sys").stderr)
+    else:
+        models.load_model(model, pull=not offline)  # fail (or fetch weights) before any work
     items = plan_items(paths, out, opts.format)
     if not items:
         raise UsageError("no audio files found in " + ", ".join(paths))

@@ -182,6 +182,20 @@ def ensure(source: Source, *, allow: bool = True) -> Path:
     return pull(source.name).path
 
 
+def pending_pull(name: str) -> Source | None:
+    """The source ``load_model(name)`` would download now (not installed, pullable, its
+    system present, downloads allowed), or ``None``; lets a dry run say so without fetching."""
+    from upsr import models
+
+    if models.looks_like_path(name) or models.find_checkpoint(name) is not None:
+        return None
+    src = source(name)
+    if (src is None or not src.pullable or src.system not in models.names()
+            or models.find_checkpoint(src.name) is not None or offline_reason() is not None):
+        return None
+    return src
+
+
 @dataclass(frozen=True)
 class Pulled:
     """What :func:`pull` did: the installed file, the revision (commit) it came from, the
