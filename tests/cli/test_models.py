@@ -179,3 +179,22 @@ def test_import_of_a_non_checkpoint_is_one_line(run_cli, tmp_path):
     code, out, err = run_cli("models", "import", "apollo", src, tmp_path / "y.safetensors")
     assert code == 1 and out == "" and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "y.safetensors").exists()
+
+
+def test_wave_u_mamba_widths_are_inferred_and_printed(run_cli, tmp_path):
+    from tests.models.test_wave_u_mamba import to_official
+
+    torch.manual_seed(0)
+    model = models.build("wave-u-mamba", channels=(8, 8, 16, 16), up_mambas=1).eval()
+    src = tmp_path / "g_00100000"
+    torch.save({"generator": to_official(model)}, src)
+    out = tmp_path / "wum.safetensors"
+    code, _, err = run_cli("models", "import", "wave-u-mamba", src, out)
+    assert code == 0, err
+    assert "channels=8,8,16,16 " in err and "up_mambas=1 " in err
+    assert "(inferred from tensor shapes)" in err
+    loaded = models.load_model(str(out))
+    assert loaded.config == model.config
+    x = torch.randn(1, 960, generator=torch.Generator().manual_seed(2)) * 0.1
+    with torch.no_grad():
+        assert torch.equal(loaded.restore(x), model.restore(x))

@@ -344,3 +344,13 @@ def test_unknown_name_and_missing_file_upstream(run_cli, fake_hub):
     code, _, err = run_cli("models", "pull", "apollo")
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "pytorch_model.bin not found in JusperLee/Apollo" in err
+
+
+def test_unwritable_model_folder_fails_before_any_download(run_cli, fake_hub, tmp_path,
+                                                           monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("UPSR_MODEL_DIR", str(tmp_path / "a-file" / "models"))
+    code, _, err = run_cli("models", "pull", "apollo")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "is not writable" in err and "UPSR_MODEL_DIR" in err
+    assert fake_hub.log == []

@@ -256,6 +256,7 @@ def pull(name: str, *, revision: str | None = None, keep_original: bool = False,
     reason = offline_reason(offline)
     if reason is not None:
         raise offline_error(src, reason)
+    _check_writable(install_dir())
     rev = revision or "main"
     try:
         import huggingface_hub as hf
@@ -318,6 +319,20 @@ def pull(name: str, *, revision: str | None = None, keep_original: bool = False,
         elif not ok:
             log.warning("%s: the downloaded original is kept in %s", src.name, local)
     return Pulled(imported.path, commit, digest, False, tuple(warnings), imported.describe())
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail before any download when the model folder cannot be written."""
+    from upsr.fsutil import atomic_write_text
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            atomic_write_text(folder / ".upsr-write-check", "")
+            (folder / ".upsr-write-check").unlink()
+    except OSError as exc:
+        raise UsageError(f"model folder {folder} is not writable ({exc.strerror or exc}); set "
+                         f"UPSR_MODEL_DIR to a folder you can write") from None
 
 
 def _is_sha256(text: str) -> bool:
