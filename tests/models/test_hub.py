@@ -354,3 +354,16 @@ def test_unwritable_model_folder_fails_before_any_download(run_cli, fake_hub, tm
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "is not writable" in err and "UPSR_MODEL_DIR" in err
     assert fake_hub.log == []
+
+
+def test_pull_never_replaces_weights_it_did_not_pull(run_cli, fake_hub, tmp_path):
+    torch.manual_seed(0)
+    mine = checkpoint.save(_model_dir(tmp_path) / "apollo.safetensors",
+                           Apollo(ApolloConfig(feature_dim=16, layer=1)), recipe="steps = 5")
+    before = mine.read_bytes()
+    code, _, err = run_cli("models", "pull", "apollo")
+    assert code == 1 and "was not pulled from JusperLee/Apollo" in err and "--force" in err
+    assert mine.read_bytes() == before
+    code, _, err = run_cli("models", "pull", "apollo", "--force")
+    assert code == 0, err
+    assert json.loads(checkpoint.read_metadata(mine)["source"])["repo"] == "JusperLee/Apollo"

@@ -275,12 +275,16 @@ def pull(name: str, *, revision: str | None = None, keep_original: bool = False,
     etag = (meta.etag or "").strip('"').lower()
     dest = target(src)
     if dest.is_file() and not force:
-        with contextlib.suppress(CheckpointError):
+        try:
             had = checkpoint.json_field(checkpoint.read_metadata(dest), "source")
-            if had.get("revision") == commit and had.get("repo") == src.repo and (
-                    not _is_sha256(etag) or had.get("sha256") == etag):
-                return Pulled(dest, commit, str(had.get("sha256", "")), True, (),
-                              f"{src.name}: up to date ({src.repo} at {commit[:12]})")
+        except CheckpointError:
+            had = {}
+        if had.get("repo") != src.repo:  # trained or imported by hand: never replace silently
+            raise UsageError(f"{dest} exists and was not pulled from {src.repo}; move it away "
+                             f"or pass --force to replace it")
+        if had.get("revision") == commit and (not _is_sha256(etag) or had.get("sha256") == etag):
+            return Pulled(dest, commit, str(had.get("sha256", "")), True, (),
+                          f"{src.name}: up to date ({src.repo} at {commit[:12]})")
     from upsr.models.importers import import_checkpoint, sha256_file
 
     originals = install_dir() / "originals" / src.name
