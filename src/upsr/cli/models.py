@@ -130,10 +130,13 @@ def _print_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
 @app.command("list")
 def list_models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    quiet: _common.Quiet = False,
+    verbose: _common.Verbose = 0,
 ) -> None:
     """Show every system and installed checkpoint: whether it is installed and usable, where
     it came from, its licence, its size on disk, and whether 'upsr models pull' can fetch it
     (yes), it needs a browser download (browser), or neither (-)."""
+    _common.setup_logging(quiet, verbose)
     rows = model_rows()
     for r in rows:
         r["size"] = _size(int(r["size_bytes"]))
@@ -150,10 +153,15 @@ def list_models(
 
 @app.command("info")
 def info(
-    name: Annotated[str, typer.Argument(help="A system name or a checkpoint file/name.")],
+    name: Annotated[str, typer.Argument(help="A system name, an installed name or a .safetensors "
+                                        "file.", metavar="NAME", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    quiet: _common.Quiet = False,
+    verbose: _common.Verbose = 0,
 ) -> None:
-    """Rates, channels, context, parameter count, config and training recipe of a model."""
+    """Rates, channels, context, parameter count, config, training recipe, variant and source
+    (where converted weights came from) of a model."""
+    _common.setup_logging(quiet, verbose)
     from upsr import checkpoint, models
 
     path = models.find_checkpoint(name)
