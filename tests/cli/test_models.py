@@ -114,8 +114,8 @@ def test_import_writes_variant_metadata_that_bitrate_auto_picks(run_cli, model_d
 @pytest.mark.parametrize("config, lightning, printed", [
     (ApolloConfig(sr=48000, win=20, feature_dim=32, layer=2), True,
      "sr=48000 win=20 feature_dim=32 layer=2 (inferred from tensor shapes)"),
-    (ApolloConfig(sr=44100, win=40, feature_dim=48, layer=3), False,
-     "sr=44100 win=40 feature_dim=48 layer=3 (inferred from tensor shapes)"),
+    (ApolloConfig(sr=44100, win=40, feature_dim=16, layer=3), False,
+     "sr=44100 win=40 feature_dim=16 layer=3 (inferred from tensor shapes)"),
 ])
 def test_community_apollo_configs_are_inferred_printed_and_run(run_cli, tmp_path, config,
                                                                lightning, printed):

@@ -161,7 +161,7 @@ def known_digest(monkeypatch, fake_hub):
     return digest
 
 
-def _lowpassed(path: Path, seconds: float = 0.5, sr: int = 44100) -> np.ndarray:
+def _lowpassed(path: Path, seconds: float = 0.3, sr: int = 44100) -> np.ndarray:
     from upsr.audio import synth
 
     x = synth.brickwall(synth.music_like(seconds, sr, channels=1, seed=3), sr, 6000)
