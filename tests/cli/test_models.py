@@ -198,3 +198,13 @@ def test_wave_u_mamba_widths_are_inferred_and_printed(run_cli, tmp_path):
     x = torch.randn(1, 960, generator=torch.Generator().manual_seed(2)) * 0.1
     with torch.no_grad():
         assert torch.equal(loaded.restore(x), model.restore(x))
+
+
+def test_import_without_out_installs_into_the_model_folder(run_cli, model_dir, tmp_path):
+    _container(tmp_path / "pytorch_model.bin", ApolloConfig(feature_dim=16, layer=1))
+    code, out, err = run_cli("models", "import", "apollo", tmp_path / "pytorch_model.bin")
+    assert code == 0, err
+    assert out.strip() == str(model_dir / "apollo.safetensors")
+    assert models.find_checkpoint("apollo") == model_dir / "apollo.safetensors"
+    code, _, err = run_cli("models", "import", "apollo", tmp_path / "pytorch_model.bin")
+    assert code == 1 and "exists (use --overwrite" in err

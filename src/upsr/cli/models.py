@@ -224,10 +224,10 @@ def import_(
     official: Annotated[Path, typer.Argument(help="The official checkpoint file (.bin, .ckpt, "
                                              ".th, .pt).", metavar="OFFICIAL_FILE",
                                              show_default=False)],
-    out: Annotated[Path, typer.Argument(help="Where to write the upsr .safetensors file; put "
-                                        "it in the model folder as NAME.safetensors to use "
-                                        "it as --model NAME.", metavar="OUT.safetensors",
-                                        show_default=False)],
+    out: Annotated[Path | None, typer.Argument(
+        help="Where to write the upsr .safetensors file (default: SYSTEM.safetensors in the "
+             "model folder, $UPSR_MODEL_DIR or ~/.cache/upsr/models, so that --model SYSTEM "
+             "finds it).", metavar="[OUT.safetensors]", show_default=False)] = None,
     variant: Annotated[list[str] | None, typer.Option(
         "--variant", metavar="KEY=VALUE", show_default=False,
         help="What the weights were trained for, read by 'enhance --bitrate-auto' to pick the "
@@ -243,9 +243,13 @@ def import_(
     with 'audio_model.' keys, Wave-U-Mamba and AEROMamba widths) get it read off the tensor
     shapes; the inferred values are printed on stderr."""
     _common.setup_logging(quiet, verbose)
+    from upsr import models
     from upsr.errors import UsageError
+    from upsr.models import hub
     from upsr.models.importers import import_checkpoint
 
+    if out is None:
+        out = hub.install_dir() / f"{models.spec(kind).name}.safetensors"
     if out.exists() and not overwrite:
         raise UsageError(f"{out} exists (use --overwrite to replace it)")
     if out.suffix != ".safetensors":
