@@ -231,8 +231,8 @@ def convert_official(obj: tp.Any) -> tuple[dict[str, tp.Any], dict[str, torch.Te
     embedding, ``layer`` from the BSNet count, ``sr``/``win`` from the band split
     (:func:`_infer_window`). The returned :class:`Overrides` list the inferred fields. The
     RoPE buffers ``net.{i}.band_net.cos_freq`` / ``sin_freq`` must equal the tables this module
-    computes (they are not stored in upsr checkpoints). Any other key must belong to the model; a missing or unknown key is a
-    :class:`CheckpointError` naming it.
+    computes (they are not stored in upsr checkpoints). Any other key must belong to the
+    model; a missing or unknown key is a :class:`CheckpointError` naming it.
     """
     state, args = _official_state(obj)
     overrides: dict[str, tp.Any] = {}
