@@ -2,8 +2,10 @@
 
 Metadata (all strings): ``upsr`` (format version), ``model`` (registry name), ``config`` (JSON),
 ``recipe`` (the TOML text that trained it, or empty), ``step``, ``metrics`` (JSON), ``variant``
-(JSON: the degradation the weights were trained for, if specific). Loading
-never unpickles; a missing or unexpected key is an error naming the key.
+(JSON: the degradation the weights were trained for, if specific), ``source`` (JSON, for
+converted official weights: where the original came from — ``source``, ``repo``, ``file``,
+``revision``, ``sha256`` of the original file, ``licence``, ``date``; ``{}`` for weights upsr
+trained). Loading never unpickles; a missing or unexpected key is an error naming the key.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ FORMAT_VERSION = "1"
 def save(path: str | Path, model: Restorer, *, recipe: str = "", step: int | None = None,
          metrics: dict[str, float] | None = None,
          state: dict[str, torch.Tensor] | None = None,
-         variant: dict[str, float] | None = None) -> Path:
+         variant: dict[str, float] | None = None,
+         source: dict[str, str] | None = None) -> Path:
     """Write ``model`` (or an explicit ``state``) with its config, atomically.
 
     ``variant`` describes what degradation the weights were trained for (e.g.
     ``{"bitrate_kbps": 64}`` or ``{"cutoff_hz": 8000}``); ``enhance --bitrate-auto`` picks the
     installed variant of a family nearest to each file's detected bitrate or cutoff.
+    ``source`` records where converted official weights came from (see the module docstring).
     """
     from safetensors.torch import save_file
 
@@ -45,6 +49,7 @@ def save(path: str | Path, model: Restorer, *, recipe: str = "", step: int | Non
         "step": "" if step is None else str(int(step)),
         "metrics": json.dumps(metrics or {}, sort_keys=True),
         "variant": json.dumps(variant or {}, sort_keys=True),
+        "source": json.dumps(source or {}, sort_keys=True),
     }
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -71,6 +76,16 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: checkpoint format {meta['upsr']!r} is not supported "
                               f"by this upsr (expects {FORMAT_VERSION})")
     return meta
+
+
+def json_field(meta: tp.Mapping[str, str], key: str) -> dict[str, tp.Any]:
+    """A JSON metadata field as a dict; ``{}`` when absent, empty or not a JSON object (older
+    checkpoints lack ``source``)."""
+    try:
+        value = json.loads(meta.get(key) or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def check_keys(state: tp.Mapping[str, torch.Tensor], expected: tp.Mapping[str, torch.Tensor],

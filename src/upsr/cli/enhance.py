@@ -110,6 +110,10 @@ def enhance(
     report: Annotated[Path | None, typer.Option("--report", help="Write a JSON report: per "
                       "file decisions, model, timings.", show_default=False)] = None,
     no_tags: Annotated[bool, typer.Option("--no-tags", help="Do not copy tags.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download weights: a "
+                       "--model that is not installed is an error (also UPSR_OFFLINE=1, "
+                       "HF_HUB_OFFLINE=1); otherwise published weights are pulled on first "
+                       "use.")] = False,
     quiet: _common.Quiet = False,
     verbose: _common.Verbose = 0,
 ) -> None:
@@ -137,8 +141,14 @@ def enhance(
                         cutoff_method=cutoff_method.value.replace("-", "_"),
                         copy_tags=not no_tags, device=where)
     from upsr import models
+    from upsr.models import hub
 
-    models.load_model(model)  # fail before any work on a bad --model
+    pending = hub.pending_pull(model) if dry_run and not offline else None
+    if pending is not None:  # a dry run downloads nothing; it says that the run will
+        print(f"upsr: {pending.name} is not installed: the run downloads it from "
+              f"{pending.where} first", file=__import__("sys").stderr)
+    else:
+        models.load_model(model, pull=not offline)  # fail (or fetch weights) before any work
     items = plan_items(paths, out, opts.format)
     if not items:
         raise UsageError("no audio files found in " + ", ".join(paths))

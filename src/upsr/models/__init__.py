@@ -91,10 +91,19 @@ def model_dirs() -> list[Path]:
     return dirs
 
 
+def looks_like_path(name: str) -> bool:
+    """A model argument names a file when it ends in ``.safetensors`` or contains a path
+    separator; anything else is a registry or installed name (a folder called ``sbr`` in the
+    working directory does not shadow the system)."""
+    return name.endswith(".safetensors") or "/" in name or os.sep in name or (
+        os.altsep is not None and os.altsep in name)
+
+
 def find_checkpoint(name: str) -> Path | None:
-    """A checkpoint file for ``name``: a path, or ``<name>.safetensors`` in the model dirs."""
-    p = Path(name).expanduser()
-    if p.suffix == ".safetensors" or os.sep in name or p.exists():
+    """A checkpoint file for ``name``: a path (see :func:`looks_like_path`), or
+    ``<name>.safetensors`` in the model dirs; ``None`` for a name with no installed file."""
+    if looks_like_path(name):
+        p = Path(name).expanduser()
         if not p.is_file():
             raise CheckpointError(f"{name}: no such checkpoint file")
         return p
@@ -105,12 +114,23 @@ def find_checkpoint(name: str) -> Path | None:
     return None
 
 
-def load_model(name_or_path: str, **overrides: tp.Any) -> Restorer:
+def load_model(name_or_path: str, *, pull: bool = True, **overrides: tp.Any) -> Restorer:
     """A ready-to-run model in eval mode: a checkpoint path, an installed checkpoint name, or a
-    registry name with no weights needed (``sbr``)."""
+    registry name with no weights needed (``sbr``).
+
+    A system whose published weights are not installed but can be downloaded (``apollo``) is
+    pulled first, with one notice on stderr (:func:`upsr.models.hub.ensure`); ``pull=False``,
+    ``UPSR_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` forbid that and make it an error that says what
+    to run on a machine with a network and where to copy the file.
+    """
     from upsr import checkpoint
+    from upsr.models import hub
 
     path = find_checkpoint(name_or_path)
+    if path is None:
+        source = hub.source(name_or_path)
+        if source is not None and source.system in _MODULES:
+            path = find_checkpoint(source.name) or hub.ensure(source, allow=pull)
     if path is not None:
         model = checkpoint.load(path, **overrides)
     else:

@@ -52,6 +52,7 @@ from torch.nn import functional as F
 from upsr.errors import CheckpointError
 from upsr.models import register
 from upsr.models.base import Restorer
+from upsr.models.importers import Overrides
 
 _MIN_PADDED = 320  # shortest padded input (5 hops) for which the reflect-padded STFT exists
 
@@ -411,11 +412,15 @@ def convert_official(obj: tp.Any) -> tuple[dict[str, tp.Any], dict[str, torch.Te
     if not isinstance(state, dict):
         raise CheckpointError("AEROMamba checkpoint: 'state' is not a state dict")
     overrides: dict[str, tp.Any] = {}
+    inferred: list[str] = []
     kwargs = _plain(package.get("kwargs"))
     if isinstance(kwargs, dict) and kwargs and all(isinstance(k, str) for k in kwargs):
         overrides = config_from_official_args(kwargs)
-    elif "encoder.0.pre_conv.weight" in state:
-        overrides["channels"] = int(state["encoder.0.pre_conv.weight"].shape[0])
+    else:  # keep only what differs from the published config; print every inferred field
+        shapes = _widths_from_shapes(state)
+        published = dataclasses.asdict(AEROMambaConfig())
+        overrides = {k: v for k, v in shapes.items() if v != published[k] or k == "channels"}
+        inferred = list(shapes)
     overrides["official_forward"] = True
     cfg_fields = {f.name for f in dataclasses.fields(AEROMambaConfig)}
     if set(overrides) - cfg_fields:  # pragma: no cover - _ARG_MAP only names fields
@@ -432,7 +437,35 @@ def convert_official(obj: tp.Any) -> tuple[dict[str, tp.Any], dict[str, torch.Te
     for key in expected:
         if key not in out:
             raise CheckpointError(f"AEROMamba checkpoint: missing key {key!r}")
-    return overrides, out
+    return Overrides(overrides, inferred=inferred), out
+
+
+def _widths_from_shapes(state: tp.Mapping[str, tp.Any]) -> dict[str, tp.Any]:
+    """Widths of a checkpoint whose constructor arguments are unreadable, from its shapes:
+    ``channels`` (``encoder.0.pre_conv`` outputs), ``growth`` (``encoder.1.conv`` outputs /
+    channels), ``dconv_depth`` (residual layers in ``encoder.0.dconv``), ``dconv_comp``
+    (channels / the first DConv conv's outputs) and the Mamba ``d_state``/``expand``/
+    ``d_conv``. Every other field keeps the published value; the key check then decides."""
+    def shape(key: str) -> tuple[int, ...]:
+        value = state.get(key)
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"AEROMamba checkpoint: missing key {key!r}")
+        return tuple(value.shape)
+
+    channels = shape("encoder.0.pre_conv.weight")[0]
+    out: dict[str, tp.Any] = {"channels": channels}
+    if "encoder.1.conv.weight" in state:
+        out["growth"] = max(1, shape("encoder.1.conv.weight")[0] // channels)
+    prefix = "encoder.0.dconv.layers."
+    depth = len({k[len(prefix):].split(".", 1)[0] for k in state if k.startswith(prefix)})
+    if depth:
+        out["dconv_depth"] = depth
+        out["dconv_comp"] = max(1, channels // shape(prefix + "0.conv1.0.weight")[0])
+    if prefix + "0.mamba.A_log" in state:
+        inner, d_state = shape(prefix + "0.mamba.A_log")
+        out |= {"d_state": d_state, "expand": max(1, inner // channels),
+                "d_conv": shape(prefix + "0.mamba.conv1d.weight")[-1]}
+    return out
 
 
 def _expected_keys(overrides: dict[str, tp.Any]) -> list[str]:

@@ -28,6 +28,7 @@ from upsr.checkpoint import check_keys
 from upsr.errors import CheckpointError, UsageError
 from upsr.models import register
 from upsr.models.base import Restorer
+from upsr.models.importers import Overrides
 from upsr.nn.roformer import RMSNorm, RoformerBlock, rms_normalize, rope_tables
 
 N_BANDS = 80  # official: 79 equal bands + 1 band holding the remaining bins
@@ -225,11 +226,13 @@ def convert_official(obj: tp.Any) -> tuple[dict[str, tp.Any], dict[str, torch.Te
     Accepts the released ``{model_name, state_dict, model_args, infos}`` dict and Lightning
     checkpoints (``audio_model.*`` generator keys; ``discriminator.*`` keys are dropped).
     ``model_args`` keys ``sr``/``win``/``feature_dim``/``layer`` become config fields;
-    ``feature_dim`` and ``layer`` are otherwise read off the weights (the released file's
-    model_args hold only ``n_sample_rate``). The RoPE buffers ``net.{i}.band_net.cos_freq`` /
-    ``sin_freq`` must equal the tables this module computes (they are not stored in upsr
-    checkpoints). Any other key must belong to the model; a missing or unknown key is a
-    :class:`CheckpointError` naming it.
+    otherwise they are read off the weights (the released file's model_args hold only
+    ``n_sample_rate``; community checkpoints often hold nothing): ``feature_dim`` from the band
+    embedding, ``layer`` from the BSNet count, ``sr``/``win`` from the band split
+    (:func:`_infer_window`). The returned :class:`Overrides` list the inferred fields. The
+    RoPE buffers ``net.{i}.band_net.cos_freq`` / ``sin_freq`` must equal the tables this module
+    computes (they are not stored in upsr checkpoints). Any other key must belong to the
+    model; a missing or unknown key is a :class:`CheckpointError` naming it.
     """
     state, args = _official_state(obj)
     overrides: dict[str, tp.Any] = {}
@@ -245,6 +248,12 @@ def convert_official(obj: tp.Any) -> tuple[dict[str, tp.Any], dict[str, torch.Te
         "feature_dim": int(state["BN.0.1.weight"].shape[0]),
         "layer": len({k.split(".")[1] for k in state if k.startswith("net.")}),
     }
+    notes: list[str] = []
+    if "sr" not in overrides or "win" not in overrides:
+        rate, win, note = _infer_window(state, overrides.get("sr"), overrides.get("win"))
+        inferred |= {"sr": rate, "win": win}
+        if note:
+            notes.append(note)
     for key, value in inferred.items():
         if key in overrides and overrides[key] != value:
             raise CheckpointError(f"apollo: model_args {key}={overrides[key]!r} disagrees "
@@ -275,7 +284,50 @@ def convert_official(obj: tp.Any) -> tuple[dict[str, tp.Any], dict[str, torch.Te
     with torch.device("meta"):  # the expected keys and shapes, without allocating weights
         expected = Apollo(config).state_dict()
     check_keys(out, expected, "apollo")
-    return overrides, out
+    shape_keys = [k for k in ("sr", "win", "feature_dim", "layer")
+                  if k in inferred and k not in args]
+    return Overrides(overrides, inferred=shape_keys, notes=notes), out
+
+
+# sample rates tried, in order, when a checkpoint's band split fixes only sr·win
+_RATES_HZ = (44100, 48000, 32000, 22050, 24000, 16000, 88200, 96000)
+
+
+def _infer_window(state: tp.Mapping[str, torch.Tensor], sr: int | None,
+                  win: int | None) -> tuple[int, int, str]:
+    """``(sr, win, note)`` from the band split in the embedding shapes.
+
+    ``BN.{i}.0.weight`` has ``2·w_i + 1`` entries: the first band's width ``w`` is
+    ``win_samples // 160`` and the bins add up to ``win_samples // 2 + 1``, which fixes the
+    window length in samples. Only the product ``sr·win/1000`` is in the weights, so a given
+    ``sr`` (or ``win``) is kept and otherwise 44.1 kHz (then 48, 32, … kHz) is assumed; the
+    note says so.
+    """
+    widths = []
+    i = 0
+    while f"BN.{i}.0.weight" in state:
+        n = int(state[f"BN.{i}.0.weight"].shape[0])
+        if n < 3 or n % 2 == 0:
+            raise CheckpointError(f"apollo: key 'BN.{i}.0.weight' has {n} entries; a band "
+                                  f"embedding has 2·width + 1")
+        widths.append((n - 1) // 2)
+        i += 1
+    if len(widths) != N_BANDS:
+        raise CheckpointError(f"apollo: the checkpoint has {len(widths)} bands; Apollo splits "
+                              f"the spectrum into {N_BANDS}")
+    n_bins = sum(widths)
+    lengths = {2 * (n_bins - 1), 2 * (n_bins - 1) + 1}
+    fits = [(r, w) for r in ((sr,) if sr else _RATES_HZ) for w in ((win,) if win else
+                                                                     range(1, 1001))
+            if r * w // 1000 in lengths and (r * w // 1000) // 160 == widths[0]]
+    if not fits:
+        raise CheckpointError(f"apollo: no sample rate and window (ms) give the band split of "
+                              f"this checkpoint (first band {widths[0]} bins, {n_bins} bins); "
+                              f"its model_args must name sr and win")
+    rate, length = fits[0]
+    note = "" if sr else (f"sr={rate} assumed: the weights fix only the window "
+                          f"({rate * length // 1000} samples)")
+    return rate, length, note
 
 
 @register("apollo", "Apollo (ICASSP 2025)", importer=convert_official)

@@ -37,6 +37,7 @@ from upsr.checkpoint import check_keys
 from upsr.errors import CheckpointError, UsageError
 from upsr.models import register
 from upsr.models.base import Restorer
+from upsr.models.importers import Overrides
 
 LRELU_SLOPE = 0.1  # every LeakyReLU except the one before the output conv (PyTorch's 0.01)
 STAGES = 4  # down blocks = up stages; each halves / doubles the time axis
@@ -308,7 +309,7 @@ def convert_official(obj: tp.Any) -> tuple[dict[str, tp.Any], dict[str, torch.Te
             _WEIGHT_NORM_KEYS["weight_v"], "weight_v")
 
     check_keys(out, WaveUMamba(config).state_dict(), "wave-u-mamba", official)
-    return overrides, out
+    return Overrides(overrides, inferred=list(overrides)), out
 
 
 @register("wave-u-mamba", "Wave-U-Mamba (Lee & Kim, ICASSP 2025)", importer=convert_official)
