@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
+import typing as tp
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -116,9 +118,14 @@ def enhance(
     """Restore band-limited / MP3-damaged audio; the low band is kept exactly."""
     _common.setup_logging(quiet, verbose)
     from upsr.errors import UsageError
-    from upsr.infer.batch import BatchOptions, check_writable, enhance_files, plan_items
+    from upsr.infer.batch import BatchOptions, enhance_files, plan_items
     from upsr.infer.engine import EnhanceOptions
 
+    _common.require_inputs(paths)
+    if out != "-":
+        _common.check_output_dir(out, "-o")
+    if report is not None:
+        _common.check_output_file(report, "--report")
     where = _device(device)
     if batch_size is None:
         batch_size = 1 if where == "cpu" else 4
@@ -139,57 +146,32 @@ def enhance(
     from upsr import models
 
     models.load_model(model)  # fail before any work on a bad --model
-    items = plan_items(paths, out, opts.format)
+    from upsr.audio.quiet import captured
+
+    with captured():
+        items = plan_items(paths, out, opts.format)
     if not items:
         raise UsageError("no audio files found in " + ", ".join(paths))
     if dry_run:
-        for it in items:
-            state = "exists, skip" if (it.dst != "-" and Path(it.dst).exists()
-                                       and not overwrite) else "restore"
-            print(f"{it.src} -> {it.dst} ({state})")
+        _print_plan(items, opts)
         return
-    check_writable(out)
 
     counts: dict[str, int] = {}
-    total_s = [0.0]
     t0 = time.perf_counter()
+    _common.on_interrupt(lambda: _interrupt_note(counts, len(items)))
 
     def on_item(item) -> None:
         counts[item.status] = counts.get(item.status, 0) + 1
         if item.status == "failed":
             _common.error(item.error or f"{item.src}: failed")
         elif verbose and not quiet:
-            print(f"upsr: {item.status}: {item.src} -> {item.dst}", file=__import__("sys").stderr)
+            print(f"upsr: {item.status}: {item.src} -> {item.dst}", file=sys.stderr)
 
-    progress_cb = None
-    bar = None
-    if _common.show_progress(quiet):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        bar = Progress(TextColumn("enhance"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[speed]}"), TimeRemainingColumn(),
-                       console=_common.stderr_console(), transient=True)
-        task = bar.add_task("files", total=len(items), speed="")
-        inner = on_item
-
-        def on_item(item) -> None:  # type: ignore[no-redef]
-            inner(item)
-            bar.advance(task)
-
-        def progress_cb(seconds: float) -> None:
-            total_s[0] += seconds
-            rate = total_s[0] / max(time.perf_counter() - t0, 1e-9)
-            bar.update(task, speed=f"{rate:.1f} s audio/s")
-
-        bar.start()
+    bar = _AudioProgress() if _common.show_progress(quiet) else None
     try:
-        done = enhance_files(items, model, opts, on_item=on_item, progress=progress_cb)
+        done = enhance_files(items, model, opts, on_item=on_item if bar is None else
+                             bar.wrap(on_item), progress=bar.advance if bar else None,
+                             on_planned=bar.start if bar else None)
     finally:
         if bar is not None:
             bar.stop()
@@ -203,9 +185,87 @@ def enhance(
         wall = time.perf_counter() - t0
         audio = sum(it.audio_s for it in done if it.status == "done")
         speed = f"; {audio / wall:.1f} s of audio per second" if audio and wall else ""
-        print(f"upsr: {summary}{speed}", file=__import__("sys").stderr)
+        print(f"upsr: {summary}{speed}", file=sys.stderr)
     if counts.get("failed"):
         raise typer.Exit(_common.EXIT_FAILED)
+
+
+_PLAN_WORDS = {"exists": "exists, skip", "copied": "full band, copy",
+               "skipped-full-band": "full band, skip", "planned": "restore"}
+
+
+def _print_plan(items: list, opts) -> None:
+    """``--dry-run``: the decisions of the run, made by the same code (``batch.prepare`` with
+    ``act=False``); files are analysed only where the decision depends on it."""
+    import tempfile
+
+    from upsr.infer.batch import prepare
+
+    with tempfile.TemporaryDirectory(prefix="upsr-") as tmp:
+        for it in items:
+            if opts.bitrate_auto or it.src == "-":
+                prepare(it, opts, Path(tmp), act=False)
+            else:
+                exists = it.dst != "-" and Path(it.dst).exists() and not opts.overwrite
+                it.status = "exists" if exists else "planned"
+            state = _PLAN_WORDS.get(it.status, it.status)
+            if it.status == "failed":
+                state = f"fails: {it.error}"
+            elif it.status == "planned" and it.cutoff_hz:
+                state += f", cut-off {it.cutoff_hz / 1000:.1f} kHz"
+            print(f"{it.src} -> {it.dst} ({state})")
+
+
+def _interrupt_note(counts: dict[str, int], total: int) -> str:
+    finished = sum(n for k, n in counts.items() if k != "failed")
+    return (f"{finished} of {total} file(s) finished and kept; no partial file was left; "
+            f"rerun the same command to do the rest")
+
+
+class _AudioProgress:
+    """A progress bar in seconds of audio: one total line and a line per file in progress,
+    each with its rate and ETA (terminal only)."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("{task.completed:.0f}/{task.total:.0f} s audio"),
+                            TimeRemainingColumn(), console=_common.stderr_console(),
+                            transient=True)
+        self.total: tp.Any = None
+        self.tasks: dict[int, tp.Any] = {}
+
+    def start(self, planned: list) -> None:
+        self.total = self.bar.add_task("enhance", total=sum(it.audio_s for it in planned))
+        self.bar.start()
+
+    def advance(self, item, seconds: float) -> None:
+        if self.total is None:
+            return
+        key = id(item)
+        if key not in self.tasks:
+            name = Path(item.src).name
+            self.tasks[key] = self.bar.add_task(f"  {name[:40]}", total=item.audio_s)
+        self.bar.advance(self.tasks[key], seconds)
+        self.bar.advance(self.total, seconds)
+
+    def wrap(self, on_item):
+        def inner(item) -> None:
+            task = self.tasks.pop(id(item), None)
+            if task is not None:
+                self.bar.remove_task(task)
+            on_item(item)
+        return inner
+
+    def stop(self) -> None:
+        if self.total is not None:
+            self.bar.stop()
 
 
 def register(app: typer.Typer) -> None:

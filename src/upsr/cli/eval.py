@@ -58,8 +58,12 @@ def eval_cmd(
                          f"{', '.join(metrics.LSD_VARIANTS)}")
     if cutoff is not None and cutoff <= 0:
         raise UsageError(f"--cutoff must be > 0 Hz (got {cutoff:g})")
-    if lr_dir is not None and not lr_dir.exists():
-        raise UsageError(f"{lr_dir}: no such file or directory")
+    _common.require_inputs([ref_dir, est_dir] + ([lr_dir] if lr_dir is not None else []),
+                           stdin_ok=False)
+    if csv_path is not None:
+        _common.check_output_file(csv_path, "--csv")
+    if json_path is not None:
+        _common.check_output_file(json_path, "--json")
 
     pairing = report.pair_files(ref_dir, est_dir)
     for key in pairing.ref_only:

@@ -90,9 +90,11 @@ def probe(
     estimated source bitrate/codec, and whether it is band-limited (worth restoring)."""
     _common.setup_logging(quiet, verbose)
     from upsr.audio.analysis import probe_file
+    from upsr.audio.quiet import captured
     from upsr.errors import UpsrError
     from upsr.eval.report import audio_files, format_table, json_text
 
+    _common.require_inputs(paths)
     files: list[Path] = []
     failed = 0
     for p in paths:
@@ -101,15 +103,13 @@ def probe(
             if not found:
                 _common.log.warning("%s: no audio files", p)
             files.extend(found)
-        elif p.exists() or str(p) == "-":
-            files.append(p)
         else:
-            _common.file_error(p, "no such file or directory")
-            failed += 1
+            files.append(p)
     rows = []
     for f in files:
         try:
-            rows.append(_probe_stdin() if str(f) == "-" else probe_file(f))
+            with captured(str(f)):
+                rows.append(_probe_stdin() if str(f) == "-" else probe_file(f))
         except UpsrError as exc:
             msg = str(exc)
             if msg.startswith((str(f), "<stdin>")):

@@ -37,6 +37,9 @@ def train(
     from upsr.train import recipe as R
 
     _common.setup_logging(quiet, max(verbose, 0 if quiet else 1))
+    _common.require_inputs([recipe], stdin_ok=False)
+    if out is not None:
+        _common.check_output_dir(out, "--out")
     r = R.load(recipe, overrides or ())
     run_dir = out
     if resume and run_dir is None:
@@ -44,6 +47,9 @@ def train(
         if not runs:
             raise UsageError(f"--resume: no runs/{recipe.stem}-* folder; pass --out RUN_DIR")
         run_dir = runs[-1]
+    where = f" --out {run_dir}" if run_dir is not None else ""  # else: the newest runs/ folder
+    _common.on_interrupt(lambda: f"continue from the last saved checkpoint with 'upsr train "
+                         f"{recipe}{where} --resume'")
     loop.train(r, run_dir, resume=resume, device=device)
 
 
