@@ -23,7 +23,8 @@ EXIT_INTERRUPTED = 130
 
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="Print errors only.")]
 Verbose = Annotated[
-    int, typer.Option("-v", "--verbose", count=True, help="More detail (-vv for debug output).")
+    int, typer.Option("-v", "--verbose", count=True, show_default=False,
+                      help="More detail (-vv for debug output).")
 ]
 
 log = logging.getLogger("upsr")

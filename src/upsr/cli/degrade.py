@@ -41,14 +41,15 @@ def degrade(
     segment: Annotated[str | None, typer.Option(
         "--segment", metavar="SECONDS",
         help="Cut into pairs of this length (files name_0003.wav; the tail is dropped).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Run seed; each pair draws from "
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Run seed; each pair draws from "
                                       "(seed, relative path, segment index).")] = 0,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", metavar="N", help="Worker processes.")] = 1,
     hr_rate: Annotated[int | None, typer.Option(
         "--hr-rate", metavar="HZ", help="Resample the clean side first (e.g. 44100).")] = None,
     mono: Annotated[bool, typer.Option("--mono", help="Downmix to mono (channel mean).")] = False,
     fmt: Annotated[str, typer.Option(
-        "--format", help="Output format: wav (32-bit float) or flac (24-bit).")] = "wav",
+        "--format", metavar="wav|flac",
+help="Output format: wav (32-bit float) or flac (24-bit).")] = "wav",
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="List the pairs that would be made; write nothing.")] = False,
     quiet: _common.Quiet = False,

@@ -69,11 +69,17 @@ def _device(want: Device) -> str:
 
 
 def enhance(
-    paths: Annotated[list[str], typer.Argument(help="Audio files, folders (recursive) or '-'.",
+    paths: Annotated[list[str], typer.Argument(metavar="PATH",
+                                               help="Audio files, folders (recursive) or "
+                                               "'-' (stdin, spooled to a temporary file "
+                                               "first).",
                                                show_default=False)],
-    out: Annotated[str, typer.Option("-o", "--out", help="Output folder (mirrors the input "
-                                     "tree), or '-' for stdout.")] = "restored",
-    model: Annotated[str, typer.Option("-m", "--model", help="Registry name or checkpoint "
+    out: Annotated[str, typer.Option("-o", "--out", metavar="DIR",
+                                     help="Output folder (mirrors the input "
+                                     "tree), or '-' for stdout (held in memory until the "
+                                     "end).")] = "restored",
+    model: Annotated[str, typer.Option("-m", "--model", metavar="NAME|FILE",
+                                       help="Registry name or checkpoint "
                                        "file; 'sbr' needs no weights.")] = "sbr",
     bitrate_auto: Annotated[bool, typer.Option("--bitrate-auto", help="Per file: read the "
                             "codec/bitrate or estimate the cutoff, skip full-band files, pick "
@@ -87,18 +93,23 @@ def enhance(
     bit_depth: Annotated[Depth | None, typer.Option("--bit-depth", help="Output bit depth "
                          "(default: the input's; float where PCM would clip).",
                          show_default=False)] = None,
-    sr: Annotated[int | None, typer.Option("--sr", help="Resample the output to this rate.",
+    sr: Annotated[int | None, typer.Option("--sr", metavar="HZ",
+                                           help="Resample the output to this rate.",
                                            show_default=False)] = None,
-    chunk_s: Annotated[float, typer.Option("--chunk-s", help="Seconds kept per chunk.")] = 10.0,
-    overlap_s: Annotated[float, typer.Option("--overlap-s", help="Cross-fade seconds between "
+    chunk_s: Annotated[float, typer.Option("--chunk-s", metavar="SECONDS",
+                                           help="Seconds kept per chunk.")] = 10.0,
+    overlap_s: Annotated[float, typer.Option("--overlap-s", metavar="SECONDS",
+                                             help="Cross-fade seconds between "
                          "chunks (context is added on top).")] = 0.25,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Chunk rows per forward "
+    batch_size: Annotated[int | None, typer.Option("--batch-size", metavar="N",
+                                                   help="Chunk rows per forward "
                           "pass; chunks of several files are batched together (default: 1 on "
                           "CPU, where batching only costs memory; 4 on GPUs).",
                           show_default=False)] = None,
     no_lf_replace: Annotated[bool, typer.Option("--no-lf-replace", help="Do not splice the "
                              "input back below its cutoff.")] = False,
-    cutoff: Annotated[float | None, typer.Option("--cutoff", help="Force the input cutoff "
+    cutoff: Annotated[float | None, typer.Option("--cutoff", metavar="HZ",
+                                                 help="Force the input cutoff "
                       "(Hz) instead of detecting it.", show_default=False)] = None,
     cutoff_method: Annotated[CutoffMethod, typer.Option("--cutoff-method", help="Cutoff "
                              "detector: 0.985 roll-off (AudioSR) or -70 dB band edge.")
@@ -109,7 +120,8 @@ def enhance(
                          "(otherwise they count as done).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit.")
                        ] = False,
-    report: Annotated[Path | None, typer.Option("--report", help="Write a JSON report: per "
+    report: Annotated[Path | None, typer.Option("--report", metavar="FILE",
+                                                help="Write a JSON report: per "
                       "file decisions, model, timings.", show_default=False)] = None,
     no_tags: Annotated[bool, typer.Option("--no-tags", help="Do not copy tags.")] = False,
     quiet: _common.Quiet = False,

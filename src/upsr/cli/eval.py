@@ -17,15 +17,20 @@ from upsr.cli import _common
 
 
 def eval_cmd(
-    ref_dir: Annotated[Path, typer.Argument(help="Reference (clean, full-band) files or folder.")],
-    est_dir: Annotated[Path, typer.Argument(help="Restored files or folder (same layout).")],
+    ref_dir: Annotated[Path, typer.Argument(metavar="REF",
+                                            help="Reference (clean, full-band) files or folder.")],
+    est_dir: Annotated[Path, typer.Argument(metavar="EST",
+                                            help="Restored files or folder (same layout).")],
     lr_dir: Annotated[Optional[Path], typer.Option(
-        "--lr-dir", help="Degraded inputs (same layout): LSD-HF/LF split at each one's band "
+        "--lr-dir", metavar="DIR",
+help="Degraded inputs (same layout): LSD-HF/LF split at each one's band "
                          "edge.")] = None,
     cutoff: Annotated[Optional[float], typer.Option(
-        "--cutoff", help="LSD-HF/LF split in Hz for every file (overrides --lr-dir).")] = None,
+        "--cutoff", metavar="HZ",
+help="LSD-HF/LF split in Hz for every file (overrides --lr-dir).")] = None,
     lsd_variant: Annotated[str, typer.Option(
-        "--lsd", help="LSD definition: 'aero' (n_fft 2048, hop 512; AERO/Wave-U-Mamba) or "
+        "--lsd", metavar="aero|nuwave",
+help="LSD definition: 'aero' (n_fft 2048, hop 512; AERO/Wave-U-Mamba) or "
                       "'nuwave' (1024/256).")] = "aero",
     pesq: Annotated[bool, typer.Option("--pesq", help="Wide-band PESQ (needs upsr[metrics]).")
                     ] = False,
@@ -35,9 +40,10 @@ def eval_cmd(
     visqol: Annotated[bool, typer.Option(
         "--visqol", help="ViSQOL audio mode (needs upsr[metrics]).")] = False,
     csv_path: Annotated[Optional[Path], typer.Option(
-        "--csv", help="Write per-file scores as CSV.")] = None,
+        "--csv", metavar="FILE", help="Write per-file scores as CSV.")] = None,
     json_path: Annotated[Optional[Path], typer.Option(
-        "--json", help="Write settings, summary and per-file scores as JSON.")] = None,
+        "--json", metavar="FILE",
+help="Write settings, summary and per-file scores as JSON.")] = None,
     per_file: Annotated[bool, typer.Option("--per-file", help="Also print one row per file.")
                         ] = False,
     quiet: _common.Quiet = False,

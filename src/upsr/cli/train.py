@@ -11,7 +11,8 @@ from upsr.cli import _common
 
 
 def train(
-    recipe: Annotated[Path, typer.Argument(help="Recipe file (TOML), e.g. recipes/apollo.toml.")],
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE.toml",
+                                           help="Recipe file (TOML), e.g. recipes/apollo.toml.")],
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run in --out (or the newest runs/<recipe>-*) from its "
                          "latest checkpoint, exactly.")] = False,
@@ -20,9 +21,11 @@ def train(
         help="Override a recipe value (TOML syntax), e.g. --set train.steps=100 "
              "--set data.train=~/music. Repeatable.")] = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Run folder (default runs/<recipe>-<timestamp>).")] = None,
+        "--out", "-o", metavar="DIR",
+help="Run folder (default runs/<recipe>-<timestamp>).")] = None,
     device: Annotated[str, typer.Option(
-        "--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
+        "--device", metavar="auto|cpu|cuda",
+help="auto (CUDA when available), cpu or cuda.")] = "auto",
     quiet: _common.Quiet = False,
     verbose: _common.Verbose = 0,
 ) -> None:
