@@ -40,7 +40,6 @@ help="auto (CUDA when available), cpu or cuda.")] = "auto",
     from upsr.train import recipe as R
 
     _common.setup_logging(quiet, max(verbose, 0 if quiet else 1))
-    _common.require_inputs([recipe], stdin_ok=False)
     if out is not None:
         _common.check_output_dir(out, "--out")
     r = R.load(recipe, overrides or ())
