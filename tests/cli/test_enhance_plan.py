@@ -50,6 +50,8 @@ def mixed(tmp_path):
     src = tmp_path / "in"
     _write(src / "full.wav", 0.3 * synth.tilted_noise(0.5, SR, channels=2, seed=1),
            subtype="PCM_16")
+    _write(src / "full.flac", 0.3 * synth.tilted_noise(0.5, SR, channels=1, seed=7),
+           subtype="PCM_16")
     _write(src / "lim.wav", _limited(0.5, 6000, 2), subtype="PCM_16")
     _write(src / "x.flac", _limited(0.5, 7000, 3), subtype="PCM_24")
     (src / "x.mp3").write_bytes(_mp3_bytes(_limited(0.5, 16000, 4)))
@@ -59,20 +61,23 @@ def mixed(tmp_path):
 
 def test_dry_run_makes_the_runs_decisions(run_cli, mixed, tmp_path):
     out = tmp_path / "out"
-    code, plan_text, err = run_cli("enhance", mixed, "-o", out, "--bitrate-auto", "--dry-run")
+    args = ("enhance", mixed, "-o", out, "--bitrate-auto", "--format", "wav")
+    code, plan_text, err = run_cli(*args, "--dry-run")
     assert code == 0, err
     assert not out.exists()
     plan = _plan(plan_text)
-    assert plan["full.wav"][1] == "copied"  # not "restore": the run copies it
-    code, _, err = run_cli("enhance", mixed, "-o", out, "--bitrate-auto", "--report",
-                           tmp_path / "r.json")
+    assert plan["full.wav"] == ("full.wav", "copied")  # not "restore": the run copies it
+    assert plan["full.flac"] == ("full.flac", "copied")  # a copy keeps its own name
+    code, _, err = run_cli(*args, "--report", tmp_path / "r.json")
     assert code == 0, err
     done = {Path(r["src"]).name: (Path(r["dst"]).name, r["status"])
             for r in json.loads((tmp_path / "r.json").read_text())["files"]}
     assert done == plan
     # and the rerun's plan is what the rerun does: everything exists
-    code, plan_text, _ = run_cli("enhance", mixed, "-o", out, "--bitrate-auto", "--dry-run")
+    code, plan_text, _ = run_cli(*args, "--dry-run")
     assert {s for _, s in _plan(plan_text).values()} == {"exists"}
+    code, _, err = run_cli(*args)
+    assert code == 0 and f"upsr: {len(plan)} exists" in err
 
 
 def test_inputs_sharing_a_stem_never_collide(run_cli, mixed, tmp_path):

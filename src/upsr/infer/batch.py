@@ -296,7 +296,10 @@ def prepare(item: Item, opts: BatchOptions, tmpdir: Path, act: bool = True
                                  "process)")
             dst = copy_target(item)
             item.dst = str(dst)
-            if act and (not dst.exists() or opts.overwrite):
+            if dst.exists() and not opts.overwrite:
+                item.status = "exists"  # copied by an earlier run
+                return None
+            if act:
                 from upsr.fsutil import atomic_path
 
                 with atomic_path(dst) as t:
@@ -341,10 +344,11 @@ class _TimedRunner(Runner):
 
     clock: _Clock | None = None
 
-    def __call__(self, rows: list[np.ndarray], cutoffs: list[float | None]) -> list[np.ndarray]:
+    def __call__(self, rows: list[np.ndarray], *args: tp.Any, **kwargs: tp.Any
+                 ) -> list[np.ndarray]:
         t0 = time.perf_counter()
         try:
-            return super().__call__(rows, cutoffs)
+            return super().__call__(rows, *args, **kwargs)
         finally:
             if self.clock is not None:
                 self.clock.charge(rows, time.perf_counter() - t0)
