@@ -93,15 +93,19 @@ help="Write settings, summary and per-file scores as JSON.")] = None,
     rows = []
     failed = []
     n_fft, hop = metrics.LSD_VARIANTS[lsd_variant]
+    from upsr.audio.quiet import captured
+
     for key, ref_path, est_path in pairing.pairs:
         try:
             file_cutoff = cutoff
             if file_cutoff is None and key in lr_files:
-                file_cutoff = report.lr_cutoff_hz(lr_files[key])
+                with captured(key):
+                    file_cutoff = report.lr_cutoff_hz(lr_files[key])
             elif file_cutoff is None and lr_dir is not None:
                 log.warning("%s: no degraded input under %s; LSD-HF/LF skipped", key, lr_dir)
-            rows.append(report.score_files(key, ref_path, est_path, file_cutoff, lsd_variant,
-                                           extras))
+            with captured(key):
+                rows.append(report.score_files(key, ref_path, est_path, file_cutoff,
+                                               lsd_variant, extras))
             log.info("%s: LSD %.3f", key, rows[-1]["lsd"])
         except UpsrError as exc:
             msg = str(exc)

@@ -432,7 +432,10 @@ def degrade_tree(src_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
 
     result = TreeResult()
     report = on_error or (lambda msg: None)
-    sources = plan_sources(src, find_sources(src, exclude=out_res), opts)
+    from upsr.audio.quiet import captured
+
+    with captured():  # headers of MP3s: decoder chatter only with -v
+        sources = plan_sources(src, find_sources(src, exclude=out_res), opts)
     done = read_manifest(out)
     # keep only records whose files are all still there; the rest are redone
     done = {k: r for k, r in done.items()
