@@ -151,7 +151,7 @@ def test_lame_table_reproduces(sr, channels, kbps):
     assert abs(edge / row[4] - 1) < 0.01
     assert kbps in match_lame_bitrate(edge, out_sr, channels)
     est = estimate_bitrate(None, y.T, out_sr)
-    assert est.source == "cutoff" and est.codec == "MP3" and kbps in est.candidates
+    assert est.source == "cutoff" and est.codec is None and kbps in est.candidates
 
 
 def test_estimate_bitrate_from_container_and_lossless(tmp_path):
@@ -180,7 +180,7 @@ def test_float32_input_is_analysed_in_float64():
 
 def test_estimate_bitrate_reuses_a_given_band():
     est = estimate_bitrate(None, None, 44100, band=(True, 16817.0))
-    assert (est.source, est.codec, est.kbps, est.candidates) == ("cutoff", "MP3", 128.0, (128,))
+    assert (est.source, est.codec, est.kbps, est.candidates) == ("cutoff", None, 128.0, (128,))
     est = estimate_bitrate(None, None, 44100, band=(True, 19565.0))
     assert est.candidates == (224, 256)  # indistinguishable low-passes: both reported
     assert estimate_bitrate(None, None, 44100, band=(False, 22050.0)).source == "none"

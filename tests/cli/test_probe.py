@@ -68,14 +68,21 @@ def test_probe_table(run_cli, tree):
 def test_bad_files_one_line_each_exit_2(run_cli, tree, tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"RIFF\x00\x00junk")
     (tmp_path / "empty.flac").write_bytes(b"")
-    code, out, err = run_cli("probe", "--json", tmp_path, tree / "full.wav",
-                             tmp_path / "missing.wav")
+    code, out, err = run_cli("probe", "--json", tmp_path, tree / "full.wav")
     assert code == 2
     lines = err.splitlines()
-    assert len(lines) == 3 and all(line.startswith("upsr: error:") for line in lines)
-    assert {n for n in ("bad.wav", "empty.flac", "missing.wav") if any(n in x for x in lines)
-            } == {"bad.wav", "empty.flac", "missing.wav"}
+    assert len(lines) == 2 and all(line.startswith("upsr: error:") for line in lines)
+    assert {n for n in ("bad.wav", "empty.flac") if any(n in x for x in lines)
+            } == {"bad.wav", "empty.flac"}
     assert [r["path"].split("/")[-1] for r in json.loads(out)] == ["full.wav"]
+
+
+def test_a_missing_path_is_a_setup_error_before_any_work(run_cli, tree, tmp_path):
+    # the rule of every command (README: 1 = usage or set-up error, found before any work)
+    code, out, err = run_cli("probe", "--json", tree / "full.wav", tmp_path / "missing.wav")
+    assert code == 1
+    assert err == f"upsr: error: {tmp_path / 'missing.wav'}: no such file or folder\n"
+    assert out == ""
 
 
 def test_short_and_long_files(run_cli, tmp_path):
@@ -109,3 +116,37 @@ def test_probe_stdin(run_cli, tree, monkeypatch):
     monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(b"junk")))
     code, out, err = run_cli("probe", "-")
     assert code == 2 and err.startswith("upsr: error: <stdin>: ") and err.count("\n") == 1
+
+
+def test_a_codec_is_named_only_when_the_container_says_so(run_cli, tmp_path):
+    import io
+
+    from upsr.audio.resample import resample
+
+    sr = 44100
+    x = music_like(2.0, sr, channels=2, seed=1)
+    buf = io.BytesIO()
+    sf.write(buf, x.T, sr, format="OGG", subtype="VORBIS", compression_level=0.8)
+    (tmp_path / "v.ogg").write_bytes(buf.getvalue())
+    buf.seek(0)
+    decoded, _ = sf.read(buf, dtype="float32")
+    sf.write(tmp_path / "vorbis-decoded.wav", decoded, sr, subtype="FLOAT")
+    up = resample(music_like(1.0, 22050, channels=2, seed=2), 22050, sr)  # plain upsampling
+    sf.write(tmp_path / "upsampled.wav", up.T, sr, subtype="FLOAT")
+    code, out, err = run_cli("probe", "--json", tmp_path)
+    assert code == 0, err
+    rows = {r["path"].split("/")[-1]: r for r in json.loads(out)}
+    assert (rows["v.ogg"]["codec"], rows["v.ogg"]["bitrate_source"]) == ("Vorbis", "container")
+    for name in ("vorbis-decoded.wav", "upsampled.wav"):
+        r = rows[name]
+        assert r["band_limited"] is True, name
+        # their edges match LAME rows (16.8 kHz ~ 128k, 10.8 kHz ~ 64k), yet no MP3 was involved
+        assert r["bitrate_candidates"], name
+        assert (r["codec"], r["bitrate_source"]) == (None, "cutoff"), name
+    code, out, _ = run_cli("probe", tmp_path)
+    by_name = {line.split()[0].split("/")[-1]: line for line in out.splitlines()[1:]}
+    assert "Vorbis" in by_name["v.ogg"]
+    for name in ("vorbis-decoded.wav", "upsampled.wav"):
+        edge = rows[name]["band_edge_hz"]
+        assert f"low-pass at {edge / 1000:.1f} kHz" in by_name[name]
+        assert "MP3" not in by_name[name]

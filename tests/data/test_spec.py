@@ -168,3 +168,37 @@ def test_uniform_cutoff_draw_statistics():
     cuts = np.array([spec.draw(rng)["lowpass_cutoff_hz"] for _ in range(20000)], dtype=float)
     assert abs(cuts.mean() - 9000) < 100  # std of the mean ≈ 4041/sqrt(20000) ≈ 29 Hz
     assert abs(np.percentile(cuts, 25) - 5500) < 150
+
+
+def test_order_of_application_is_the_order_given():
+    import json
+
+    rl = parse_spec("resample=16000 lowpass=butter:4:6k")
+    lr = parse_spec("lowpass=butter:4:6k resample=16000")
+    assert rl.order == ("resample", "lowpass") and lr.order == ("lowpass", "resample")
+    assert rl != lr
+    assert parse_spec(str(rl)) == rl  # the string form keeps the order
+    # a JSON dump with sorted keys (degrade.json) keeps it through "steps"
+    assert parse_spec(json.loads(json.dumps(rl.to_dict(), sort_keys=True))) == rl
+    assert "steps" not in lr.to_dict()  # the default order writes what it always wrote
+    assert DegradeSpec(mp3=parse_mp3("64"), lowpass=parse_lowpass("butter:4:6k"),
+                       steps=("mp3",)).order == ("mp3", "lowpass")  # the rest follow
+    # the draws do not depend on the order; only "steps" records it
+    a, b = rl.draw(np.random.default_rng(5)), lr.draw(np.random.default_rng(5))
+    assert a.pop("steps") == ["resample", "lowpass"] and a == b
+    with pytest.raises(UsageError, match="unknown step"):
+        parse_spec({"lowpass": "butter:4:6k", "steps": "lowpass,reverb"})
+    with pytest.raises(UsageError, match="Nyquist frequency of the resampled audio"):
+        parse_spec("resample=8000 lowpass=butter:4:6k")
+
+
+def test_recipe_degrade_steps():
+    from pathlib import Path
+
+    from upsr.train import recipe as R
+
+    tiny = Path(__file__).resolve().parents[2] / "recipes" / "tiny" / "aeromamba.toml"
+    r = R.load(tiny, ['degrade.lowpass="butter:4:4k"', 'degrade.steps="resample,lowpass"'])
+    assert r.degrade_spec().order == ("resample", "lowpass")
+    assert R.load(tiny, ['degrade.lowpass="butter:4:4k"']).degrade_spec().order == (
+        "lowpass", "resample")

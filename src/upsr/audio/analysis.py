@@ -268,8 +268,9 @@ def estimate_bitrate(path_or_info: Any = None, x: Signal | None = None,
     already computed, so that it is not analysed twice.
     Rule: a compressed container (MP3, Ogg Vorbis/Opus) gives the codec and its bitrate from
     the header; otherwise, if the band edge is below full band (:func:`is_band_limited`), the
-    LAME table gives the bitrate whose low-pass matches the edge (codec "MP3"; no match: a
-    band-limited source of unknown kind, kbps None); a full-band lossless file gives "none".
+    LAME table gives the bitrate whose low-pass matches the edge (codec None: a low-pass alone
+    does not tell which codec, if any, made it; no match: kbps None too); a full-band lossless
+    file gives "none".
     """
     info = path_or_info
     if isinstance(path_or_info, (str, os.PathLike)):
@@ -311,7 +312,9 @@ def estimate_bitrate(path_or_info: Any = None, x: Signal | None = None,
     cands = match_lame_bitrate(edge, sr, channels)
     if not cands:
         return BitrateEstimate(kbps=None, codec=None, source="cutoff", cutoff_hz=edge)
-    return BitrateEstimate(kbps=float(cands[0]), codec="MP3", source="cutoff", cutoff_hz=edge,
+    # a LAME-like edge names no codec: Vorbis, AAC, a resampler or a filter leave the same
+    # kind of low-pass; the codec is named only when the container says so
+    return BitrateEstimate(kbps=float(cands[0]), codec=None, source="cutoff", cutoff_hz=edge,
                            candidates=cands)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
+import typing as tp
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -67,11 +69,17 @@ def _device(want: Device) -> str:
 
 
 def enhance(
-    paths: Annotated[list[str], typer.Argument(help="Audio files, folders (recursive) or '-'.",
+    paths: Annotated[list[str], typer.Argument(metavar="PATH",
+                                               help="Audio files, folders (recursive) or "
+                                               "'-' (stdin, spooled to a temporary file "
+                                               "first).",
                                                show_default=False)],
-    out: Annotated[str, typer.Option("-o", "--out", help="Output folder (mirrors the input "
-                                     "tree), or '-' for stdout.")] = "restored",
-    model: Annotated[str, typer.Option("-m", "--model", help="Registry name or checkpoint "
+    out: Annotated[str, typer.Option("-o", "--out", metavar="DIR",
+                                     help="Output folder (mirrors the input "
+                                     "tree), or '-' for stdout (held in memory until the "
+                                     "end).")] = "restored",
+    model: Annotated[str, typer.Option("-m", "--model", metavar="NAME|FILE",
+                                       help="Registry name or checkpoint "
                                        "file; 'sbr' needs no weights.")] = "sbr",
     bitrate_auto: Annotated[bool, typer.Option("--bitrate-auto", help="Per file: read the "
                             "codec/bitrate or estimate the cutoff, skip full-band files, pick "
@@ -85,18 +93,23 @@ def enhance(
     bit_depth: Annotated[Depth | None, typer.Option("--bit-depth", help="Output bit depth "
                          "(default: the input's; float where PCM would clip).",
                          show_default=False)] = None,
-    sr: Annotated[int | None, typer.Option("--sr", help="Resample the output to this rate.",
+    sr: Annotated[int | None, typer.Option("--sr", metavar="HZ",
+                                           help="Resample the output to this rate.",
                                            show_default=False)] = None,
-    chunk_s: Annotated[float, typer.Option("--chunk-s", help="Seconds kept per chunk.")] = 10.0,
-    overlap_s: Annotated[float, typer.Option("--overlap-s", help="Cross-fade seconds between "
+    chunk_s: Annotated[float, typer.Option("--chunk-s", metavar="SECONDS",
+                                           help="Seconds kept per chunk.")] = 10.0,
+    overlap_s: Annotated[float, typer.Option("--overlap-s", metavar="SECONDS",
+                                             help="Cross-fade seconds between "
                          "chunks (context is added on top).")] = 0.25,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Chunk rows per forward "
+    batch_size: Annotated[int | None, typer.Option("--batch-size", metavar="N",
+                                                   help="Chunk rows per forward "
                           "pass; chunks of several files are batched together (default: 1 on "
                           "CPU, where batching only costs memory; 4 on GPUs).",
                           show_default=False)] = None,
     no_lf_replace: Annotated[bool, typer.Option("--no-lf-replace", help="Do not splice the "
                              "input back below its cutoff.")] = False,
-    cutoff: Annotated[float | None, typer.Option("--cutoff", help="Force the input cutoff "
+    cutoff: Annotated[float | None, typer.Option("--cutoff", metavar="HZ",
+                                                 help="Force the input cutoff "
                       "(Hz) instead of detecting it.", show_default=False)] = None,
     cutoff_method: Annotated[CutoffMethod, typer.Option("--cutoff-method", help="Cutoff "
                              "detector: 0.985 roll-off (AudioSR) or -70 dB band edge.")
@@ -107,7 +120,8 @@ def enhance(
                          "(otherwise they count as done).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit.")
                        ] = False,
-    report: Annotated[Path | None, typer.Option("--report", help="Write a JSON report: per "
+    report: Annotated[Path | None, typer.Option("--report", metavar="FILE",
+                                                help="Write a JSON report: per "
                       "file decisions, model, timings.", show_default=False)] = None,
     no_tags: Annotated[bool, typer.Option("--no-tags", help="Do not copy tags.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights: a "
@@ -120,9 +134,14 @@ def enhance(
     """Restore band-limited / MP3-damaged audio; the low band is kept exactly."""
     _common.setup_logging(quiet, verbose)
     from upsr.errors import UsageError
-    from upsr.infer.batch import BatchOptions, check_writable, enhance_files, plan_items
+    from upsr.infer.batch import BatchOptions, enhance_files, plan_items
     from upsr.infer.engine import EnhanceOptions
 
+    _common.require_inputs(paths)
+    if out != "-":
+        _common.check_output_dir(out, "-o")
+    if report is not None:
+        _common.check_output_file(report, "--report")
     where = _device(device)
     if batch_size is None:
         batch_size = 1 if where == "cpu" else 4
@@ -146,60 +165,35 @@ def enhance(
     pending = hub.pending_pull(model) if dry_run and not offline else None
     if pending is not None:  # a dry run downloads nothing; it says that the run will
         print(f"upsr: {pending.name} is not installed: the run downloads it from "
-              f"{pending.where} first", file=__import__("sys").stderr)
+              f"{pending.where} first", file=sys.stderr)
     else:
         models.load_model(model, pull=not offline)  # fail (or fetch weights) before any work
-    items = plan_items(paths, out, opts.format)
+    from upsr.audio.quiet import captured
+
+    with captured():
+        items = plan_items(paths, out, opts.format)
     if not items:
         raise UsageError("no audio files found in " + ", ".join(paths))
     if dry_run:
-        for it in items:
-            state = "exists, skip" if (it.dst != "-" and Path(it.dst).exists()
-                                       and not overwrite) else "restore"
-            print(f"{it.src} -> {it.dst} ({state})")
+        _print_plan(items, opts)
         return
-    check_writable(out)
 
     counts: dict[str, int] = {}
-    total_s = [0.0]
     t0 = time.perf_counter()
+    _common.on_interrupt(lambda: _interrupt_note(counts, len(items)))
 
     def on_item(item) -> None:
         counts[item.status] = counts.get(item.status, 0) + 1
         if item.status == "failed":
             _common.error(item.error or f"{item.src}: failed")
         elif verbose and not quiet:
-            print(f"upsr: {item.status}: {item.src} -> {item.dst}", file=__import__("sys").stderr)
+            print(f"upsr: {item.status}: {item.src} -> {item.dst}", file=sys.stderr)
 
-    progress_cb = None
-    bar = None
-    if _common.show_progress(quiet):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        bar = Progress(TextColumn("enhance"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[speed]}"), TimeRemainingColumn(),
-                       console=_common.stderr_console(), transient=True)
-        task = bar.add_task("files", total=len(items), speed="")
-        inner = on_item
-
-        def on_item(item) -> None:  # type: ignore[no-redef]
-            inner(item)
-            bar.advance(task)
-
-        def progress_cb(seconds: float) -> None:
-            total_s[0] += seconds
-            rate = total_s[0] / max(time.perf_counter() - t0, 1e-9)
-            bar.update(task, speed=f"{rate:.1f} s audio/s")
-
-        bar.start()
+    bar = _AudioProgress() if _common.show_progress(quiet) else None
     try:
-        done = enhance_files(items, model, opts, on_item=on_item, progress=progress_cb)
+        done = enhance_files(items, model, opts, on_item=on_item if bar is None else
+                             bar.wrap(on_item), progress=bar.advance if bar else None,
+                             on_planned=bar.start if bar else None)
     finally:
         if bar is not None:
             bar.stop()
@@ -213,9 +207,87 @@ def enhance(
         wall = time.perf_counter() - t0
         audio = sum(it.audio_s for it in done if it.status == "done")
         speed = f"; {audio / wall:.1f} s of audio per second" if audio and wall else ""
-        print(f"upsr: {summary}{speed}", file=__import__("sys").stderr)
+        print(f"upsr: {summary}{speed}", file=sys.stderr)
     if counts.get("failed"):
         raise typer.Exit(_common.EXIT_FAILED)
+
+
+_PLAN_WORDS = {"exists": "exists, skip", "copied": "full band, copy",
+               "skipped-full-band": "full band, skip", "planned": "restore"}
+
+
+def _print_plan(items: list, opts) -> None:
+    """``--dry-run``: the decisions of the run, made by the same code (``batch.prepare`` with
+    ``act=False``); files are analysed only where the decision depends on it."""
+    import tempfile
+
+    from upsr.infer.batch import prepare
+
+    with tempfile.TemporaryDirectory(prefix="upsr-") as tmp:
+        for it in items:
+            if opts.bitrate_auto or it.src == "-":
+                prepare(it, opts, Path(tmp), act=False)
+            else:
+                exists = it.dst != "-" and Path(it.dst).exists() and not opts.overwrite
+                it.status = "exists" if exists else "planned"
+            state = _PLAN_WORDS.get(it.status, it.status)
+            if it.status == "failed":
+                state = f"fails: {it.error}"
+            elif it.status == "planned" and it.cutoff_hz:
+                state += f", cut-off {it.cutoff_hz / 1000:.1f} kHz"
+            print(f"{it.src} -> {it.dst} ({state})")
+
+
+def _interrupt_note(counts: dict[str, int], total: int) -> str:
+    finished = sum(n for k, n in counts.items() if k != "failed")
+    return (f"{finished} of {total} file(s) finished and kept; no partial file was left; "
+            f"rerun the same command to do the rest")
+
+
+class _AudioProgress:
+    """A progress bar in seconds of audio: one total line and a line per file in progress,
+    each with its rate and ETA (terminal only)."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            TextColumn("{task.completed:.0f}/{task.total:.0f} s audio"),
+                            TimeRemainingColumn(), console=_common.stderr_console(),
+                            transient=True)
+        self.total: tp.Any = None
+        self.tasks: dict[int, tp.Any] = {}
+
+    def start(self, planned: list) -> None:
+        self.total = self.bar.add_task("enhance", total=sum(it.audio_s for it in planned))
+        self.bar.start()
+
+    def advance(self, item, seconds: float) -> None:
+        if self.total is None:
+            return
+        key = id(item)
+        if key not in self.tasks:
+            name = Path(item.src).name
+            self.tasks[key] = self.bar.add_task(f"  {name[:40]}", total=item.audio_s)
+        self.bar.advance(self.tasks[key], seconds)
+        self.bar.advance(self.total, seconds)
+
+    def wrap(self, on_item):
+        def inner(item) -> None:
+            task = self.tasks.pop(id(item), None)
+            if task is not None:
+                self.bar.remove_task(task)
+            on_item(item)
+        return inner
+
+    def stop(self) -> None:
+        if self.total is not None:
+            self.bar.stop()
 
 
 def register(app: typer.Typer) -> None:

@@ -17,15 +17,20 @@ from upsr.cli import _common
 
 
 def eval_cmd(
-    ref_dir: Annotated[Path, typer.Argument(help="Reference (clean, full-band) files or folder.")],
-    est_dir: Annotated[Path, typer.Argument(help="Restored files or folder (same layout).")],
+    ref_dir: Annotated[Path, typer.Argument(metavar="REF",
+                                            help="Reference (clean, full-band) files or folder.")],
+    est_dir: Annotated[Path, typer.Argument(metavar="EST",
+                                            help="Restored files or folder (same layout).")],
     lr_dir: Annotated[Optional[Path], typer.Option(
-        "--lr-dir", help="Degraded inputs (same layout): LSD-HF/LF split at each one's band "
+        "--lr-dir", metavar="DIR",
+help="Degraded inputs (same layout): LSD-HF/LF split at each one's band "
                          "edge.")] = None,
     cutoff: Annotated[Optional[float], typer.Option(
-        "--cutoff", help="LSD-HF/LF split in Hz for every file (overrides --lr-dir).")] = None,
+        "--cutoff", metavar="HZ",
+help="LSD-HF/LF split in Hz for every file (overrides --lr-dir).")] = None,
     lsd_variant: Annotated[str, typer.Option(
-        "--lsd", help="LSD definition: 'aero' (n_fft 2048, hop 512; AERO/Wave-U-Mamba) or "
+        "--lsd", metavar="aero|nuwave",
+help="LSD definition: 'aero' (n_fft 2048, hop 512; AERO/Wave-U-Mamba) or "
                       "'nuwave' (1024/256).")] = "aero",
     pesq: Annotated[bool, typer.Option("--pesq", help="Wide-band PESQ (needs upsr[metrics]).")
                     ] = False,
@@ -35,9 +40,10 @@ def eval_cmd(
     visqol: Annotated[bool, typer.Option(
         "--visqol", help="ViSQOL audio mode (needs upsr[metrics]).")] = False,
     csv_path: Annotated[Optional[Path], typer.Option(
-        "--csv", help="Write per-file scores as CSV.")] = None,
+        "--csv", metavar="FILE", help="Write per-file scores as CSV.")] = None,
     json_path: Annotated[Optional[Path], typer.Option(
-        "--json", help="Write settings, summary and per-file scores as JSON.")] = None,
+        "--json", metavar="FILE",
+help="Write settings, summary and per-file scores as JSON.")] = None,
     per_file: Annotated[bool, typer.Option("--per-file", help="Also print one row per file.")
                         ] = False,
     quiet: _common.Quiet = False,
@@ -58,8 +64,12 @@ def eval_cmd(
                          f"{', '.join(metrics.LSD_VARIANTS)}")
     if cutoff is not None and cutoff <= 0:
         raise UsageError(f"--cutoff must be > 0 Hz (got {cutoff:g})")
-    if lr_dir is not None and not lr_dir.exists():
-        raise UsageError(f"{lr_dir}: no such file or directory")
+    _common.require_inputs([ref_dir, est_dir] + ([lr_dir] if lr_dir is not None else []),
+                           stdin_ok=False)
+    if csv_path is not None:
+        _common.check_output_file(csv_path, "--csv")
+    if json_path is not None:
+        _common.check_output_file(json_path, "--json")
 
     pairing = report.pair_files(ref_dir, est_dir)
     for key in pairing.ref_only:
@@ -83,15 +93,19 @@ def eval_cmd(
     rows = []
     failed = []
     n_fft, hop = metrics.LSD_VARIANTS[lsd_variant]
+    from upsr.audio.quiet import captured
+
     for key, ref_path, est_path in pairing.pairs:
         try:
             file_cutoff = cutoff
             if file_cutoff is None and key in lr_files:
-                file_cutoff = report.lr_cutoff_hz(lr_files[key])
+                with captured(key):
+                    file_cutoff = report.lr_cutoff_hz(lr_files[key])
             elif file_cutoff is None and lr_dir is not None:
                 log.warning("%s: no degraded input under %s; LSD-HF/LF skipped", key, lr_dir)
-            rows.append(report.score_files(key, ref_path, est_path, file_cutoff, lsd_variant,
-                                           extras))
+            with captured(key):
+                rows.append(report.score_files(key, ref_path, est_path, file_cutoff,
+                                               lsd_variant, extras))
             log.info("%s: LSD %.3f", key, rows[-1]["lsd"])
         except UpsrError as exc:
             msg = str(exc)

@@ -11,7 +11,8 @@ from upsr.cli import _common
 
 
 def example(
-    out_dir: Annotated[Path, typer.Argument(help="Folder to create (must not hold these files).")],
+    out_dir: Annotated[Path, typer.Argument(metavar="DIR",
+                                            help="Folder to create (must not hold these files).")],
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
     quiet: _common.Quiet = False,
 ) -> None:

@@ -6,7 +6,11 @@ at top level (no torch, scipy or soundfile), so ``upsr --help`` answers at once.
 
 from __future__ import annotations
 
+import enum
+import functools
+import inspect
 import sys
+import typing as tp
 
 import typer
 
@@ -58,21 +62,106 @@ def _register() -> None:
     eval_cli.register(app)
     probe_cli.register(app)
     train_cli.register(app)
+    _add_verbosity(app)
+
+
+def _with_verbosity(fn: tp.Callable[..., tp.Any]) -> tp.Callable[..., tp.Any]:
+    """``fn`` with ``-q/--quiet`` and ``-v/--verbose`` added where it lacks them; the wrapper
+    sets up logging from them before ``fn`` runs (so every command has both, as the README
+    says, including ones whose module does not declare them)."""
+    sig = inspect.signature(fn, eval_str=True)
+    extra = {"quiet": _common.Quiet, "verbose": _common.Verbose}
+    missing = {k: v for k, v in extra.items() if k not in sig.parameters}
+    if not missing:
+        return fn
+
+    @functools.wraps(fn)
+    def wrapper(*args: tp.Any, **kwargs: tp.Any) -> tp.Any:
+        added = {k: kwargs.pop(k) for k in missing if k in kwargs}
+        quiet = bool(kwargs.get("quiet", added.get("quiet", False)))
+        verbose = int(kwargs.get("verbose", added.get("verbose", 0)) or 0)
+        _common.setup_logging(quiet, verbose)
+        return fn(*args, **kwargs)
+
+    defaults = {"quiet": False, "verbose": 0}
+    params = list(sig.parameters.values()) + [
+        inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=defaults[k], annotation=v)
+        for k, v in missing.items()]
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {**{p.name: p.annotation for p in sig.parameters.values()},
+                               **missing, "return": sig.return_annotation}
+    return wrapper
+
+
+def _add_verbosity(typer_app: typer.Typer) -> None:
+    for info in typer_app.registered_commands:
+        if info.callback is not None:
+            info.callback = _with_verbosity(info.callback)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _add_verbosity(group.typer_instance)
 
 
 _register()
 
 
+_TYPE_METAVARS = {"integer": "N", "int": "N", "float": "NUMBER", "path": "PATH", "Path": "PATH",
+                  "text": "TEXT", "str": "TEXT", "filename": "FILE"}
+
+
+def _type_name(p: tp.Any) -> str:
+    """The option's value type: click's ParamType name, or Typer's bare type (>= 0.2x)."""
+    if getattr(p, "type", None) is not None:
+        return "choice" if getattr(p.type, "choices", None) else str(p.type.name)
+    bare = p.bare_type() if hasattr(p, "bare_type") else ""
+    annotation = getattr(getattr(p, "type_descriptor", None), "annotation", None)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "choice"
+    return str(bare)
+
+
+def _readable(cmd: tp.Any) -> None:
+    """Metavars people read in ``--help`` and the man pages: ``PATH...`` instead of Typer's
+    ``{paths}...`` and ``paths... <list[str]>``; options without an explicit metavar get one
+    from their type (``N``, ``PATH``) instead of ``<int>``/``<str>``."""
+    for p in cmd.params:
+        if p.param_type_name == "argument":
+            p.metavar = p.metavar or (p.name or "ARG").upper()
+            name = p.metavar + ("..." if p.nargs != 1 else "")
+            usage = name if p.required else f"[{name}]"
+            # Typer's own renderers (present in some versions) ignore metavar: override them
+            if hasattr(p, "_usage_display_name"):
+                p._usage_display_name = lambda usage=usage: usage
+            if hasattr(p, "_rich_display_name"):
+                p._rich_display_name = lambda name=name: name
+            if hasattr(p, "display_type_rich"):
+                p.display_type_rich = lambda ctx: None
+        elif (p.param_type_name == "option" and not p.is_flag and not p.count
+              and p.metavar is None and _type_name(p) != "choice"):
+            p.metavar = _TYPE_METAVARS.get(_type_name(p), "VALUE")
+    for sub in (getattr(cmd, "commands", None) or {}).values():
+        _readable(sub)
+
+
+def command() -> tp.Any:
+    """The app's click command tree, as ``main`` runs it and the man pages describe it."""
+    cmd = typer.main.get_command(app)
+    _readable(cmd)
+    return cmd
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; map every failure to a one-line message and the documented exit code."""
-    command = typer.main.get_command(app)
+    command_ = command()
+    _common.on_interrupt(lambda: "")  # forget a note left by an earlier in-process run
+    code: tp.Any = 0
     try:
-        code = command.main(args=argv, prog_name="upsr", standalone_mode=False)
+        # Typer turns Ctrl-C into exit code 130 (returned here, without standalone mode)
+        code = command_.main(args=argv, prog_name="upsr", standalone_mode=False)
     except typer.Exit as exc:
         code = exc.exit_code
-    except typer.Abort:
-        _common.error("aborted")
-        code = 130
+    except (typer.Abort, KeyboardInterrupt):
+        code = _common.EXIT_INTERRUPTED
     except _click_exc.NoArgsIsHelpError as exc:
         print(exc.format_message(), file=sys.stderr)
         code = _common.EXIT_USAGE
@@ -86,9 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     except UpsrError as exc:
         _common.error(str(exc))
         code = _common.EXIT_USAGE
-    except KeyboardInterrupt:
-        _common.error("interrupted")
-        code = 130
     except BrokenPipeError:
         code = 0
+    except OSError as exc:  # a set-up problem no check foresaw: still one line, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        _common.error(f"{where}{exc.strerror or exc}")
+        code = _common.EXIT_USAGE
+    if code == _common.EXIT_INTERRUPTED:
+        _common.error(_common.interrupt_message())
     sys.exit(code if isinstance(code, int) else 0)

@@ -33,7 +33,9 @@ def _db(value: float | None) -> str:
 
 
 def source_text(row: dict[str, Any]) -> str:
-    """'MP3 128k CBR' (container), 'MP3 ~128k?' (from the cutoff), 'low-pass' or '-'."""
+    """'MP3 128k CBR' (the container names the codec), 'low-pass at 11.0 kHz' (a band limit
+    seen in the spectrum: no codec is named, since Vorbis, AAC, resamplers and filters leave
+    the same kind of edge) or '-' (full band)."""
     kbps = row["bitrate_kbps"]
     if row["bitrate_source"] == "container":
         parts = [row["codec"] or "?"]
@@ -43,11 +45,10 @@ def source_text(row: dict[str, Any]) -> str:
             parts.append(row["bitrate_mode"])
         return " ".join(parts)
     if row["bitrate_source"] == "cutoff":
-        if row["codec"] is None:
+        edge = row.get("band_edge_hz")
+        if edge is None or not math.isfinite(edge):
             return "low-pass"
-        cands = row["bitrate_candidates"]
-        rate = (f"{cands[0]}-{cands[-1]}k" if len(cands) > 1 else f"{cands[0]}k")
-        return f"{row['codec']} ~{rate}?"
+        return f"low-pass at {edge / 1000:.1f} kHz"
     return "-"
 
 
@@ -80,7 +81,7 @@ def _probe_stdin() -> dict[str, Any]:
 
 def probe(
     paths: Annotated[list[Path], typer.Argument(
-        help="Audio files or folders (recursive); '-' reads stdin.")],
+        metavar="PATH", help="Audio files or folders (recursive); '-' reads stdin.")],
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout instead of a table.")
                        ] = False,
     quiet: _common.Quiet = False,
@@ -90,9 +91,11 @@ def probe(
     estimated source bitrate/codec, and whether it is band-limited (worth restoring)."""
     _common.setup_logging(quiet, verbose)
     from upsr.audio.analysis import probe_file
+    from upsr.audio.quiet import captured
     from upsr.errors import UpsrError
     from upsr.eval.report import audio_files, format_table, json_text
 
+    _common.require_inputs(paths)
     files: list[Path] = []
     failed = 0
     for p in paths:
@@ -101,15 +104,13 @@ def probe(
             if not found:
                 _common.log.warning("%s: no audio files", p)
             files.extend(found)
-        elif p.exists() or str(p) == "-":
-            files.append(p)
         else:
-            _common.file_error(p, "no such file or directory")
-            failed += 1
+            files.append(p)
     rows = []
     for f in files:
         try:
-            rows.append(_probe_stdin() if str(f) == "-" else probe_file(f))
+            with captured(str(f)):
+                rows.append(_probe_stdin() if str(f) == "-" else probe_file(f))
         except UpsrError as exc:
             msg = str(exc)
             if msg.startswith((str(f), "<stdin>")):

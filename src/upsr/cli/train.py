@@ -11,7 +11,8 @@ from upsr.cli import _common
 
 
 def train(
-    recipe: Annotated[Path, typer.Argument(help="Recipe file (TOML), e.g. recipes/apollo.toml.")],
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE.toml",
+                                           help="Recipe file (TOML), e.g. recipes/apollo.toml.")],
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run in --out (or the newest runs/<recipe>-*) from its "
                          "latest checkpoint, exactly.")] = False,
@@ -20,9 +21,11 @@ def train(
         help="Override a recipe value (TOML syntax), e.g. --set train.steps=100 "
              "--set data.train=~/music. Repeatable.")] = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Run folder (default runs/<recipe>-<timestamp>).")] = None,
+        "--out", "-o", metavar="DIR",
+help="Run folder (default runs/<recipe>-<timestamp>).")] = None,
     device: Annotated[str, typer.Option(
-        "--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
+        "--device", metavar="auto|cpu|cuda",
+help="auto (CUDA when available), cpu or cuda.")] = "auto",
     quiet: _common.Quiet = False,
     verbose: _common.Verbose = 0,
 ) -> None:
@@ -37,6 +40,8 @@ def train(
     from upsr.train import recipe as R
 
     _common.setup_logging(quiet, max(verbose, 0 if quiet else 1))
+    if out is not None:
+        _common.check_output_dir(out, "--out")
     r = R.load(recipe, overrides or ())
     run_dir = out
     if resume and run_dir is None:
@@ -44,6 +49,9 @@ def train(
         if not runs:
             raise UsageError(f"--resume: no runs/{recipe.stem}-* folder; pass --out RUN_DIR")
         run_dir = runs[-1]
+    where = f" --out {run_dir}" if run_dir is not None else ""  # else: the newest runs/ folder
+    _common.on_interrupt(lambda: f"continue from the last saved checkpoint with 'upsr train "
+                         f"{recipe}{where} --resume'")
     loop.train(r, run_dir, resume=resume, device=device)
 
 

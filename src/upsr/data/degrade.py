@@ -3,9 +3,10 @@
 Arrays (pure, cheap per segment; reused by the training data code for on-the-fly pairs):
 
 - :func:`degrade_array` draws a pair's parameters from a :class:`~upsr.data.spec.DegradeSpec`
-  with a seed and applies them; :func:`apply_params` applies already-drawn ones. Order:
-  low-pass (zero-phase, at the clean rate) -> MP3 round trip (delay-compensated, same length)
-  -> resample to the low rate (``round(T * sr_lr / sr_hr)`` frames).
+  with a seed and applies them; :func:`apply_params` applies already-drawn ones, in the order
+  the spec gives (default: low-pass (zero-phase) -> MP3 round trip (delay-compensated, same
+  length) -> resample to the low rate (``round(T * sr_lr / sr_hr)`` frames)); each step runs
+  at the rate the previous one left.
 - :func:`measure_lag` is the cross-correlation lag between two signals (0 for aligned pairs).
 - :func:`pair_seed` derives a pair's seed from (run seed, relative path, segment index), so a
   pair's draws never depend on ``--jobs`` or on the order files are processed in.
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from upsr.data.spec import DegradeSpec, parse_spec
+from upsr.data.spec import STEPS, DegradeSpec, parse_spec
 from upsr.errors import UpsrError, UsageError
 from upsr.fsutil import TMP_PREFIX, atomic_path, atomic_write_text, remove_stale
 
@@ -68,25 +69,28 @@ def apply_params(x: np.ndarray, sr: int, params: tp.Mapping[str, tp.Any]
     if y.ndim != 2:
         raise UsageError(f"degrade expects audio [channels, frames]; got shape {y.shape}")
     measured: dict[str, tp.Any] = {}
-    if "lowpass_type" in params:
-        from upsr.audio.filters import lowpass
-
-        order = params.get("lowpass_order")  # None for boxcar, whose brick wall has no order
-        y = lowpass(y, sr, float(params["lowpass_cutoff_hz"]), kind=params["lowpass_type"],
-                    order=1 if order is None else int(order), zero_phase=True)
-    if "mp3_kbps" in params:
-        from upsr.audio.codecs import mp3_roundtrip
-
-        res = mp3_roundtrip(y, sr, int(params["mp3_kbps"]))
-        y = np.asarray(res.samples, dtype=np.float32)
-        measured["mp3_kbps_measured"] = round(float(res.kbps), 2)
-        measured["mp3_backend"] = res.backend
     sr_out = int(sr)
-    if "resample_hz" in params and int(params["resample_hz"]) != sr:
-        from upsr.audio.resample import resample
+    for step in params.get("steps") or STEPS:
+        if step == "lowpass" and "lowpass_type" in params:
+            from upsr.audio.filters import lowpass
 
-        sr_out = int(params["resample_hz"])
-        y = resample(y, sr, sr_out)
+            order = params.get("lowpass_order")  # None for boxcar: a brick wall has no order
+            y = lowpass(y, sr_out, float(params["lowpass_cutoff_hz"]),
+                        kind=params["lowpass_type"], order=1 if order is None else int(order),
+                        zero_phase=True)
+        elif step == "mp3" and "mp3_kbps" in params:
+            from upsr.audio.codecs import mp3_roundtrip
+
+            res = mp3_roundtrip(y, sr_out, int(params["mp3_kbps"]))
+            y = np.asarray(res.samples, dtype=np.float32)
+            measured["mp3_kbps_measured"] = round(float(res.kbps), 2)
+            measured["mp3_backend"] = res.backend
+        elif (step == "resample" and "resample_hz" in params
+              and int(params["resample_hz"]) != sr_out):
+            from upsr.audio.resample import resample
+
+            y = resample(y, sr_out, int(params["resample_hz"]))
+            sr_out = int(params["resample_hz"])
     return np.ascontiguousarray(y, dtype=np.float32), sr_out, measured
 
 
@@ -320,10 +324,12 @@ def process_source(path: Path, rel: str, out_dir: Path, opts: TreeOptions,
     Runs in a worker process under ``--jobs``; writes audio files only (never the manifest).
     """
     from upsr.audio.io import read
+    from upsr.audio.quiet import captured
 
     records: list[dict[str, tp.Any]] = []
     try:
-        audio = read(path)
+        with captured(str(path)):
+            audio = read(path)
         hr_all, sr_hr = _to_hr(audio.samples, audio.sr, opts)
         fmt, subtype = FORMATS[opts.format]
         pairs = {p.index: p for p in _pair_names(rel, hr_all.shape[1], opts, sr_hr)}
@@ -426,7 +432,10 @@ def degrade_tree(src_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
 
     result = TreeResult()
     report = on_error or (lambda msg: None)
-    sources = plan_sources(src, find_sources(src, exclude=out_res), opts)
+    from upsr.audio.quiet import captured
+
+    with captured():  # headers of MP3s: decoder chatter only with -v
+        sources = plan_sources(src, find_sources(src, exclude=out_res), opts)
     done = read_manifest(out)
     # keep only records whose files are all still there; the rest are redone
     done = {k: r for k, r in done.items()
@@ -493,8 +502,9 @@ def degrade_tree(src_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
 
 
 def spec_from_options(lowpass: str | None, mp3: str | None, resample: str | None,
-                      segment: str | None) -> DegradeSpec:
-    """The spec given by ``upsr degrade``'s flags (UsageError names the bad flag and field)."""
+                      segment: str | None, steps: tp.Sequence[str] = ()) -> DegradeSpec:
+    """The spec given by ``upsr degrade``'s flags (UsageError names the bad flag and field);
+    ``steps``: the order the flags were given in."""
     from upsr.data.spec import parse_lowpass, parse_mp3, parse_resample, parse_segment
 
     return DegradeSpec(
@@ -502,5 +512,6 @@ def spec_from_options(lowpass: str | None, mp3: str | None, resample: str | None
         mp3=parse_mp3(mp3) if mp3 is not None else None,
         resample=parse_resample(resample) if resample is not None else None,
         segment_s=parse_segment(segment) if segment is not None else None,
+        steps=tuple(steps),
     )
 

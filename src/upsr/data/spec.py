@@ -24,6 +24,11 @@ The whole spec also has a one-string form, ``"lowpass=cheby1:8:4k mp3=64,128 res
 
 :meth:`DegradeSpec.draw` consumes the generator in a fixed pattern (type, order, cut-off, bitrate,
 rate; one call each, even for fixed values), so a pair's parameters depend only on its seed.
+
+The steps compose in the order given: the order of the flags on the command line, of the items
+in the string form, of the keys in a recipe's ``[degrade]`` table (``mp3=64 lowpass=...`` codes
+first and filters after). :attr:`DegradeSpec.steps` records it; the default is low-pass, MP3,
+resample.
 """
 
 from __future__ import annotations
@@ -306,11 +311,25 @@ def parse_segment(text: str | float, option: str = "--segment") -> float:
     return float(d)
 
 
+#: The parts of a spec, in their default order of application.
+STEPS = ("lowpass", "mp3", "resample")
+
+
+def _check_steps(steps: tp.Sequence[str], where: str) -> tuple[str, ...]:
+    bad = [s for s in steps if s not in STEPS]
+    if bad:
+        raise UsageError(f"{where}: unknown step {bad[0]!r} (steps: {', '.join(STEPS)})")
+    if len(set(steps)) != len(steps):
+        raise UsageError(f"{where}: a step is given twice in {','.join(steps)}")
+    return tuple(steps)
+
+
 @dataclass(frozen=True)
 class DegradeSpec:
     """Everything one pair's degradation may draw; any part may be absent (None).
 
-    Applied in this order: low-pass, MP3, resample. ``segment_s`` does not change the audio: it
+    The parts present are applied in the order ``steps`` gives (parts it leaves out follow in
+    the default order low-pass, MP3, resample). ``segment_s`` does not change the audio: it
     says how long the pairs are (``upsr degrade`` cuts the clean side first; the training data
     code crops segments), and each segment draws its own parameters.
     """
@@ -319,13 +338,43 @@ class DegradeSpec:
     mp3: Mp3Spec | None = None
     resample: ResampleSpec | None = None
     segment_s: float | None = None
+    steps: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_steps(self.steps, "degradation steps")
+        order = self.order
+        object.__setattr__(self, "steps", order)  # normal form: equal specs compare equal
+        if (self.lowpass is not None and self.resample is not None
+                and order.index("resample") < order.index("lowpass")):
+            top, low = float(self.lowpass.cutoff_hz.high), float(self.resample.sr.low)
+            if top >= low / 2:
+                raise UsageError(f"--lowpass CUTOFF: {_fmt(top)} Hz is not below the Nyquist "
+                                 f"frequency of the resampled audio ({_fmt(low / 2)} Hz); "
+                                 f"here the low-pass comes after --resample")
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """The parts present, in the order they are applied."""
+        present = [k for k in STEPS if getattr(self, k) is not None]
+        given = [k for k in self.steps if k in present]
+        return tuple(given + [k for k in present if k not in given])
+
+    @property
+    def default_order(self) -> bool:
+        return self.order == tuple(k for k in STEPS if k in self.order)
 
     def draw(self, rng: np.random.Generator) -> dict[str, tp.Any]:
-        """Draw every random field: a flat JSON-ready dict (keys only for the parts present)."""
+        """Draw every random field: a flat JSON-ready dict (keys only for the parts present).
+
+        The draw pattern never depends on the order of application (so a seed gives the same
+        parameters whatever the order); a non-default order is recorded as ``steps``.
+        """
         out: dict[str, tp.Any] = {}
         for part in (self.lowpass, self.mp3, self.resample):
             if part is not None:
                 out.update(part.draw(rng))
+        if not self.default_order:
+            out["steps"] = list(self.order)
         return out
 
     @property
@@ -345,25 +394,34 @@ class DegradeSpec:
                                  f"frequency of {sr} Hz audio ({_fmt(sr / 2)} Hz)")
 
     def to_dict(self) -> dict[str, tp.Any]:
-        """The spec as strings, the form recipes and ``degrade.json`` store."""
-        d: dict[str, tp.Any] = {}
-        if self.lowpass is not None:
-            d["lowpass"] = str(self.lowpass)
-        if self.mp3 is not None:
-            d["mp3"] = str(self.mp3)
-        if self.resample is not None:
-            d["resample"] = str(self.resample)
+        """The spec as strings, the form recipes and ``degrade.json`` store: parts in their
+        order of application, plus ``steps`` when that order is not the default (so that
+        the order survives a JSON dump with sorted keys)."""
+        d: dict[str, tp.Any] = {k: str(getattr(self, k)) for k in self.order}
+        if not self.default_order:
+            d["steps"] = ",".join(self.order)
         if self.segment_s is not None:
             d["segment"] = _fmt(self.segment_s)
         return d
 
     @classmethod
     def from_dict(cls, d: tp.Mapping[str, tp.Any]) -> DegradeSpec:
-        """Inverse of :meth:`to_dict`; values may also be numbers or lists (TOML recipes)."""
-        unknown = set(d) - {"lowpass", "mp3", "resample", "segment"}
+        """Inverse of :meth:`to_dict`; values may also be numbers or lists (TOML recipes).
+
+        The order of application is ``steps`` when given (``"resample,lowpass"`` or a list),
+        else the order of the keys in ``d``.
+        """
+        unknown = set(d) - {"lowpass", "mp3", "resample", "segment", "steps"}
         if unknown:
             raise UsageError(f"degradation spec: unknown key {sorted(unknown)[0]!r} "
-                             f"(allowed: lowpass, mp3, resample, segment)")
+                             f"(allowed: lowpass, mp3, resample, segment, steps)")
+        raw_steps = d.get("steps")
+        if raw_steps is None:
+            steps = tuple(k for k in d if k in STEPS and d.get(k) is not None)
+        else:
+            items = raw_steps if isinstance(raw_steps, (list, tuple)) else str(raw_steps).split(",")
+            steps = _check_steps([str(x).strip() for x in items if str(x).strip()],
+                                 "degradation spec steps")
 
         def text(key: str) -> str | None:
             v = d.get(key)
@@ -377,7 +435,8 @@ class DegradeSpec:
         return cls(lowpass=parse_lowpass(lp, "lowpass") if lp is not None else None,
                    mp3=parse_mp3(mp, "mp3") if mp is not None else None,
                    resample=parse_resample(rs, "resample") if rs is not None else None,
-                   segment_s=parse_segment(sg, "segment") if sg is not None else None)
+                   segment_s=parse_segment(sg, "segment") if sg is not None else None,
+                   steps=steps)
 
     def __str__(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.to_dict().items())

@@ -124,14 +124,32 @@ def plan_items(inputs: list[str], out: str, fmt: str | None) -> list[Item]:
             target = "-" if out == "-" else str(
                 out_dir / (p.stem + _suffix_for(_format_of(p), fmt)))
             items.append(Item(str(p), target))
+    _keep_apart(items)
     for it in items:
         if it.dst in seen and it.dst != "-":
-            raise UsageError(f"two inputs map to the same output {it.dst} (e.g. a.wav and "
-                             f"a.flac in one folder); use --format to keep them apart")
+            raise UsageError(f"two inputs map to the same output {it.dst}; rename one of them")
         seen.add(it.dst)
         if it.dst != "-" and Path(it.dst).resolve() == Path(it.src).resolve():
             raise UsageError(f"{it.src}: output would overwrite the input")
     return items
+
+
+def _keep_apart(items: list[Item]) -> None:
+    """Inputs that would share an output name (``x.flac`` and ``x.mp3`` -> ``x.flac``) keep
+    their source extension in it (``x.mp3.flac``); the one whose extension already is the
+    output's keeps the plain name. Deterministic: depends only on the set of names."""
+    by_dst: dict[str, list[Item]] = {}
+    for it in items:
+        if it.dst != "-":
+            by_dst.setdefault(it.dst, []).append(it)
+    for dst, group in by_dst.items():
+        if len(group) < 2:
+            continue
+        out = Path(dst)
+        for it in group:
+            src = Path(it.src)
+            if src.suffix.lower() != out.suffix.lower():
+                it.dst = str(out.with_name(src.name + out.suffix))
 
 
 def _format_of(path: Path) -> str | None:
@@ -141,20 +159,6 @@ def _format_of(path: Path) -> str | None:
         return io.info(path).format
     except UpsrError:
         return None
-
-
-def check_writable(out: str) -> None:
-    """Fail before any work if the output folder cannot be created or written."""
-    if out == "-":
-        return
-    d = Path(out)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        probe = d / ".upsr-tmp-write-check"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(f"{out}: output folder is not writable ({exc.strerror or exc})") from None
 
 
 # ------------------------------------------------------------------------------------ deciding
@@ -236,28 +240,158 @@ def _subtype_for(info: tp.Any, fmt: str, bit_depth: str | None) -> str | None:
 
 
 def _stdin_to_file(tmpdir: Path) -> str:
+    """Spool stdin to a file: decoding, analysis and tags read the input several times, so
+    stdin is buffered whole (on disk, not in memory) before any work."""
     import sys
 
-    data = sys.stdin.buffer.read()
-    if not data:
-        raise UsageError("stdin is empty")
     p = tmpdir / "stdin-audio"
-    p.write_bytes(data)
+    with open(p, "wb") as fh:
+        shutil.copyfileobj(sys.stdin.buffer, fh, 1 << 20)
+    if p.stat().st_size == 0:
+        raise UsageError("stdin is empty")
     return str(p)
+
+
+def copy_target(item: Item) -> Path:
+    """Where a full-band input is copied: its own file name (and format) in the output folder."""
+    return Path(item.dst).with_name(Path(item.src).name)
+
+
+@dataclass
+class Prepared:
+    """An item ready to run: its readable source (the input, or stdin's spooled copy) and
+    header."""
+
+    item: Item
+    src: str
+    info: tp.Any
+
+
+def prepare(item: Item, opts: BatchOptions, tmpdir: Path, act: bool = True
+            ) -> Prepared | None:
+    """Decide what happens to ``item``: the one code path of both the run and ``--dry-run``.
+
+    Sets ``item.status`` to ``exists`` (its output is there and counts as done), ``copied``
+    or ``skipped-full-band`` (``--bitrate-auto`` on a full-band file), ``failed`` (with
+    ``item.error``) or ``planned`` (to restore: returns the :class:`Prepared`). With
+    ``act=False`` nothing is written (the full-band copy is only planned).
+    """
+    from upsr.audio import io
+    from upsr.audio.quiet import captured
+
+    if item.dst != "-" and Path(item.dst).exists() and not opts.overwrite:
+        item.status = "exists"
+        return None
+    try:
+        src = _stdin_to_file(tmpdir) if item.src == "-" else item.src
+        with captured(item.src):
+            info = io.info(src)
+            if info.frames == 0:
+                raise AudioError(f"{item.src}: no audio frames")
+            item.sr_in, item.audio_s = info.sr, info.duration_s
+            decide(item, src, info, opts)
+        if item.status == "copied":
+            if item.dst == "-":
+                raise UsageError("cannot copy a full-band file to stdout (use --full-band "
+                                 "process)")
+            dst = copy_target(item)
+            item.dst = str(dst)
+            if dst.exists() and not opts.overwrite:
+                item.status = "exists"  # copied by an earlier run
+                return None
+            if act:
+                from upsr.fsutil import atomic_path
+
+                with atomic_path(dst) as t:
+                    shutil.copyfile(src, t)
+            return None
+        if item.status == "skipped-full-band":
+            return None
+        item.status = "planned"
+        return Prepared(item, src, info)
+    except UpsrError as exc:
+        item.status, item.error = "failed", str(exc)
+    except OSError as exc:
+        item.status, item.error = "failed", f"{item.src}: {exc.strerror or exc}"
+    return None
+
+
+class _Clock:
+    """Per-file wall time: the seconds spent in each file's own steps (decode, resample,
+    splice, encode) plus its share of every model call (by the rows it contributed), so files
+    restored side by side each get their own time, not the time since the batch began."""
+
+    def __init__(self) -> None:
+        self.owner: dict[int, Item] = {}
+
+    def own(self, item: Item, work: list[np.ndarray]) -> None:
+        for x in work:
+            for ch in range(x.shape[0]):
+                self.owner[x[ch].ctypes.data] = item
+
+    def charge(self, rows: list[np.ndarray], seconds: float) -> None:
+        if not rows:
+            return
+        share = seconds / len(rows)
+        for r in rows:
+            it = self.owner.get(r.ctypes.data)
+            if it is not None:
+                it.wall_s += share
+
+
+class _TimedRunner(Runner):
+    """A Runner that charges each call's time to the files whose rows it ran."""
+
+    clock: _Clock | None = None
+
+    def __call__(self, rows: list[np.ndarray], *args: tp.Any, **kwargs: tp.Any
+                 ) -> list[np.ndarray]:
+        t0 = time.perf_counter()
+        try:
+            return super().__call__(rows, *args, **kwargs)
+        finally:
+            if self.clock is not None:
+                self.clock.charge(rows, time.perf_counter() - t0)
+
+
+def _timed(gen: tp.Generator[list[np.ndarray], list[np.ndarray], None], item: Item,
+           clock: _Clock) -> tp.Generator[list[np.ndarray], list[np.ndarray], None]:
+    """``gen`` with the time spent inside it added to ``item.wall_s``."""
+    t0 = time.perf_counter()
+    try:
+        work = next(gen)
+    except StopIteration:
+        return
+    finally:
+        item.wall_s += time.perf_counter() - t0
+    try:
+        while True:
+            clock.own(item, work)
+            outs = yield work
+            t0 = time.perf_counter()
+            try:
+                work = gen.send(outs)
+            except StopIteration:
+                return
+            finally:
+                item.wall_s += time.perf_counter() - t0
+    finally:
+        gen.close()
 
 
 def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
                   on_item: tp.Callable[[Item], None] | None = None,
-                  progress: tp.Callable[[float], None] | None = None) -> list[Item]:
+                  progress: tp.Callable[[Item, float], None] | None = None,
+                  on_planned: tp.Callable[[list[Item]], None] | None = None) -> list[Item]:
     """Restore every pending item; per-file failures are recorded, the batch goes on.
 
-    ``on_item`` is called when an item reaches its final status; ``progress`` with seconds of
-    input audio finished.
+    ``on_item`` is called when an item reaches its final status; ``progress(item, seconds)``
+    with seconds of audio written for that item (as they are written); ``on_planned`` once
+    with the items that will be restored, before the first is.
     """
     import tempfile
 
     from upsr import models
-    from upsr.audio import io
     from upsr.audio.io import BlockWriter
     from upsr.infer.stream import FileSource
 
@@ -276,7 +410,6 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
 
     def finish(item: Item, status: str, error: str | None = None) -> None:
         item.status, item.error = status, error
-        item.wall_s = time.perf_counter() - item._t0 if item._t0 else 0.0
         done.append(item)
         if on_item:
             on_item(item)
@@ -285,35 +418,18 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
 
     for folder in sorted({str(Path(it.dst).parent) for it in items if it.dst != "-"}):
         remove_stale(folder)  # leftovers of a killed earlier run
+    clock = _Clock()
     with tempfile.TemporaryDirectory(prefix="upsr-") as tmp:
         jobs_by_model: dict[str, list[Job]] = {}
         for item in items:
-            item._t0 = time.perf_counter()
-            if item.dst != "-" and Path(item.dst).exists() and not opts.overwrite:
-                finish(item, "exists")
+            t0 = time.perf_counter()
+            ready = prepare(item, opts, Path(tmp))
+            item.wall_s = time.perf_counter() - t0
+            if ready is None:
+                finish(item, item.status, item.error)
                 continue
             try:
-                src = _stdin_to_file(Path(tmp)) if item.src == "-" else item.src
-                info = io.info(src)
-                if info.frames == 0:
-                    raise AudioError(f"{item.src}: no audio frames")
-                item.sr_in, item.audio_s = info.sr, info.duration_s
-                decide(item, src, info, opts)
-                if item.status == "copied":
-                    if item.dst == "-":
-                        raise UsageError("cannot copy a full-band file to stdout")
-                    dst = Path(item.dst).with_suffix(Path(item.src).suffix)
-                    item.dst = str(dst)
-                    if not dst.exists() or opts.overwrite:
-                        from upsr.fsutil import atomic_path
-
-                        with atomic_path(dst) as t:
-                            shutil.copyfile(src, t)
-                    finish(item, "copied")
-                    continue
-                if item.status == "skipped-full-band":
-                    finish(item, "skipped-full-band")
-                    continue
+                info, src = ready.info, ready.src
                 ref = pick_variant(base, model_ref, item) if opts.bitrate_auto else model_ref
                 model = get_model(ref)
                 item.model = ref
@@ -321,30 +437,34 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
                 item.sr_out = rates.final
                 fmt = (opts.format or ("flac" if Path(item.dst).suffix == ".flac" else "wav"))
                 subtype = _subtype_for(info, fmt.upper(), opts.bit_depth)
-                tags = {}
+                tags: tp.Any = None
                 if opts.copy_tags and item.src != "-":
+                    from upsr.audio.quiet import captured
                     from upsr.audio.tags import read_tags
 
-                    tags = read_tags(src)
+                    with captured(item.src):
+                        tags = read_tags(src)
                 gen = _file_job(FileSource(src, info), model, item, rates.final, fmt, subtype,
-                                tags, opts, BlockWriter)
+                                tags, opts, BlockWriter, progress)
                 jobs_by_model.setdefault(ref, []).append(
-                    Job(item, gen, item.cutoff_hz, rates.model_out))
+                    Job(item, _timed(gen, item, clock), item.cutoff_hz, rates.model_out))
             except UpsrError as exc:
                 finish(item, "failed", str(exc))
             except OSError as exc:
                 finish(item, "failed", f"{item.src}: {exc.strerror or exc}")
+        if on_planned:
+            on_planned([j.key for jobs in jobs_by_model.values() for j in jobs])
 
         for ref, jobs in jobs_by_model.items():
             model = get_model(ref)
-            runner = Runner(model, device=opts.device, autocast=opts.device.startswith("cuda"))
+            runner = _TimedRunner(model, device=opts.device,
+                                  autocast=opts.device.startswith("cuda"))
+            runner.clock = clock
 
             def on_done(job: Job, exc: BaseException | None) -> None:
                 item = job.key
                 if exc is None:
                     finish(item, "done")
-                    if progress:
-                        progress(item.audio_s)
                 else:
                     msg = str(exc) if isinstance(exc, UpsrError) else f"{type(exc).__name__}: {exc}"
                     if not msg.startswith(item.src):
@@ -356,12 +476,25 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
 
 
 def _file_job(source: tp.Any, model: tp.Any, item: Item, sr: int, fmt: str,
-              subtype: str | None, tags: dict[str, str], opts: BatchOptions,
-              writer_cls: tp.Any) -> tp.Generator[list[np.ndarray], list[np.ndarray], None]:
-    """A job generator that owns its writer: closing it early removes the temporary file."""
+              subtype: str | None, tags: tp.Any, opts: BatchOptions, writer_cls: tp.Any,
+              progress: tp.Callable[[Item, float], None] | None = None
+              ) -> tp.Generator[list[np.ndarray], list[np.ndarray], None]:
+    """A job generator that owns its writer: closing it early removes the temporary file.
+    Tags that libsndfile cannot write (cover art, the other comments) are added after the
+    output is complete (see :func:`upsr.audio.tags.write_tags`)."""
     if item.dst != "-":
         Path(item.dst).parent.mkdir(parents=True, exist_ok=True)
+    simple = tags.simple() if tags is not None else None
     with writer_cls(item.dst, sr, source.channels, format=fmt.upper(), subtype=subtype,
-                    tags=tags or None) as writer:
-        yield from restore_stream(source, model, writer.write, item.cutoff_hz, opts.engine)
+                    tags=simple or None) as writer:
+        sink = writer.write
+        if progress is not None:
+            def sink(block: np.ndarray) -> None:
+                writer.write(block)
+                progress(item, block.shape[-1] / sr)
+        yield from restore_stream(source, model, sink, item.cutoff_hz, opts.engine)
     item.subtype = writer.subtype
+    if tags is not None and item.dst != "-":
+        from upsr.audio.tags import write_tags
+
+        write_tags(item.dst, tags)

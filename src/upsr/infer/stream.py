@@ -32,7 +32,8 @@ class ArraySource:
 
 
 class FileSource:
-    """A file read block by block (never whole): see ``upsr.audio.io.iter_blocks``."""
+    """A file read block by block (never whole): see ``upsr.audio.io.iter_blocks``. Native
+    decoder chatter is captured (see :mod:`upsr.audio.quiet`)."""
 
     def __init__(self, path: str, info: tp.Any) -> None:
         self.path = path
@@ -40,8 +41,20 @@ class FileSource:
 
     def blocks(self, block_frames: int) -> Iterator[np.ndarray]:
         from upsr.audio import io
+        from upsr.audio.quiet import captured
 
-        yield from io.iter_blocks(self.path, block_frames)
+        it = io.iter_blocks(self.path, block_frames)
+        try:
+            while True:
+                with captured(self.path):
+                    block = next(it, None)
+                if block is None:
+                    return
+                yield block
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
 
 
 def resampled(source: Source, sr_out: int, transform: tp.Callable[[np.ndarray], np.ndarray]

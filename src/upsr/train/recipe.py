@@ -93,11 +93,14 @@ class DataSection:
 
 @dataclass(frozen=True)
 class DegradeSection:
-    """The on-the-fly degradation, in ``upsr degrade``'s grammar (empty: identity)."""
+    """The on-the-fly degradation, in ``upsr degrade``'s grammar (empty: identity).
+    ``steps``: the order of application, e.g. ``"resample,lowpass"`` (default: low-pass, MP3,
+    resample)."""
 
     lowpass: str = ""
     mp3: str = ""
     resample: str = ""
+    steps: str = ""
 
 
 @dataclass(frozen=True)
