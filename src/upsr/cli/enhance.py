@@ -98,9 +98,10 @@ def enhance(
                              "input back below its cutoff.")] = False,
     cutoff: Annotated[float | None, typer.Option("--cutoff", help="Force the input cutoff "
                       "(Hz) instead of detecting it.", show_default=False)] = None,
-    cutoff_method: Annotated[CutoffMethod, typer.Option("--cutoff-method", help="Cutoff "
-                             "detector: 0.985 roll-off (AudioSR) or -70 dB band edge.")
-                             ] = CutoffMethod.rolloff,
+    cutoff_method: Annotated[CutoffMethod, typer.Option("--cutoff-method", help="Where the "
+                             "kept band ends: band-edge (-70 dB edge, or the container's "
+                             "codec low-pass) or AudioSR's 0.985 roll-off (replaces real "
+                             "content between roll-off and edge).")] = CutoffMethod.band_edge,
     stereo: Annotated[Stereo, typer.Option("--stereo", help="Process stereo as L/R or as "
                       "mid/side.")] = Stereo.independent,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs "

@@ -36,7 +36,7 @@ class BatchOptions:
     bitrate_auto: bool = False
     full_band: str = "copy"          # with bitrate_auto: "copy" | "skip" | "process"
     cutoff_hz: float | None = None   # force the cutoff instead of detecting it
-    cutoff_method: str = "rolloff"   # "rolloff" (0.985, AudioSR) | "band_edge"
+    cutoff_method: str = "band_edge"  # known band (edge/codec) | "rolloff" (0.985, AudioSR)
     copy_tags: bool = True
     device: str = "cpu"
 
@@ -183,7 +183,8 @@ def decide(item: Item, path: str, info: tp.Any, opts: BatchOptions) -> None:
         item.cutoff_hz = float(opts.cutoff_hz)
     else:
         method: tp.Any = opts.cutoff_method
-        item.cutoff_hz = float(analysis.effective_cutoff_hz(x, info.sr, method=method))
+        item.cutoff_hz = float(analysis.effective_cutoff_hz(x, info.sr, method=method,
+                                                                 info=info))
     if opts.bitrate_auto:
         band = analysis.is_band_limited(x, info.sr)
         est = analysis.estimate_bitrate(path, x, info.sr, band=band)

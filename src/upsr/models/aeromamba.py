@@ -553,7 +553,8 @@ class AEROMamba(Restorer):
             intermediates["spec_out"] = h
         return self._ispec(h)[:, :length * cfg.scale]
 
-    def restore(self, x: torch.Tensor) -> torch.Tensor:
+    def restore(self, x: torch.Tensor, cutoff_hz: torch.Tensor | None = None,
+                sample_rate: int | None = None) -> torch.Tensor:
         """``x: [B, T]`` at ``in_rate`` → ``[B, 4T]`` at ``out_rate``."""
         return self.forward(x)
 
