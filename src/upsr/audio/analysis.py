@@ -167,8 +167,9 @@ def band_edge_hz(x: Signal, sr: int, floor_db: float = -70.0, n_fft: int = EDGE_
     return min(band_edge_bin(pow_sum, floor_db) * sr / n_fft, sr / 2.0)
 
 
-#: An edge this close to Nyquist counts as full band: nothing is missing that a restorer could
-#: add without risking harm (the top kilohertz of a 44.1/48 kHz file is mostly empty anyway).
+#: An edge this close to Nyquist, or at or above :data:`FULL_BAND_HZ`, counts as full band:
+#: nothing is missing that a restorer could add without risking harm (what lies above is
+#: mostly empty in real recordings too, and inventing it only adds error).
 NEAR_NYQUIST_HZ = 1000.0
 #: The container's codec low-pass (LAME table) replaces the measured edge only when it lies at
 #: most this fraction above it: then it is the same low-pass, located more precisely (music is
@@ -204,7 +205,8 @@ def known_band_hz(x: Signal, sr: int, info: Any = None, floor_db: float = -70.0)
     (MP3, Vorbis; ``info`` an AudioInfo with a readable ``path``) whose bitrate the LAME table
     (:data:`LAME_LOWPASS`) maps to a low-pass at most :data:`CODEC_EDGE_SLACK` above the
     measured edge, that low-pass is the edge (the codec kept content up to it, however quiet).
-    An edge within :data:`NEAR_NYQUIST_HZ` of Nyquist is Nyquist (full band: nothing to add).
+    An edge within :data:`NEAR_NYQUIST_HZ` of Nyquist or at or above :data:`FULL_BAND_HZ` is
+    Nyquist (full band, as :func:`is_band_limited` says: nothing to add).
     Unlike AudioSR's 0.985 roll-off (:func:`rolloff_hz`, several kHz below the edge on music and
     speech), everything below this frequency is real content of the file.
     """
@@ -218,7 +220,7 @@ def known_band_hz(x: Signal, sr: int, info: Any = None, floor_db: float = -70.0)
         table = lame_edge_hz(kbps, sr, channels) if kbps is not None else None
         if table is not None and edge <= table <= edge * (1.0 + CODEC_EDGE_SLACK):
             edge = table
-    if edge >= sr / 2.0 - NEAR_NYQUIST_HZ:
+    if edge >= min(sr / 2.0 - NEAR_NYQUIST_HZ, FULL_BAND_HZ):
         return sr / 2.0
     return edge
 

@@ -132,6 +132,10 @@ def enhance(
         raise UsageError(f"--sr {sr}: must be between 1000 and 768000")
     if cutoff is not None and cutoff <= 0:
         raise UsageError("--cutoff must be > 0")
+    if fmt is not None and fmt.value == "flac" and bit_depth is not None \
+            and bit_depth.value == "32f":
+        raise UsageError("--bit-depth 32f: FLAC cannot store float samples; use --format wav "
+                         "or --bit-depth 24")
     opts = BatchOptions(engine=engine, format=fmt.value if fmt else None,
                         bit_depth=bit_depth.value if bit_depth else None, overwrite=overwrite,
                         bitrate_auto=bitrate_auto, full_band=full_band.value, cutoff_hz=cutoff,

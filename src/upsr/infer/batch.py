@@ -59,6 +59,8 @@ class Item:
     sr_out: int | None = None
     subtype: str | None = None
     error: str | None = None
+    limiter_events: int = 0    # stretches where the added band was lowered to avoid clipping
+    limited_s: float = 0.0     # seconds of output where it was lowered
     _t0: float = field(default=0.0, repr=False)
 
     def record(self) -> dict[str, tp.Any]:
@@ -362,7 +364,14 @@ def _file_job(source: tp.Any, model: tp.Any, item: Item, sr: int, fmt: str,
     """A job generator that owns its writer: closing it early removes the temporary file."""
     if item.dst != "-":
         Path(item.dst).parent.mkdir(parents=True, exist_ok=True)
+    from upsr.infer.engine import PCM_CEILING, LimiterStats
+
     with writer_cls(item.dst, sr, source.channels, format=fmt.upper(), subtype=subtype,
                     tags=tags or None) as writer:
-        yield from restore_stream(source, model, writer.write, item.cutoff_hz, opts.engine)
+        # PCM cannot hold more than full scale: lower the added band where it would clip
+        pcm = (writer.subtype or "").upper().startswith("PCM") or fmt.upper() == "FLAC"
+        engine = dataclasses.replace(opts.engine, ceiling=PCM_CEILING) if pcm else opts.engine
+        stats = LimiterStats()
+        yield from restore_stream(source, model, writer.write, item.cutoff_hz, engine, stats)
     item.subtype = writer.subtype
+    item.limiter_events, item.limited_s = stats.events, round(stats.seconds, 4)

@@ -37,6 +37,9 @@ FileGen = Generator[Work, Work, None]
 
 LF_N_FFT = 2048
 LIMITER_S = 0.005  # look-ahead (and release) of the added-band limiter
+#: The ceiling for PCM output: just under full scale, leaving room for the overshoot of a
+#: final resampling (``out_sr``) of the limited signal.
+PCM_CEILING = 0.999
 
 
 @dataclass(frozen=True)
@@ -506,5 +509,6 @@ def enhance_array(x: np.ndarray, sr: int, model: Model | str, cutoff_hz: float |
     return (y[0] if mono_in else y), r.final
 
 
-__all__ = ["EnhanceOptions", "Job", "LimiterStats", "Runner", "enhance_array", "limit_added",
+__all__ = ["PCM_CEILING", "EnhanceOptions", "Job", "LimiterStats", "Runner", "enhance_array",
+           "limit_added",
            "limit_gain", "plan_rates", "restore_stream", "run_jobs"]

@@ -6,7 +6,10 @@ top octave below it, shifted up, with a spectral envelope extrapolated from that
 
 In the STFT domain (Hann, ``n_fft`` 2048, hop ``n_fft/4``):
 
-1. ``k_c`` = the cutoff bin (given per item by the engine, or detected: 0.985 roll-off).
+1. ``k_c`` = the cutoff bin: the edge of the band the input really has, given per item by
+   the engine, or detected here with the same rule (:func:`band_edge_bin`: the lowest bin
+   above which less than ``floor_db`` = -70 dB of the energy lies). Bins below it are the
+   input's own content and are never changed.
 2. Source band: the ``shift`` bins below ``k_c``, with ``shift`` the largest multiple of 4 not
    above ``k_c/2``. Bin ``k >= k_c`` copies the complex value of bin
    ``k_c - shift + (k - k_c) mod shift`` (repeated transposition). Shifting by a multiple of
@@ -46,7 +49,7 @@ class SbrConfig:
     alpha_max: float = -0.25
     level_db: float = 2.0
     decay_db_per_octave: float = 3.0  # extra fall-off with distance above the cutoff
-    rolloff: float = 0.985
+    floor_db: float = -70.0  # detected cutoff: the band edge (energy above it below this)
     min_cutoff_hz: float = 1000.0
     max_hz: float = 22000.0  # nothing is synthesised above this (inaudible, and costly to fake)
     min_out_rate: int = 44100
@@ -58,14 +61,16 @@ class SbrConfig:
             raise ValueError("alpha_min must not exceed alpha_max")
 
 
-def rolloff_bin(mag: torch.Tensor, fraction: float) -> torch.Tensor:
-    """AudioSR's cutoff rule per item: ``mag [B, F, frames]`` → the largest bin whose
-    cumulative (frame-summed) magnitude is still below ``fraction`` of the total; ``[B]``."""
-    spec = mag.sum(-1)
-    cum = spec.cumsum(-1)
-    below = cum < fraction * cum[..., -1:]
-    idx = torch.arange(spec.shape[-1], device=mag.device).expand_as(spec)
-    return torch.where(below, idx, torch.zeros_like(idx)).amax(-1)
+def band_edge_bin(power: torch.Tensor, floor_db: float) -> torch.Tensor:
+    """The band edge per item (as :func:`upsr.audio.analysis.band_edge_bin`): ``power
+    [B, F, frames]`` → the lowest bin ``k`` whose tail energy (bins ``>= k``, summed over
+    frames) is below ``floor_db`` of the total; ``F`` when none is (full band or silence)."""
+    spec = power.sum(-1).to(torch.float64)  # [B, F]
+    tail = spec.flip(-1).cumsum(-1).flip(-1)
+    quiet = tail < tail[..., :1] * 10.0 ** (floor_db / 10.0)
+    F = spec.shape[-1]
+    idx = torch.arange(F, device=power.device).expand_as(spec)
+    return torch.where(quiet, idx, torch.full_like(idx, F)).amin(-1)
 
 
 @register("sbr", "Spectral band replication (classical DSP, no weights)")
@@ -111,7 +116,7 @@ class Sbr(Restorer):
                        return_complex=True)  # [B, F, N]
         F = X.shape[1]
         if cutoff_hz is None:
-            kc = rolloff_bin(X.abs(), c.rolloff)
+            kc = band_edge_bin(X.real.square() + X.imag.square(), c.floor_db)
         else:
             kc = torch.as_tensor(cutoff_hz, dtype=torch.float64).reshape(-1).expand(B)
             kc = torch.round(kc * n_fft / sr).long()
