@@ -154,6 +154,28 @@ def test_lame_table_reproduces(sr, channels, kbps):
     assert est.source == "cutoff" and est.codec == "MP3" and kbps in est.candidates
 
 
+# LAME 3.100's own nominal low-pass per total bitrate (``freq_map`` in ``optimum_bandwidth``,
+# libmp3lame/lame.c): an independent reference for the measured table, which was made with
+# lameenc and our band-edge rule.
+LAME_FREQ_MAP = {8: 2000, 16: 3700, 24: 3900, 32: 5500, 40: 7000, 48: 7500, 56: 10000,
+                 64: 11000, 80: 13500, 96: 15100, 112: 15600, 128: 17000, 160: 17500,
+                 192: 18600, 224: 19400, 256: 19700, 320: 20500}
+
+
+def test_lame_table_agrees_with_lames_own_bandwidth_map():
+    """Every stereo row of the measured table lies within 3 % of the low-pass LAME's source
+    assigns to that bitrate (where that low-pass is below the decoded Nyquist), so the table
+    is LAME's behaviour, not an artefact of how it was measured."""
+    checked = 0
+    for sr, ch, kbps, dec, edge in analysis.LAME_LOWPASS:
+        nominal = LAME_FREQ_MAP[kbps]
+        if ch != 2 or nominal >= dec / 2 - 150:
+            continue
+        assert abs(edge / nominal - 1) < 0.03, (sr, ch, kbps, edge, nominal)
+        checked += 1
+    assert checked >= 30
+
+
 def test_estimate_bitrate_from_container_and_lossless(tmp_path):
     sr = 44100
     x = _music(sr)
