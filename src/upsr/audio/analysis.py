@@ -171,11 +171,6 @@ def band_edge_hz(x: Signal, sr: int, floor_db: float = -70.0, n_fft: int = EDGE_
 #: nothing is missing that a restorer could add without risking harm (what lies above is
 #: mostly empty in real recordings too, and inventing it only adds error).
 NEAR_NYQUIST_HZ = 1000.0
-#: The container's codec low-pass (LAME table) replaces the measured edge only when it lies at
-#: most this fraction above it: then it is the same low-pass, located more precisely (music is
-#: quiet near the edge, so the -70 dB rule stops short of it). A table edge far above the
-#: measured one means the file was transcoded from something narrower: the measurement wins.
-CODEC_EDGE_SLACK = 0.08
 
 
 def lame_edge_hz(kbps: float, sr: int, channels: int) -> float | None:
@@ -203,8 +198,11 @@ def known_band_hz(x: Signal, sr: int, info: Any = None, floor_db: float = -70.0)
 
     Rule: the -70 dB band edge (:func:`band_edge_hz`). When the container names a lossy codec
     (MP3, Vorbis; ``info`` an AudioInfo with a readable ``path``) whose bitrate the LAME table
-    (:data:`LAME_LOWPASS`) maps to a low-pass at most :data:`CODEC_EDGE_SLACK` above the
-    measured edge, that low-pass is the edge (the codec kept content up to it, however quiet).
+    (:data:`LAME_LOWPASS`) maps to a low-pass above the measured edge, that low-pass is the
+    edge: the codec kept everything up to it, so what is missing below it was never there
+    (quiet music near the edge, speech with nothing above 17 kHz) and must not be invented.
+    (A file transcoded from a narrower source, e.g. a 64 kbps MP3 re-encoded at 320 kbps, is
+    then left alone: force ``--cutoff`` for those.)
     An edge within :data:`NEAR_NYQUIST_HZ` of Nyquist or at or above :data:`FULL_BAND_HZ` is
     Nyquist (full band, as :func:`is_band_limited` says: nothing to add).
     Unlike AudioSR's 0.985 roll-off (:func:`rolloff_hz`, several kHz below the edge on music and
@@ -218,7 +216,7 @@ def known_band_hz(x: Signal, sr: int, info: Any = None, floor_db: float = -70.0)
         kbps, _mode = _container_bitrate(os.fspath(path), codec, frames / max(sr, 1))
         channels = int(getattr(info, "channels", 2) or 2)
         table = lame_edge_hz(kbps, sr, channels) if kbps is not None else None
-        if table is not None and edge <= table <= edge * (1.0 + CODEC_EDGE_SLACK):
+        if table is not None and table > edge:
             edge = table
     if edge >= min(sr / 2.0 - NEAR_NYQUIST_HZ, FULL_BAND_HZ):
         return sr / 2.0

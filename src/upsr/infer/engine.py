@@ -54,6 +54,7 @@ class EnhanceOptions:
     stereo: str = "independent"  # or "mid-side"
     out_sr: int | None = None    # resample the model's output to this rate
     ceiling: float | None = None  # PCM output: keep |output| <= this by lowering the added band
+    stat_passes: int = 1         # models with global_statistics: statistics passes before output
 
     def __post_init__(self) -> None:
         if self.chunk_s <= 0 or self.overlap_s < 0 or self.overlap_s > self.chunk_s:
@@ -64,6 +65,8 @@ class EnhanceOptions:
             raise ValueError("stereo must be 'independent' or 'mid-side'")
         if self.ceiling is not None and not 0 < self.ceiling <= 1:
             raise ValueError("ceiling must be in (0, 1]")
+        if self.stat_passes < 1:
+            raise ValueError("stat_passes must be >= 1")
 
 
 @dataclass
@@ -229,10 +232,14 @@ def restore_stream(source: Source, model: Model, sink: Callable[[np.ndarray], No
             sink(y.astype(np.float32, copy=False))
 
     chunks = list(plan)
+    row_stats = (_statistics_passes(model, source, r, fwd, C, chunks, opts.stat_passes)
+                 if getattr(model, "global_statistics", False) and chunks else None)
     per_step = max(1, opts.batch_size // C)
     for start in range(0, len(chunks), per_step):
         group = chunks[start:start + per_step]
-        outputs = yield [model_in.get(c.lo, c.hi) for c in group]
+        work = Rows(model_in.get(c.lo, c.hi) for c in group)
+        work.stats = row_stats
+        outputs = yield work
         for c, y in zip(group, outputs):
             rr = r.ratio
             if y.shape != (C, (c.hi - c.lo) * rr):
@@ -266,6 +273,42 @@ def restore_stream(source: Source, model: Model, sink: Callable[[np.ndarray], No
             reference.release(nxt * r.ratio)
     if not chunks:
         emit(np.zeros((C, 0), np.float32), last=True)
+
+
+class Rows(list):  # type: ignore[type-arg]
+    """The chunk inputs a job yields; ``stats`` (per channel) are the whole-signal
+    normalisation statistics for a model with ``global_statistics`` (None otherwise)."""
+
+    stats: list[tp.Any] | None = None
+
+
+def _statistics_passes(model: tp.Any, source: Source, r: Rates,
+                       fwd: Callable[[np.ndarray], np.ndarray] | None, C: int,
+                       chunks: list[tp.Any], passes: int) -> list[tp.Any]:
+    """Two-pass inference for models that normalise by whole-signal statistics (AEROMamba):
+    run every chunk, channel by channel as rows, and sum each normalisation's statistics over
+    the chunk's share of the signal (its kept region up to where the next one takes over);
+    each further pass repeats that with the previous pass's statistics frozen. Returns one
+    statistics object per channel for :meth:`use_statistics` in the output pass."""
+    import torch
+
+    try:
+        device = next(iter(model.parameters())).device
+    except (AttributeError, StopIteration):
+        device = torch.device("cpu")
+    frozen = None
+    for _ in range(passes):
+        src = Rolling(resampled(source, r.model_in, fwd), C, r.frames_in)
+        acc = None
+        for k, c in enumerate(chunks):
+            x = torch.from_numpy(np.ascontiguousarray(src.get(c.lo, c.hi), np.float32))
+            acc = model.collect_statistics(x.to(device), (c.keep_lo - c.lo,
+                                                          c.keep_hi - c.fade_out - c.lo),
+                                           k == len(chunks) - 1, acc, frozen)
+            if k + 1 < len(chunks):
+                src.release(chunks[k + 1].lo)
+        frozen = model.finish_statistics(acc)
+    return frozen  # type: ignore[return-value]
 
 
 def _peak(x: np.ndarray) -> float:
@@ -318,8 +361,10 @@ class Runner:
             if moved is not None:
                 self.model = moved
 
-    def __call__(self, rows: list[np.ndarray], cutoffs: list[float | None]) -> list[np.ndarray]:
-        """Outputs per row; FloatingPointError if any output is NaN/inf."""
+    def __call__(self, rows: list[np.ndarray], cutoffs: list[float | None],
+                 stats: list[tp.Any] | None = None) -> list[np.ndarray]:
+        """Outputs per row; FloatingPointError if any output is NaN/inf. ``stats``: per-row
+        whole-signal statistics for a model with ``global_statistics``."""
         import torch
 
         x = torch.from_numpy(np.stack(rows).astype(np.float32)).to(self.device)
@@ -327,12 +372,19 @@ class Runner:
         uses = bool(getattr(self.model, "uses_cutoff", False))
         if uses and not any(c is None for c in cutoffs):
             cutoff_t = torch.tensor(cutoffs, dtype=torch.float64)
-        with torch.inference_mode():
-            if self.autocast and self.device.startswith("cuda"):
-                with torch.autocast("cuda", dtype=torch.bfloat16):
+        use = getattr(self.model, "use_statistics", None) if stats else None
+        if use is not None:
+            use(stats)
+        try:
+            with torch.inference_mode():
+                if self.autocast and self.device.startswith("cuda"):
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        y = self._call(x, uses, cutoff_t)
+                else:
                     y = self._call(x, uses, cutoff_t)
-            else:
-                y = self._call(x, uses, cutoff_t)
+        finally:
+            if use is not None:
+                use(None)
         self.calls += 1
         out = y.float().cpu().numpy()
         if not np.all(np.isfinite(out)):
@@ -361,7 +413,7 @@ class Job:
         return self.model_in or self.model_out
 
 
-Row = tuple[int, int, int, np.ndarray]  # (job, chunk, lane, samples)
+Row = tuple[int, int, int, np.ndarray, tp.Any]  # (job, chunk, lane, samples, statistics)
 
 
 def _run_rows(runner: Runner, part: list[Row], cutoffs: list[float | None], rate: int,
@@ -370,10 +422,12 @@ def _run_rows(runner: Runner, part: list[Row], cutoffs: list[float | None], rate
     """One forward pass over ``part``; if it fails and holds rows of several jobs, run again
     job by job, so that only the jobs whose own rows fail land in ``failed``."""
     runner.sample_rate = rate
+    stats = [it[4] for it in part]
     try:
-        ys = runner([row for _, _, _, row in part], cutoffs)
+        ys = runner([it[3] for it in part], cutoffs,
+                    stats if any(st is not None for st in stats) else None)
     except Exception as exc:
-        owners = sorted({j for j, _, _, _ in part})
+        owners = sorted({it[0] for it in part})
         if len(owners) == 1:
             failed[owners[0]] = exc
             return
@@ -382,7 +436,7 @@ def _run_rows(runner: Runner, part: list[Row], cutoffs: list[float | None], rate
             _run_rows(runner, [part[k] for k in mine], [cutoffs[k] for k in mine], rate, outs,
                       failed)
         return
-    for (j, i, lane, _), y in zip(part, ys):
+    for (j, i, lane, _, _), y in zip(part, ys):
         outs[(j, i, lane)] = y
 
 
@@ -427,10 +481,12 @@ def run_jobs(jobs: Iterable[Job], runner: Runner, batch_size: int, max_open: int
             # rows of every active job, grouped so that each group can share one batch
             rows: dict[tuple[int, int, bool], list[Row]] = {}
             for j, (job, work) in enumerate(active):
+                stats = getattr(work, "stats", None)
                 for i, x in enumerate(work):
                     key = (x.shape[-1], job.row_rate, job.cutoff_hz is None)
                     for lane, row in enumerate(_lanes(x, stereo)):
-                        rows.setdefault(key, []).append((j, i, lane, row))
+                        st = stats[lane] if stats is not None else None
+                        rows.setdefault(key, []).append((j, i, lane, row, st))
             outs: dict[tuple[int, int, int], np.ndarray] = {}
             failed: dict[int, BaseException] = {}
 
@@ -438,7 +494,7 @@ def run_jobs(jobs: Iterable[Job], runner: Runner, batch_size: int, max_open: int
                 for s in range(0, len(items), batch_size):
                     part = [it for it in items[s:s + batch_size] if it[0] not in failed]
                     if part:
-                        cutoffs = [active[j][0].cutoff_hz for j, _, _, _ in part]
+                        cutoffs = [active[it[0]][0].cutoff_hz for it in part]
                         _run_rows(runner, part, cutoffs, rate, outs, failed)
             still: list[tuple[Job, Work]] = []
             for j, (job, work) in enumerate(active):
