@@ -206,3 +206,29 @@ def test_estimate_bitrate_reuses_a_given_band():
     est = estimate_bitrate(None, None, 44100, band=(True, 19565.0))
     assert est.candidates == (224, 256)  # indistinguishable low-passes: both reported
     assert estimate_bitrate(None, None, 44100, band=(False, 22050.0)).source == "none"
+
+
+def test_known_band_is_the_edge_not_the_rolloff(tmp_path):
+    """The default cutoff is the band the file has: the -70 dB edge of a plain file; for an
+    MP3 the LAME low-pass of its container bitrate where that lies higher (content stops
+    short of it on quiet music); full band above 19 kHz. AudioSR's roll-off lies kHz lower."""
+    from upsr.audio import io as uio
+
+    sr = 44100
+    x = brickwall(tilted_noise(3.0, sr, channels=2, slope_db_per_octave=-6.0, seed=5), sr,
+                  11000)
+    assert abs(analysis.effective_cutoff_hz(x, sr) - 11000) < 50
+    assert analysis.effective_cutoff_hz(x, sr, method="rolloff") < 10000
+    full = brickwall(tilted_noise(3.0, sr, channels=1, seed=5), sr, 19500)
+    assert analysis.known_band_hz(full, sr) == sr / 2  # full band: nothing to add
+    # a 128 kbps stereo MP3 of quiet-treble music: the measured edge falls short of LAME's
+    # 16.8 kHz low-pass; the container says what the codec kept
+    quiet = brickwall(tilted_noise(3.0, sr, channels=2, slope_db_per_octave=-9.0, seed=6),
+                      sr, 20000)
+    mp3 = tmp_path / "q.mp3"
+    mp3.write_bytes(_lame(quiet, sr, 128))
+    a = uio.read(mp3)
+    measured = band_edge_hz(a.samples, sr)
+    assert measured < 16000
+    assert analysis.known_band_hz(a.samples, sr, uio.info(mp3)) == 16820.0
+    assert analysis.known_band_hz(a.samples, sr) == pytest.approx(measured)
