@@ -21,10 +21,11 @@ band), so long files do not dominate. The fitted ``level_db`` and ``decay_db_per
 are what :class:`upsr.models.sbr.SbrConfig` uses.
 
 ``eval``: the default model (``sbr`` with its defaults, cutoff from the known band as
-``upsr enhance`` picks it) on (a) near-full-band input: LAME 128 kbps MP3s of the references
-and the 44.1/48 kHz Vorbis references themselves; (b) band-limited input: LAME 64 kbps and
-an 8 kHz brick wall. Prints LSD against the original before/after restoring, and the LSD
-below the known band edge after restoring.
+``upsr enhance`` picks it, container included) on (a) near-full-band input: LAME 128 kbps
+MP3s of the lossless references, and the Vorbis files themselves (their original is the
+file: restoring must not change it); (b) band-limited input: LAME 64 kbps MP3s and an 8 kHz
+brick wall of the lossless references. Prints LSD against the original before/after
+restoring and the LSD between input and output below the known band edge, then a summary.
 
 Usage: ``python benchmarks/known_band.py fit|eval [--max-files N]``.
 """

@@ -132,6 +132,7 @@ class Sbr(Restorer):
             kc = torch.round(kc * n_fft / sr).long()
         kmin = int(math.ceil(c.min_cutoff_hz * n_fft / sr))
         Y = X.clone()
+        rebuilt = []
         for b in range(B):
             k = int(kc[b])
             if k < max(kmin, 8) or k >= F - 2:
@@ -139,7 +140,13 @@ class Sbr(Restorer):
             top = min(F, int(c.max_hz * n_fft / sr) + 1)
             if top > k:
                 Y[b, :top] = self._fill(X[b, :top], k, top)
+                rebuilt.append(b)
+        if not rebuilt:
+            return x.clone()  # nothing added: the input itself, not an STFT round trip
         y = torch.istft(Y, n_fft, hop, window=window, center=True, length=T)
+        keep = [b for b in range(B) if b not in rebuilt]
+        if keep:
+            y[keep] = x[keep]
         return y
 
     def _fill(self, X: torch.Tensor, kc: int, F: int) -> torch.Tensor:
