@@ -424,8 +424,10 @@ def _run_rows(runner: Runner, part: list[Row], cutoffs: list[float | None], rate
     runner.sample_rate = rate
     stats = [it[4] for it in part]
     try:
-        ys = runner([it[3] for it in part], cutoffs,
-                    stats if any(st is not None for st in stats) else None)
+        if any(st is not None for st in stats):
+            ys = runner([it[3] for it in part], cutoffs, stats)
+        else:
+            ys = runner([it[3] for it in part], cutoffs)
     except Exception as exc:
         owners = sorted({it[0] for it in part})
         if len(owners) == 1:
