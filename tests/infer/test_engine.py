@@ -310,3 +310,17 @@ def test_limit_gain_bound_against_a_naive_check():
     over = (np.abs(kept + added) > 0.95).any(axis=0)
     near = np.convolve(over.astype(float), np.ones(2 * 80 + 1), mode="same") > 0
     assert np.all(g[~near] == 1.0)
+
+
+def test_limiter_without_splice_leaves_the_input_alone():
+    """Full-band input at full scale through a model that adds nothing: with no splice the
+    whole input counts as known, so the limiter changes nothing (it only counts)."""
+    from upsr.infer.engine import LimiterStats
+
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 8000)).astype(np.float32)
+    x[0, 100] = 1.0
+    stats = LimiterStats()
+    y, _ = enhance_array(x, 16000, Ident(), detect_cutoff=False,
+                         options=EnhanceOptions(ceiling=0.999, **OFF), stats=stats)
+    assert np.array_equal(y, x)
+    assert stats.known_over >= 1

@@ -254,7 +254,12 @@ def restore_stream(source: Source, model: Model, sink: Callable[[np.ndarray], No
                     kept_band = _splice(lf_replace, np.zeros_like(ref), ref, r.model_out,
                                         float(splice_hz), opts.transition_hz)  # type: ignore
             if opts.ceiling is not None and _peak(y) > opts.ceiling:
-                k = kept_band if kept_band is not None else np.zeros_like(y)
+                if kept_band is not None:
+                    k = kept_band
+                elif r.ratio == 1:  # no splice: all of the input is known, the rest added
+                    k = model_in.get(c.lo, c.hi).astype(np.float64)
+                else:
+                    k = np.zeros_like(y)
                 if ms:  # limit what is written (left/right), not mid/side
                     y, k = _left_right(y), _left_right(k)
                 y, g = limit_added(k, y, opts.ceiling, reach)
