@@ -17,6 +17,18 @@ def tmp_prefix() -> str:
     return f"{TMP_PREFIX}{os.getpid()}-"
 
 
+def umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """Mode a plain new file gets, as ``open``/``cp`` would create it: ``0o666 & ~umask``."""
+    return 0o666 & ~umask()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -48,6 +60,9 @@ def remove_stale(folder: str | os.PathLike[str]) -> list[Path]:
 def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> tp.Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
 
+    The file gets the mode a plain ``open`` would give it (``0o666 & ~umask``, e.g. 0644 under
+    umask 022), not ``mkstemp``'s private 0600, so that outputs are readable as ``cp``'s are.
+
     On any exception (KeyboardInterrupt included) the temporary file is removed and ``path``
     is left as it was. ``suffix`` defaults to the target's suffix, so that writers which pick
     a format from the extension keep working.
@@ -56,7 +71,10 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> tp.I
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=tmp_prefix(), suffix=suffix if suffix is not None
                                     else target.suffix, dir=target.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, default_file_mode())
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp

@@ -138,20 +138,59 @@ def _lame(x, sr, kbps):
     return enc.encode(pcm) + enc.flush()
 
 
+def _lame_cli(x, sr, kbps, tmp_path):
+    """``x`` through Debian's ``lame`` command (CBR, -q 2): another build than the lameenc
+    wheel the table was measured with."""
+    import shutil
+    import subprocess
+
+    if shutil.which("lame") is None:
+        pytest.skip("the lame command is not installed")
+    wav, mp3 = tmp_path / "n.wav", tmp_path / "n.mp3"
+    sf.write(wav, x.T, sr, subtype="PCM_16")
+    subprocess.run(["lame", "--quiet", "--cbr", "-b", str(kbps), "-q", "2", str(wav), str(mp3)],
+                   check=True)
+    return mp3.read_bytes()
+
+
 @pytest.mark.parametrize("sr,channels,kbps", [(44100, 2, 128), (44100, 2, 192),
-                                              (48000, 2, 96), (44100, 1, 48)])
-def test_lame_table_reproduces(sr, channels, kbps):
-    """Re-measure a few rows the way the table was measured and find the bitrate again."""
+                                              (48000, 2, 96), (44100, 1, 48), (44100, 2, 64)])
+def test_lame_table_matches_the_lame_command(sr, channels, kbps, tmp_path):
+    """Files encoded by the ``lame`` command (not the encoder the table was measured with)
+    decode at the table's rate, their measured edge matches the row, and the bitrate is found
+    again from the edge alone."""
     x = 0.25 * np.random.default_rng(kbps).standard_normal((channels, 2 * sr))
-    y, out_sr = sf.read(io.BytesIO(_lame(x, sr, kbps)), dtype="float64", always_2d=True)
+    y, out_sr = sf.read(io.BytesIO(_lame_cli(x, sr, kbps, tmp_path)), dtype="float64",
+                        always_2d=True)
     row = next(r for r in analysis.LAME_LOWPASS if r[:3] == (sr, channels, kbps))
     assert out_sr == row[3]
     edge = band_edge_hz(y.T, out_sr)
-    print(f"LAME {kbps}k ch {channels} sr {sr}: edge {edge:.0f} Hz, table {row[4]} Hz")
-    assert abs(edge / row[4] - 1) < 0.01
+    assert abs(edge / row[4] - 1) < 0.01, (edge, row)
     assert kbps in match_lame_bitrate(edge, out_sr, channels)
     est = estimate_bitrate(None, y.T, out_sr)
     assert est.source == "cutoff" and est.codec is None and kbps in est.candidates
+
+
+# LAME 3.100's own nominal low-pass per total bitrate (``freq_map`` in ``optimum_bandwidth``,
+# libmp3lame/lame.c): an independent reference for the measured table, which was made with
+# lameenc and our band-edge rule.
+LAME_FREQ_MAP = {8: 2000, 16: 3700, 24: 3900, 32: 5500, 40: 7000, 48: 7500, 56: 10000,
+                 64: 11000, 80: 13500, 96: 15100, 112: 15600, 128: 17000, 160: 17500,
+                 192: 18600, 224: 19400, 256: 19700, 320: 20500}
+
+
+def test_lame_table_agrees_with_lames_own_bandwidth_map():
+    """Every stereo row of the measured table lies within 3 % of the low-pass LAME's source
+    assigns to that bitrate (where that low-pass is below the decoded Nyquist), so the table
+    is LAME's behaviour, not an artefact of how it was measured."""
+    checked = 0
+    for sr, ch, kbps, dec, edge in analysis.LAME_LOWPASS:
+        nominal = LAME_FREQ_MAP[kbps]
+        if ch != 2 or nominal >= dec / 2 - 150:
+            continue
+        assert abs(edge / nominal - 1) < 0.03, (sr, ch, kbps, edge, nominal)
+        checked += 1
+    assert checked >= 30
 
 
 def test_estimate_bitrate_from_container_and_lossless(tmp_path):
@@ -184,3 +223,29 @@ def test_estimate_bitrate_reuses_a_given_band():
     est = estimate_bitrate(None, None, 44100, band=(True, 19565.0))
     assert est.candidates == (224, 256)  # indistinguishable low-passes: both reported
     assert estimate_bitrate(None, None, 44100, band=(False, 22050.0)).source == "none"
+
+
+def test_known_band_is_the_edge_not_the_rolloff(tmp_path):
+    """The default cutoff is the band the file has: the -70 dB edge of a plain file; for an
+    MP3 the LAME low-pass of its container bitrate where that lies higher (content stops
+    short of it on quiet music); full band above 19 kHz. AudioSR's roll-off lies kHz lower."""
+    from upsr.audio import io as uio
+
+    sr = 44100
+    x = brickwall(tilted_noise(3.0, sr, channels=2, slope_db_per_octave=-6.0, seed=5), sr,
+                  11000)
+    assert abs(analysis.effective_cutoff_hz(x, sr) - 11000) < 50
+    assert analysis.effective_cutoff_hz(x, sr, method="rolloff") < 10000
+    full = brickwall(tilted_noise(3.0, sr, channels=1, seed=5), sr, 19500)
+    assert analysis.known_band_hz(full, sr) == sr / 2  # full band: nothing to add
+    # a 128 kbps stereo MP3 of quiet-treble music: the measured edge falls short of LAME's
+    # 16.8 kHz low-pass; the container says what the codec kept
+    quiet = brickwall(tilted_noise(3.0, sr, channels=2, slope_db_per_octave=-9.0, seed=6),
+                      sr, 20000)
+    mp3 = tmp_path / "q.mp3"
+    mp3.write_bytes(_lame(quiet, sr, 128))
+    a = uio.read(mp3)
+    measured = band_edge_hz(a.samples, sr)
+    assert measured < 16000
+    assert analysis.known_band_hz(a.samples, sr, uio.info(mp3)) == 16820.0
+    assert analysis.known_band_hz(a.samples, sr) == pytest.approx(measured)

@@ -301,3 +301,14 @@ def test_block_writer_closed_early_in_a_generator_leaves_nothing(tmp_path, x, su
     gen.send(x)
     gen.close()  # GeneratorExit inside the with block: an abandoned file
     assert list(tmp_path.iterdir()) == []
+
+
+def test_float_request_in_flac_is_an_error_not_16_bit(tmp_path):
+    from upsr.errors import UsageError
+
+    x = np.zeros((1, 100), np.float32)
+    with pytest.raises(UsageError, match="FLAC cannot store float"):
+        io.write(tmp_path / "a.flac", x, 44100, subtype="FLOAT")
+    with pytest.raises(UsageError, match="FLAC cannot store float"):
+        io.BlockWriter(tmp_path / "b.flac", 44100, 1, subtype="FLOAT")
+    assert not list(tmp_path.iterdir())

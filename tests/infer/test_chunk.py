@@ -12,7 +12,7 @@ def test_fade_weights_pairs_sum_to_one():
     np.testing.assert_allclose(up + down, 1.0, rtol=0, atol=1e-15)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(total=st.integers(0, 500), hop=st.integers(1, 64), ov_frac=st.floats(0, 1),
        ctx=st.integers(0, 40), ratio=st.sampled_from([1, 2, 4]))
 def test_identity_is_bit_exact_and_covers_everything(total, hop, ov_frac, ctx, ratio):
@@ -26,9 +26,11 @@ def test_identity_is_bit_exact_and_covers_everything(total, hop, ov_frac, ctx, r
         for a, b in zip(chunks, chunks[1:]):
             assert b.keep_lo == a.keep_hi - overlap
     y = run_chunked(lambda c: np.repeat(c, ratio, axis=-1), x, plan, ratio)
-    # weights sum to one exactly in binary for these ramps? not always: allow 1 ulp
-    np.testing.assert_allclose(y, np.repeat(x, ratio, axis=-1), rtol=1e-6, atol=1e-7)
+    # exact: the cross-fade sums w*x + (1-w)*x in float64, within ~1e-16 of x, and the cast
+    # back to float32 (where x is exactly representable) rounds that to x itself
     assert y.shape == (2, total * ratio)
+    assert y.dtype == np.float32
+    assert np.array_equal(y, np.repeat(x, ratio, axis=-1))
 
 
 @pytest.mark.parametrize("total", [4095, 4096, 4097, 8191, 8192, 8193, 1, 100])

@@ -150,3 +150,177 @@ def test_options_validation():
         EnhanceOptions(chunk_s=0)
     with pytest.raises(ValueError):
         EnhanceOptions(stereo="surround")
+
+
+# -- batching key, per-file retry, device, stereo models, limiter, the Protocol ------------------
+
+class RateSpy(Ident):
+    """Cutoff-aware identity that records, per call, the rate and the batch size it got."""
+
+    name = "spy"
+    out_rate = None
+    min_out_rate = 8000
+    uses_cutoff = True
+
+    def __init__(self):
+        self.calls = []
+
+    def restore(self, x, cutoff_hz=None, sample_rate=None):
+        self.calls.append((sample_rate, x.shape[0]))
+        return x.clone()
+
+
+def _jobs(model, signals, opts):
+    outs, jobs = {}, []
+    for key, (x, sr, cutoff) in signals.items():
+        outs[key] = []
+        gen = restore_stream(ArraySource(x, sr), model, outs[key].append, cutoff, opts)
+        jobs.append(Job(key, gen, cutoff, sr))
+    return outs, jobs
+
+
+def test_rows_of_different_rates_never_share_a_batch():
+    """Equal-length chunks of a 44.1 and a 48 kHz file: each forward pass gets one rate, and
+    it is the rate of its rows (on main they shared one pass at the first row's rate)."""
+    model = RateSpy()
+    x = np.ones((1, 4000), np.float32)
+    outs, jobs = _jobs(model, {"a": (x, 44100, 5000.0), "b": (x * 2, 48000, 5000.0),
+                               "c": (x * 3, 44100, 5000.0)}, EnhanceOptions(**OFF))
+    results = {}
+    run_jobs(jobs, Runner(model), batch_size=8,
+             on_done=lambda j, e: results.__setitem__(j.key, e))
+    assert all(e is None for e in results.values())
+    assert sorted(model.calls) == [(44100, 2), (48000, 1)]
+    for key, scale in (("a", 1), ("b", 2), ("c", 3)):
+        np.testing.assert_array_equal(np.concatenate(outs[key], -1), x * scale)
+
+
+class NanOnTwo(Ident):
+    """Produces NaN for any row whose first sample is 2 (file 2's rows), identity otherwise."""
+
+    def restore(self, x):
+        y = x.clone()
+        y[x[:, 0] == 2] = float("nan")
+        return y
+
+
+def test_a_nan_row_fails_only_its_own_file():
+    model = NanOnTwo()
+    signals = {i: (np.full((1, 3000), i, np.float32), 16000, None) for i in range(4)}
+    outs, jobs = _jobs(model, signals, EnhanceOptions(chunk_s=10, **OFF))
+    results = {}
+    run_jobs(jobs, Runner(model), batch_size=8,
+             on_done=lambda j, e: results.__setitem__(j.key, e))
+    assert isinstance(results[2], FloatingPointError)
+    for i in (0, 1, 3):
+        assert results[i] is None
+        np.testing.assert_array_equal(np.concatenate(outs[i], -1), signals[i][0])
+
+
+def test_enhance_array_moves_the_model_to_the_device():
+    class Movable(Ident):
+        device = "nowhere"
+
+        def to(self, device):
+            self.device = device
+            return self
+
+    m = Movable()
+    enhance_array(np.zeros((1, 100), np.float32), 16000, m, detect_cutoff=False,
+                  options=EnhanceOptions(**OFF), device="cpu")
+    assert m.device == "cpu"
+
+
+class SwapStereo(Ident):
+    """A stereo model: takes ``[B, 2, T]`` and swaps the two channels."""
+
+    name = "swap"
+    channels = "stereo"
+
+    def restore(self, x):
+        assert x.dim() == 3 and x.shape[1] == 2, x.shape
+        return x.flip(1)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_stereo_model_gets_channel_pairs(channels):
+    x = np.random.default_rng(channels).standard_normal((channels, 5000)).astype(np.float32)
+    y, _ = enhance_array(x, 16000, SwapStereo(), detect_cutoff=False,
+                         options=EnhanceOptions(chunk_s=0.1, overlap_s=0.0, **OFF))
+    want = x.copy()
+    if channels >= 2:
+        want[[0, 1]] = x[[1, 0]]  # the pair was swapped; a lone channel comes back as itself
+    np.testing.assert_allclose(y, want, atol=1e-6)
+
+
+def test_models_satisfy_the_model_protocol():
+    from upsr.models import build
+    from upsr.models.base import Model
+
+    assert isinstance(build("sbr"), Model)
+    assert isinstance(SwapStereo(), Model) is False  # no min_out_rate: not a full model
+
+
+class Loud(Ident):
+    """Adds ``0.6 sin(40 x)`` (broadband, memoryless, so chunking cannot change it) to its
+    input: the splice keeps the input below the cutoff, this above."""
+
+    name = "loud"
+
+    def restore(self, x):
+        return x + 0.6 * torch.sin(40 * x)
+
+
+def test_limiter_lowers_only_the_added_band_and_never_clips():
+    from upsr.infer.engine import LimiterStats
+
+    t = np.arange(32000) / 16000
+    loud = (t > 0.5) & (t < 0.8)  # the known band alone stays below full scale, always
+    x = (np.where(loud, 0.9, 0.3) * np.sin(2 * np.pi * 200 * t))[None].astype(np.float32)
+    stats = LimiterStats()
+    opts = EnhanceOptions(chunk_s=0.4, overlap_s=0.05, ceiling=0.999)
+    y, _ = enhance_array(x, 16000, Loud(), cutoff_hz=3000.0, options=opts, stats=stats)
+    free, _ = enhance_array(x, 16000, Loud(), cutoff_hz=3000.0,
+                            options=EnhanceOptions(chunk_s=0.4, overlap_s=0.05))
+    assert np.abs(free).max() > 1.05         # without the limiter the sum passes full scale
+    assert np.abs(y).max() <= 0.999 + 1e-6   # with it, never
+    assert stats.events >= 1 and 0 < stats.seconds < 0.32 and stats.known_over == 0
+    # the known band (below 3 kHz) is the input's, untouched by the limiter
+    w = np.hanning(x.shape[-1])
+    X, Y = np.fft.rfft(w * x[0]), np.fft.rfft(w * y[0])
+    f = np.fft.rfftfreq(x.shape[-1], 1 / 16000)
+    low = f < 2500
+    assert np.linalg.norm(Y[low] - X[low]) / np.linalg.norm(X[low]) < 1e-3
+    # the added band is only lowered where needed: away from the loud part it is as without
+    quiet = (t < 0.49) | (t > 0.81)
+    np.testing.assert_allclose(y[:, quiet], free[:, quiet], atol=1e-6)
+
+
+def test_limit_gain_bound_against_a_naive_check():
+    from upsr.infer.engine import limit_gain
+
+    rng = np.random.default_rng(0)
+    kept = 0.7 * np.sin(np.arange(5000) / 30.0)[None].repeat(2, 0)
+    added = rng.standard_normal((2, 5000)) * 0.4
+    g = limit_gain(kept, added, 0.95, reach=40)
+    assert g.min() >= 0 and g.max() <= 1
+    peak = np.abs(kept + g * added).max(axis=0)
+    assert np.all(peak <= 0.95 + 1e-12)
+    # and a gain of exactly one where no sample within the reach needed lowering
+    over = (np.abs(kept + added) > 0.95).any(axis=0)
+    near = np.convolve(over.astype(float), np.ones(2 * 80 + 1), mode="same") > 0
+    assert np.all(g[~near] == 1.0)
+
+
+def test_limiter_without_splice_leaves_the_input_alone():
+    """Full-band input at full scale through a model that adds nothing: with no splice the
+    whole input counts as known, so the limiter changes nothing (it only counts)."""
+    from upsr.infer.engine import LimiterStats
+
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 8000)).astype(np.float32)
+    x[0, 100] = 1.0
+    stats = LimiterStats()
+    y, _ = enhance_array(x, 16000, Ident(), detect_cutoff=False,
+                         options=EnhanceOptions(ceiling=0.999, **OFF), stats=stats)
+    assert np.array_equal(y, x)
+    assert stats.known_over >= 1

@@ -167,22 +167,80 @@ def band_edge_hz(x: Signal, sr: int, floor_db: float = -70.0, n_fft: int = EDGE_
     return min(band_edge_bin(pow_sum, floor_db) * sr / n_fft, sr / 2.0)
 
 
-def effective_cutoff_hz(x: Signal, sr: int,
-                        method: Literal["rolloff", "band_edge"] = "rolloff",
-                        fraction: float = 0.985, floor_db: float = -70.0) -> float:
-    """The input's usable bandwidth in Hz.
+#: An edge this close to Nyquist, or at or above :data:`FULL_BAND_HZ`, counts as full band:
+#: nothing is missing that a restorer could add without risking harm (what lies above is
+#: mostly empty in real recordings too, and inventing it only adds error).
+NEAR_NYQUIST_HZ = 1000.0
 
-    ``rolloff``: AudioSR's 0.985 roll-off, where a result below 1 kHz (silence, or a
-    near-empty file) means "no cut-off found" and gives Nyquist, as AudioSR does. It is
-    conservative (below the true edge on music, whose energy is mostly low), which is what a
-    low-band replacement wants. ``band_edge``: :func:`band_edge_hz`, the actual edge of the
-    spectrum (what a codec's low-pass leaves), used to guess bitrates.
+
+def lame_edge_hz(kbps: float, sr: int, channels: int) -> float | None:
+    """The measured LAME low-pass (:data:`LAME_LOWPASS`) of the CBR bitrate nearest ``kbps``
+    for audio decoded at ``sr`` with ``channels``; None when the table has no row for it."""
+    ch = 1 if channels == 1 else 2
+    rows = [r for r in LAME_LOWPASS if r[1] == ch and sr in (r[0], r[3])]
+    if not rows or not kbps or not math.isfinite(kbps):
+        return None
+    return float(min(rows, key=lambda r: (abs(r[2] - kbps), r[0] != sr))[4])
+
+
+def container_codec(info: Any) -> str | None:
+    """"MP3", "Vorbis", ... when the container/stream header says so (``info``: an AudioInfo or
+    anything with ``format`` and ``subtype``); None for PCM and unknown streams."""
+    if info is None:
+        return None
+    subtype = (getattr(info, "subtype", None) or "").upper()
+    fmt = (getattr(info, "format", None) or "").upper()
+    return COMPRESSED_SUBTYPES.get(subtype) or ("MP3" if fmt == "MP3" else None)
+
+
+def known_band_hz(x: Signal, sr: int, info: Any = None, floor_db: float = -70.0) -> float:
+    """The band the file really has, in Hz: what a restorer must keep and may not touch.
+
+    Rule: the -70 dB band edge (:func:`band_edge_hz`). When the container names a lossy codec
+    (MP3, Vorbis; ``info`` an AudioInfo with a readable ``path``) whose bitrate the LAME table
+    (:data:`LAME_LOWPASS`) maps to a low-pass above the measured edge, that low-pass is the
+    edge: the codec kept everything up to it, so what is missing below it was never there
+    (quiet music near the edge, speech with nothing above 17 kHz) and must not be invented.
+    (A file transcoded from a narrower source, e.g. a 64 kbps MP3 re-encoded at 320 kbps, is
+    then left alone: force ``--cutoff`` for those.)
+    An edge within :data:`NEAR_NYQUIST_HZ` of Nyquist or at or above :data:`FULL_BAND_HZ` is
+    Nyquist (full band, as :func:`is_band_limited` says: nothing to add).
+    Unlike AudioSR's 0.985 roll-off (:func:`rolloff_hz`, several kHz below the edge on music and
+    speech), everything below this frequency is real content of the file.
+    """
+    edge = band_edge_hz(x, sr, floor_db)
+    codec = container_codec(info)
+    path = getattr(info, "path", None)
+    if codec is not None and path is not None and edge < sr / 2.0:
+        frames = getattr(info, "frames", 0)
+        kbps, _mode = _container_bitrate(os.fspath(path), codec, frames / max(sr, 1))
+        channels = int(getattr(info, "channels", 2) or 2)
+        table = lame_edge_hz(kbps, sr, channels) if kbps is not None else None
+        if table is not None and table > edge:
+            edge = table
+    if edge >= min(sr / 2.0 - NEAR_NYQUIST_HZ, FULL_BAND_HZ):
+        return sr / 2.0
+    return edge
+
+
+def effective_cutoff_hz(x: Signal, sr: int,
+                        method: Literal["rolloff", "band_edge"] = "band_edge",
+                        fraction: float = 0.985, floor_db: float = -70.0,
+                        info: Any = None) -> float:
+    """The input's cutoff in Hz: the band kept exactly and the start of what is rebuilt.
+
+    ``band_edge`` (default): :func:`known_band_hz`, the band the file really has (the -70 dB
+    edge, refined by the container's codec low-pass when ``info`` names one). ``rolloff``:
+    AudioSR's 0.985 roll-off, its rule for *conditioning* its model, where a result below
+    1 kHz (silence, or a near-empty file) gives Nyquist, as AudioSR does; it lies several kHz
+    below the real edge on music and speech, so real content between the two is replaced:
+    an explicit choice only.
     """
     if method == "rolloff":
         hz = rolloff_hz(x, sr, fraction)
         return sr / 2.0 if hz < 1000.0 else hz
     if method == "band_edge":
-        return band_edge_hz(x, sr, floor_db)
+        return known_band_hz(x, sr, info, floor_db)
     raise UsageError(f"unknown cutoff method {method!r} (use 'rolloff' or 'band_edge')")
 
 
@@ -290,11 +348,7 @@ def estimate_bitrate(path_or_info: Any = None, x: Signal | None = None,
     elif x is not None and sr is not None:
         limited, edge = is_band_limited(x, sr)
 
-    codec = None
-    if info is not None:
-        subtype = (getattr(info, "subtype", None) or "").upper()
-        fmt = (getattr(info, "format", None) or "").upper()
-        codec = COMPRESSED_SUBTYPES.get(subtype) or ("MP3" if fmt == "MP3" else None)
+    codec = container_codec(info)
     if codec is not None and info is not None:
         frames = getattr(info, "frames", 0)
         info_sr = getattr(info, "sr", 0) or 1

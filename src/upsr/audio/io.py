@@ -326,7 +326,9 @@ def choose_subtype(samples: np.ndarray | float, format: str, requested: str | No
     (PCM_16 for WAV/FLAC/AIFF, VORBIS for OGG, ...). If the result is PCM and the peak
     exceeds 1.0 (PCM would clip), switch to ``"FLOAT"`` where the format can hold float
     (WAV, AIFF, CAF, W64, RF64, ...). FLAC and the lossy formats cannot: they keep their
-    subtype, and :func:`write` clips to [-1, 1] with a warning.
+    subtype, and :func:`write` clips to [-1, 1] with a warning (``upsr enhance`` avoids that
+    by limiting the added band, see ``upsr.infer.engine``). A float request (``FLOAT``,
+    ``DOUBLE``) in a format without float (FLAC) is a UsageError, never a silent 16-bit file.
     """
     fmt = format.upper()
     if fmt not in sf.available_formats():
@@ -337,6 +339,10 @@ def choose_subtype(samples: np.ndarray | float, format: str, requested: str | No
     # audio should not be squeezed back through them. OGG/MP3 only have such subtypes.
     storable = subtype in sf.available_subtypes(fmt) and (
         subtype in _PCM or subtype in _FLOATS or fmt in ("OGG", "MP3"))
+    if not storable and subtype in _FLOATS:
+        # never fall back silently from float to the default (16-bit PCM for FLAC)
+        raise UsageError(f"{fmt} cannot store {subtype.lower()} samples; write WAV "
+                         f"(--format wav) or choose a PCM depth (--bit-depth 24)")
     if not storable:
         subtype = default
     if subtype is None:  # pragma: no cover - every writable libsndfile format has a default

@@ -111,9 +111,10 @@ def enhance(
     cutoff: Annotated[float | None, typer.Option("--cutoff", metavar="HZ",
                                                  help="Force the input cutoff "
                       "(Hz) instead of detecting it.", show_default=False)] = None,
-    cutoff_method: Annotated[CutoffMethod, typer.Option("--cutoff-method", help="Cutoff "
-                             "detector: 0.985 roll-off (AudioSR) or -70 dB band edge.")
-                             ] = CutoffMethod.rolloff,
+    cutoff_method: Annotated[CutoffMethod, typer.Option("--cutoff-method", help="Where the "
+                             "kept band ends: band-edge (-70 dB edge, or the container's "
+                             "codec low-pass) or AudioSR's 0.985 roll-off (replaces real "
+                             "content between roll-off and edge).")] = CutoffMethod.band_edge,
     stereo: Annotated[Stereo, typer.Option("--stereo", help="Process stereo as L/R or as "
                       "mid/side.")] = Stereo.independent,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs "
@@ -154,6 +155,10 @@ def enhance(
         raise UsageError(f"--sr {sr}: must be between 1000 and 768000")
     if cutoff is not None and cutoff <= 0:
         raise UsageError("--cutoff must be > 0")
+    if fmt is not None and fmt.value == "flac" and bit_depth is not None \
+            and bit_depth.value == "32f":
+        raise UsageError("--bit-depth 32f: FLAC cannot store float samples; use --format wav "
+                         "or --bit-depth 24")
     opts = BatchOptions(engine=engine, format=fmt.value if fmt else None,
                         bit_depth=bit_depth.value if bit_depth else None, overwrite=overwrite,
                         bitrate_auto=bitrate_auto, full_band=full_band.value, cutoff_hz=cutoff,

@@ -36,7 +36,7 @@ class BatchOptions:
     bitrate_auto: bool = False
     full_band: str = "copy"          # with bitrate_auto: "copy" | "skip" | "process"
     cutoff_hz: float | None = None   # force the cutoff instead of detecting it
-    cutoff_method: str = "rolloff"   # "rolloff" (0.985, AudioSR) | "band_edge"
+    cutoff_method: str = "band_edge"  # known band (edge/codec) | "rolloff" (0.985, AudioSR)
     copy_tags: bool = True
     device: str = "cpu"
 
@@ -59,6 +59,8 @@ class Item:
     sr_out: int | None = None
     subtype: str | None = None
     error: str | None = None
+    limiter_events: int = 0    # stretches where the added band was lowered to avoid clipping
+    limited_s: float = 0.0     # seconds of output where it was lowered
     _t0: float = field(default=0.0, repr=False)
 
     def record(self) -> dict[str, tp.Any]:
@@ -187,7 +189,8 @@ def decide(item: Item, path: str, info: tp.Any, opts: BatchOptions) -> None:
         item.cutoff_hz = float(opts.cutoff_hz)
     else:
         method: tp.Any = opts.cutoff_method
-        item.cutoff_hz = float(analysis.effective_cutoff_hz(x, info.sr, method=method))
+        item.cutoff_hz = float(analysis.effective_cutoff_hz(x, info.sr, method=method,
+                                                                 info=info))
     if opts.bitrate_auto:
         band = analysis.is_band_limited(x, info.sr)
         est = analysis.estimate_bitrate(path, x, info.sr, band=band)
@@ -484,16 +487,23 @@ def _file_job(source: tp.Any, model: tp.Any, item: Item, sr: int, fmt: str,
     output is complete (see :func:`upsr.audio.tags.write_tags`)."""
     if item.dst != "-":
         Path(item.dst).parent.mkdir(parents=True, exist_ok=True)
+    from upsr.infer.engine import PCM_CEILING, LimiterStats
+
     simple = tags.simple() if tags is not None else None
     with writer_cls(item.dst, sr, source.channels, format=fmt.upper(), subtype=subtype,
                     tags=simple or None) as writer:
+        # PCM cannot hold more than full scale: lower the added band where it would clip
+        pcm = (writer.subtype or "").upper().startswith("PCM") or fmt.upper() == "FLAC"
+        engine = dataclasses.replace(opts.engine, ceiling=PCM_CEILING) if pcm else opts.engine
+        stats = LimiterStats()
         sink = writer.write
         if progress is not None:
             def sink(block: np.ndarray) -> None:
                 writer.write(block)
                 progress(item, block.shape[-1] / sr)
-        yield from restore_stream(source, model, sink, item.cutoff_hz, opts.engine)
+        yield from restore_stream(source, model, sink, item.cutoff_hz, engine, stats)
     item.subtype = writer.subtype
+    item.limiter_events, item.limited_s = stats.events, round(stats.seconds, 4)
     if tags is not None and item.dst != "-":
         from upsr.audio.tags import write_tags
 

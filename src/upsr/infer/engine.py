@@ -9,8 +9,13 @@ Per file (see DESIGN.md, "Inference engine"):
 1. resample to the model's input rate (and, for the low-band splice, to its output rate);
 2. chunk with the model's ``context_s`` of real audio each side (``upsr.infer.chunk``);
 3. splice the input back below its cutoff (``upsr.audio.spectral.lf_replace``) inside each
-   chunk, so the known band is never damaged;
-4. cross-fade kept regions and hand finished blocks to a sink (a writer).
+   chunk, so the known band is never damaged: the splice's cross-fade starts *at* the cutoff
+   (the file's band edge), so everything below it is the input;
+4. where ``ceiling`` is set (PCM output), lower the added band only, locally in time, where
+   the sum would pass full scale (:func:`limit_added`), counting how often;
+5. cross-fade kept regions and hand finished blocks to a sink (a writer).
+
+The model is anything that satisfies :class:`upsr.models.base.Model` (a ``typing.Protocol``).
 """
 
 from __future__ import annotations
@@ -24,10 +29,17 @@ import numpy as np
 from upsr.infer.chunk import ChunkPlan, OverlapAdd
 from upsr.infer.stream import Rolling, Source, resampled
 
+if tp.TYPE_CHECKING:
+    from upsr.models.base import Model
+
 Work = list[np.ndarray]
 FileGen = Generator[Work, Work, None]
 
 LF_N_FFT = 2048
+LIMITER_S = 0.005  # look-ahead (and release) of the added-band limiter
+#: The ceiling for PCM output: just under full scale, leaving room for the overshoot of a
+#: final resampling (``out_sr``) of the limited signal.
+PCM_CEILING = 0.999
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,8 @@ class EnhanceOptions:
     transition_hz: float = 500.0
     stereo: str = "independent"  # or "mid-side"
     out_sr: int | None = None    # resample the model's output to this rate
+    ceiling: float | None = None  # PCM output: keep |output| <= this by lowering the added band
+    stat_passes: int = 1         # models with global_statistics: statistics passes before output
 
     def __post_init__(self) -> None:
         if self.chunk_s <= 0 or self.overlap_s < 0 or self.overlap_s > self.chunk_s:
@@ -49,7 +63,62 @@ class EnhanceOptions:
             raise ValueError("batch_size must be >= 1")
         if self.stereo not in ("independent", "mid-side"):
             raise ValueError("stereo must be 'independent' or 'mid-side'")
+        if self.ceiling is not None and not 0 < self.ceiling <= 1:
+            raise ValueError("ceiling must be in (0, 1]")
+        if self.stat_passes < 1:
+            raise ValueError("stat_passes must be >= 1")
 
+
+@dataclass
+class LimiterStats:
+    """How often the added-band limiter acted on one signal (output samples per channel
+    group, at the model's output rate): ``events`` separate stretches, ``samples`` in all;
+    ``known_over`` counts samples where the kept band alone passes full scale (the limiter
+    cannot help there without touching it, so the writer clips or switches to float)."""
+
+    events: int = 0
+    samples: int = 0
+    known_over: int = 0
+    rate: int = 0
+    _open: bool = field(default=False, repr=False)
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / self.rate if self.rate else 0.0
+
+
+def limit_gain(kept: np.ndarray, added: np.ndarray, ceiling: float, reach: int) -> np.ndarray:
+    """Gain ``g [T]`` in [0, 1] for the added band so that ``|kept + g * added| <= ceiling``
+    in every channel of ``[C, T]`` wherever ``|kept| <= ceiling``, varying smoothly in time.
+
+    Per sample the largest allowed gain is ``(ceiling - sign(a) k) / |a|`` (clamped to [0, 1],
+    minimum over channels, so the stereo image stays). A running minimum over ``±reach``
+    samples followed by a moving average over ``±reach`` samples (look-ahead attack and
+    release) never exceeds that bound at any sample: every average only sees values that are
+    minima over windows containing the sample.
+    """
+    from scipy.ndimage import minimum_filter1d, uniform_filter1d
+
+    k = kept.astype(np.float64)
+    a = added.astype(np.float64)
+    over = np.abs(k + a) > ceiling
+    if not over.any():
+        return np.ones(k.shape[-1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        allowed = np.where(over, (ceiling - np.sign(a) * k) / np.abs(a), 1.0)
+    need = np.clip(np.nan_to_num(allowed, nan=1.0, posinf=1.0), 0.0, 1.0).min(axis=0)
+    width = 2 * reach + 1
+    floor = minimum_filter1d(need, width, mode="nearest")
+    g = uniform_filter1d(floor, width, mode="nearest")
+    return np.minimum(g, need)  # float rounding of the average
+
+
+def limit_added(kept: np.ndarray, y: np.ndarray, ceiling: float, reach: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """``(kept + g * (y - kept), g)``: :func:`limit_gain` applied to the synthesised part."""
+    added = y.astype(np.float64) - kept
+    g = limit_gain(kept, added, ceiling, reach)
+    return (kept + g * added).astype(np.float32), g
 
 @dataclass
 class Rates:
@@ -65,7 +134,7 @@ class Rates:
     frames_final: int
 
 
-def plan_rates(model: tp.Any, src_sr: int, src_frames: int, out_sr: int | None = None) -> Rates:
+def plan_rates(model: Model, src_sr: int, src_frames: int, out_sr: int | None = None) -> Rates:
     from upsr.audio.resample import out_frames
     from upsr.errors import UsageError
 
@@ -89,13 +158,41 @@ def _left_right(x: np.ndarray) -> np.ndarray:
     return np.stack([x[0] + x[1], x[0] - x[1]]) if x.shape[0] == 2 else x
 
 
-def restore_stream(source: Source, model: tp.Any, sink: Callable[[np.ndarray], None],
-                   cutoff_hz: float | None, opts: EnhanceOptions) -> FileGen:
+def _lanes(x: np.ndarray, stereo: bool) -> list[np.ndarray]:
+    """Model rows of one chunk ``[C, n]``: each channel (``[n]``) for a mono model; channel
+    pairs (``[2, n]``) for a stereo one, a lone channel duplicated into both."""
+    if not stereo:
+        return [x[c] for c in range(x.shape[0])]
+    out = []
+    for c in range(0, x.shape[0], 2):
+        pair = x[c:c + 2]
+        out.append(pair if pair.shape[0] == 2 else np.concatenate([pair, pair]))
+    return out
+
+
+def _unlanes(rows: list[np.ndarray], channels: int, stereo: bool) -> np.ndarray:
+    """Inverse of :func:`_lanes`: rows back to ``[C, n]`` (a duplicated channel is the mean
+    of the model's two outputs)."""
+    if not stereo:
+        return np.stack(rows)
+    out = []
+    for p, y in enumerate(rows):
+        if 2 * p + 1 < channels:
+            out.extend([y[0], y[1]])
+        else:
+            out.append(0.5 * (y[0] + y[1]))
+    return np.stack(out)
+
+
+def restore_stream(source: Source, model: Model, sink: Callable[[np.ndarray], None],
+                   cutoff_hz: float | None, opts: EnhanceOptions,
+                   stats: LimiterStats | None = None) -> FileGen:
     """Generator: yields lists of chunk inputs ``[C, n]``, receives the outputs
     ``[C, n * ratio]``, and calls ``sink`` with finished blocks at the final rate, in order.
 
-    ``cutoff_hz``: the input's cutoff (for the low-band splice and cutoff-aware models); None
-    disables the splice.
+    ``cutoff_hz``: the input's cutoff, the edge of the band it really has (for the low-band
+    splice and cutoff-aware models); None disables the splice. ``stats`` (when given) counts
+    what the added-band limiter did (``opts.ceiling``).
     """
     from upsr.audio.resample import StreamResampler
     from upsr.audio.spectral import lf_replace
@@ -104,16 +201,22 @@ def restore_stream(source: Source, model: tp.Any, sink: Callable[[np.ndarray], N
     C = source.channels
     ms = opts.stereo == "mid-side" and C == 2
     fwd = _mid_side if ms else None
-    splice = opts.lf_replace and cutoff_hz is not None and cutoff_hz < 0.5 * r.model_out * 0.98
+    # the splice's cross-fade starts at the cutoff, so everything below it is the input's
+    splice_hz = None if cutoff_hz is None else float(cutoff_hz) + 0.5 * opts.transition_hz
+    splice = opts.lf_replace and splice_hz is not None and splice_hz < 0.5 * r.model_out * 0.98
     model_in = Rolling(resampled(source, r.model_in, fwd), C, r.frames_in)
     reference = (model_in if r.ratio == 1 else
                  Rolling(resampled(source, r.model_out, fwd), C, r.frames_out)) if splice else None
-    context = float(model.context_s) + (LF_N_FFT * 1.5 / r.model_out if splice else 0.0)
+    reach = int(round(LIMITER_S * r.model_out)) if opts.ceiling is not None else 0
+    context = (float(model.context_s) + (LF_N_FFT * 1.5 / r.model_out if splice else 0.0)
+               + 2.0 * reach / r.model_out)
     plan = ChunkPlan.for_rate(r.frames_in, r.model_in, opts.chunk_s, opts.overlap_s, context,
                               align=int(getattr(model, "align", 1)))
     ola = OverlapAdd(C, r.ratio)
     post = StreamResampler(r.model_out, r.final, C) if r.final != r.model_out else None
     written = 0
+    if stats is not None:
+        stats.rate = r.model_out
 
     def emit(block: np.ndarray, last: bool) -> None:
         nonlocal written
@@ -129,19 +232,44 @@ def restore_stream(source: Source, model: tp.Any, sink: Callable[[np.ndarray], N
             sink(y.astype(np.float32, copy=False))
 
     chunks = list(plan)
+    row_stats = (_statistics_passes(model, source, r, fwd, C, chunks, opts.stat_passes)
+                 if getattr(model, "global_statistics", False) and chunks else None)
     per_step = max(1, opts.batch_size // C)
     for start in range(0, len(chunks), per_step):
         group = chunks[start:start + per_step]
-        outputs = yield [model_in.get(c.lo, c.hi) for c in group]
+        work = Rows(model_in.get(c.lo, c.hi) for c in group)
+        work.stats = row_stats
+        outputs = yield work
         for c, y in zip(group, outputs):
             rr = r.ratio
             if y.shape != (C, (c.hi - c.lo) * rr):
                 raise RuntimeError(f"{model.name} returned {tuple(y.shape)} for input "
                                    f"{(C, c.hi - c.lo)}")
+            kept_band: np.ndarray | None = None
             if reference is not None:
                 ref = reference.get(c.lo * rr, c.hi * rr)
-                y = _splice(lf_replace, y, ref, r.model_out, float(cutoff_hz),  # type: ignore
+                y = _splice(lf_replace, y, ref, r.model_out, float(splice_hz),  # type: ignore
                             opts.transition_hz)
+                if opts.ceiling is not None and _peak(y) > opts.ceiling:
+                    kept_band = _splice(lf_replace, np.zeros_like(ref), ref, r.model_out,
+                                        float(splice_hz), opts.transition_hz)  # type: ignore
+            if opts.ceiling is not None and _peak(y) > opts.ceiling:
+                if kept_band is not None:
+                    k = kept_band
+                elif r.ratio == 1:  # no splice: all of the input is known, the rest added
+                    k = model_in.get(c.lo, c.hi).astype(np.float64)
+                else:
+                    k = np.zeros_like(y)
+                if ms:  # limit what is written (left/right), not mid/side
+                    y, k = _left_right(y), _left_right(k)
+                y, g = limit_added(k, y, opts.ceiling, reach)
+                if ms:
+                    y = _mid_side(y)
+                if stats is not None:
+                    _count(stats, g, k, opts.ceiling, (c.keep_lo - c.lo) * rr,
+                           (c.keep_hi - c.fade_out - c.lo) * rr)
+            elif stats is not None:
+                stats._open = False
             kept = y[:, (c.keep_lo - c.lo) * rr:(c.keep_hi - c.lo) * rr]
             emit(ola.add(c, kept), last=c is chunks[-1])
         nxt = chunks[start + per_step].lo if start + per_step < len(chunks) else r.frames_in
@@ -150,6 +278,60 @@ def restore_stream(source: Source, model: tp.Any, sink: Callable[[np.ndarray], N
             reference.release(nxt * r.ratio)
     if not chunks:
         emit(np.zeros((C, 0), np.float32), last=True)
+
+
+class Rows(list):  # type: ignore[type-arg]
+    """The chunk inputs a job yields; ``stats`` (per channel) are the whole-signal
+    normalisation statistics for a model with ``global_statistics`` (None otherwise)."""
+
+    stats: list[tp.Any] | None = None
+
+
+def _statistics_passes(model: tp.Any, source: Source, r: Rates,
+                       fwd: Callable[[np.ndarray], np.ndarray] | None, C: int,
+                       chunks: list[tp.Any], passes: int) -> list[tp.Any]:
+    """Two-pass inference for models that normalise by whole-signal statistics (AEROMamba):
+    run every chunk, channel by channel as rows, and sum each normalisation's statistics over
+    the chunk's share of the signal (its kept region up to where the next one takes over);
+    each further pass repeats that with the previous pass's statistics frozen. Returns one
+    statistics object per channel for :meth:`use_statistics` in the output pass."""
+    import torch
+
+    try:
+        device = next(iter(model.parameters())).device
+    except (AttributeError, StopIteration):
+        device = torch.device("cpu")
+    frozen = None
+    for _ in range(passes):
+        src = Rolling(resampled(source, r.model_in, fwd), C, r.frames_in)
+        acc = None
+        for k, c in enumerate(chunks):
+            x = torch.from_numpy(np.ascontiguousarray(src.get(c.lo, c.hi), np.float32))
+            acc = model.collect_statistics(x.to(device), (c.keep_lo - c.lo,
+                                                          c.keep_hi - c.fade_out - c.lo),
+                                           k == len(chunks) - 1, acc, frozen)
+            if k + 1 < len(chunks):
+                src.release(chunks[k + 1].lo)
+        frozen = model.finish_statistics(acc)
+    return frozen  # type: ignore[return-value]
+
+
+def _peak(x: np.ndarray) -> float:
+    return float(np.max(np.abs(x))) if x.size else 0.0
+
+
+def _count(stats: LimiterStats, g: np.ndarray, kept: np.ndarray, ceiling: float, lo: int,
+           hi: int) -> None:
+    """Add the limiter's action on output samples ``[lo, hi)`` of a chunk (its kept region
+    up to where the next chunk takes over, so overlaps are counted once)."""
+    acted = g[lo:hi] < 1.0
+    stats.samples += int(acted.sum())
+    starts = int(np.count_nonzero(acted[1:] & ~acted[:-1]))
+    if acted.size and acted[0] and not stats._open:
+        starts += 1
+    stats.events += starts
+    stats._open = bool(acted.size and acted[-1])
+    stats.known_over += int(np.count_nonzero(np.abs(kept[:, lo:hi]).max(axis=0) > ceiling))
 
 
 def _splice(lf_replace: tp.Callable[..., np.ndarray], y: np.ndarray, ref: np.ndarray, sr: int,
@@ -168,56 +350,119 @@ def _splice(lf_replace: tp.Callable[..., np.ndarray], y: np.ndarray, ref: np.nda
 
 @dataclass
 class Runner:
-    """Calls the model on batches of rows ``[n]`` of equal length (torch, no grad)."""
+    """Calls the model on batches of equal-length rows (torch, no grad): ``[n]`` each for a
+    mono model, ``[2, n]`` for a stereo one. The model is moved to ``device``."""
 
-    model: tp.Any
+    model: Model
     device: str = "cpu"
     autocast: bool = False
     sample_rate: int | None = None
     calls: int = field(default=0, init=False)
 
-    def __call__(self, rows: list[np.ndarray], cutoffs: list[float | None]) -> list[np.ndarray]:
+    def __post_init__(self) -> None:
+        to = getattr(self.model, "to", None)
+        if callable(to):
+            moved = to(self.device)
+            if moved is not None:
+                self.model = moved
+
+    def __call__(self, rows: list[np.ndarray], cutoffs: list[float | None],
+                 stats: list[tp.Any] | None = None) -> list[np.ndarray]:
+        """Outputs per row; FloatingPointError if any output is NaN/inf. ``stats``: per-row
+        whole-signal statistics for a model with ``global_statistics``."""
         import torch
 
         x = torch.from_numpy(np.stack(rows).astype(np.float32)).to(self.device)
-        kwargs: dict[str, tp.Any] = {}
-        if getattr(self.model, "uses_cutoff", False):
-            kwargs["cutoff_hz"] = (None if any(c is None for c in cutoffs)
-                                   else torch.tensor(cutoffs, dtype=torch.float64))
-            kwargs["sample_rate"] = self.sample_rate
-        with torch.inference_mode():
-            if self.autocast and self.device.startswith("cuda"):
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    y = self.model.restore(x, **kwargs)
-            else:
-                y = self.model.restore(x, **kwargs)
+        cutoff_t: torch.Tensor | None = None
+        uses = bool(getattr(self.model, "uses_cutoff", False))
+        if uses and not any(c is None for c in cutoffs):
+            cutoff_t = torch.tensor(cutoffs, dtype=torch.float64)
+        use = getattr(self.model, "use_statistics", None) if stats else None
+        if use is not None:
+            use(stats)
+        try:
+            with torch.inference_mode():
+                if self.autocast and self.device.startswith("cuda"):
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        y = self._call(x, uses, cutoff_t)
+                else:
+                    y = self._call(x, uses, cutoff_t)
+        finally:
+            if use is not None:
+                use(None)
         self.calls += 1
         out = y.float().cpu().numpy()
         if not np.all(np.isfinite(out)):
             raise FloatingPointError(f"{self.model.name} produced NaN/inf")
         return list(out)
 
+    def _call(self, x: tp.Any, uses: bool, cutoff: tp.Any) -> tp.Any:
+        if uses:
+            return self.model.restore(x, cutoff_hz=cutoff, sample_rate=self.sample_rate)
+        return self.model.restore(x)
+
 
 @dataclass
 class Job:
-    """One signal to restore: its generator, its cutoff and a key for error reports."""
+    """One signal to restore: its generator, its cutoff and a key for error reports.
+    ``model_in``: the rate of the rows it yields (defaults to ``model_out``)."""
 
     key: tp.Any
     gen: FileGen
     cutoff_hz: float | None
     model_out: int
+    model_in: int | None = None
+
+    @property
+    def row_rate(self) -> int:
+        return self.model_in or self.model_out
+
+
+Row = tuple[int, int, int, np.ndarray, tp.Any]  # (job, chunk, lane, samples, statistics)
+
+
+def _run_rows(runner: Runner, part: list[Row], cutoffs: list[float | None], rate: int,
+              outs: dict[tuple[int, int, int], np.ndarray],
+              failed: dict[int, BaseException]) -> None:
+    """One forward pass over ``part``; if it fails and holds rows of several jobs, run again
+    job by job, so that only the jobs whose own rows fail land in ``failed``."""
+    runner.sample_rate = rate
+    stats = [it[4] for it in part]
+    try:
+        if any(st is not None for st in stats):
+            ys = runner([it[3] for it in part], cutoffs, stats)
+        else:
+            ys = runner([it[3] for it in part], cutoffs)
+    except Exception as exc:
+        owners = sorted({it[0] for it in part})
+        if len(owners) == 1:
+            failed[owners[0]] = exc
+            return
+        for owner in owners:
+            mine = [k for k, it in enumerate(part) if it[0] == owner]
+            _run_rows(runner, [part[k] for k in mine], [cutoffs[k] for k in mine], rate, outs,
+                      failed)
+        return
+    for (j, i, lane, _, _), y in zip(part, ys):
+        outs[(j, i, lane)] = y
 
 
 def run_jobs(jobs: Iterable[Job], runner: Runner, batch_size: int, max_open: int = 8,
              on_done: Callable[[Job, BaseException | None], None] | None = None) -> None:
-    """Drive job generators, batching their chunk rows across files by equal length.
+    """Drive job generators, batching their chunk rows across files.
 
-    A job whose generator raises is reported to ``on_done(job, exc)`` and dropped; the others go
-    on. Ctrl-C closes every open generator (their writers then remove temporary files).
+    Rows share a forward pass only when everything that changes the computation agrees:
+    length, the rate they are at (the runner passes it as ``sample_rate``), and whether a
+    cutoff is known (the model's cutoff-aware path); the model is the runner's own. A batch
+    that fails (exception, NaN/inf output) is run again file by file, so only the files whose
+    own rows fail are dropped. A job whose generator raises is reported to
+    ``on_done(job, exc)`` and dropped; the others go on. Ctrl-C closes every open generator
+    (their writers then remove temporary files).
     """
     pending = iter(jobs)
     active: list[tuple[Job, Work]] = []
     exhausted = False
+    stereo = getattr(runner.model, "channels", "mono") == "stereo"
 
     def finish(job: Job, exc: BaseException | None) -> None:
         if on_done is not None:
@@ -240,42 +485,38 @@ def run_jobs(jobs: Iterable[Job], runner: Runner, batch_size: int, max_open: int
     try:
         start_more()
         while active:
-            # rows of every active job, grouped by length so each group is one batch
-            rows: dict[int, list[tuple[int, int, int]]] = {}
-            for j, (_job, work) in enumerate(active):
+            # rows of every active job, grouped so that each group can share one batch
+            rows: dict[tuple[int, int, bool], list[Row]] = {}
+            for j, (job, work) in enumerate(active):
+                stats = getattr(work, "stats", None)
                 for i, x in enumerate(work):
-                    for ch in range(x.shape[0]):
-                        rows.setdefault(x.shape[-1], []).append((j, i, ch))
-            results: list[list[np.ndarray]] = [[np.empty((w.shape[0], 0), np.float32)
-                                                for w in work] for _, work in active]
+                    key = (x.shape[-1], job.row_rate, job.cutoff_hz is None)
+                    for lane, row in enumerate(_lanes(x, stereo)):
+                        st = stats[lane] if stats is not None else None
+                        rows.setdefault(key, []).append((j, i, lane, row, st))
+            outs: dict[tuple[int, int, int], np.ndarray] = {}
             failed: dict[int, BaseException] = {}
-            for _length, items in rows.items():
+
+            for (_length, rate, _none), items in rows.items():
                 for s in range(0, len(items), batch_size):
                     part = [it for it in items[s:s + batch_size] if it[0] not in failed]
-                    if not part:
-                        continue
-                    runner.sample_rate = active[part[0][0]][0].model_out
-                    try:
-                        outs = runner([active[j][1][i][ch] for j, i, ch in part],
-                                      [active[j][0].cutoff_hz for j, _, _ in part])
-                    except Exception as exc:
-                        for j, _, _ in part:
-                            failed[j] = exc
-                        continue
-                    for (j, i, ch), y in zip(part, outs):
-                        res = results[j][i]
-                        if res.shape[-1] != y.shape[-1]:
-                            res = np.zeros((active[j][1][i].shape[0], y.shape[-1]), np.float32)
-                            results[j][i] = res
-                        res[ch] = y
+                    if part:
+                        cutoffs = [active[it[0]][0].cutoff_hz for it in part]
+                        _run_rows(runner, part, cutoffs, rate, outs, failed)
             still: list[tuple[Job, Work]] = []
-            for j, (job, _work) in enumerate(active):
+            for j, (job, work) in enumerate(active):
                 if j in failed:
                     job.gen.close()
                     finish(job, failed[j])
                     continue
+                result = []
+                for i, x in enumerate(work):
+                    n = len(_lanes(x, stereo))
+                    result.append(_unlanes([outs[(j, i, lane)] for lane in range(n)],
+                                           x.shape[0], stereo) if n else
+                                  np.zeros((x.shape[0], 0), np.float32))
                 try:
-                    still.append((job, job.gen.send(results[j])))
+                    still.append((job, job.gen.send(result)))
                 except StopIteration:
                     finish(job, None)
                 except Exception as exc:
@@ -287,15 +528,18 @@ def run_jobs(jobs: Iterable[Job], runner: Runner, batch_size: int, max_open: int
             job.gen.close()
 
 
-def enhance_array(x: np.ndarray, sr: int, model: tp.Any, cutoff_hz: float | None = None,
+def enhance_array(x: np.ndarray, sr: int, model: Model | str, cutoff_hz: float | None = None,
                   detect_cutoff: bool = True, options: EnhanceOptions | None = None,
-                  device: str = "cpu") -> tuple[np.ndarray, int]:
+                  device: str = "cpu", cutoff_method: str = "band_edge",
+                  stats: LimiterStats | None = None) -> tuple[np.ndarray, int]:
     """Restore ``x [C, T]`` (or ``[T]``) at ``sr``; returns ``(y [C, T'], output rate)``.
 
     The same code path as ``upsr enhance`` on a file: chunking, low-band splice, rates.
-    ``model``: a loaded model or a name/path for :func:`upsr.load_model`.
-    ``cutoff_hz`` None with ``detect_cutoff`` uses the 0.985 roll-off of ``x`` (Nyquist when
-    none is found, as AudioSR).
+    ``model``: a loaded model or a name/path for :func:`upsr.load_model`; it is moved to
+    ``device`` (in place, as ``nn.Module.to``). ``cutoff_hz`` None with ``detect_cutoff``
+    uses the band ``x`` really has (:func:`upsr.audio.analysis.effective_cutoff_hz` with
+    ``cutoff_method``: ``"band_edge"``, the -70 dB edge, or AudioSR's ``"rolloff"``); Nyquist
+    (no splice, nothing to add) for silence or full-band input.
     """
     from upsr.infer.stream import ArraySource
 
@@ -311,13 +555,16 @@ def enhance_array(x: np.ndarray, sr: int, model: tp.Any, cutoff_hz: float | None
     if cutoff_hz is None and detect_cutoff and arr.shape[-1]:
         from upsr.audio import analysis
 
-        cutoff_hz = analysis.effective_cutoff_hz(arr, sr)  # silence: Nyquist, no splice
+        method: tp.Any = cutoff_method
+        cutoff_hz = analysis.effective_cutoff_hz(arr, sr, method=method)
     r = plan_rates(model, sr, arr.shape[-1], opts.out_sr)
+    runner = Runner(model, device=device)
+    model = runner.model
     pieces: list[np.ndarray] = []
     job = Job("array", restore_stream(ArraySource(arr, sr), model, pieces.append, cutoff_hz,
-                                      opts), cutoff_hz, r.model_out)
+                                      opts, stats), cutoff_hz, r.model_out, r.model_in)
     errors: list[BaseException] = []
-    run_jobs([job], Runner(model, device=device), opts.batch_size,
+    run_jobs([job], runner, opts.batch_size,
              on_done=lambda _j, e: errors.append(e) if e else None)
     if errors:
         raise errors[0]
@@ -325,6 +572,6 @@ def enhance_array(x: np.ndarray, sr: int, model: tp.Any, cutoff_hz: float | None
     return (y[0] if mono_in else y), r.final
 
 
-
-__all__ = ["EnhanceOptions", "Job", "Runner", "enhance_array", "plan_rates", "restore_stream",
-           "run_jobs"]
+__all__ = ["PCM_CEILING", "EnhanceOptions", "Job", "LimiterStats", "Runner", "enhance_array",
+           "limit_added",
+           "limit_gain", "plan_rates", "restore_stream", "run_jobs"]

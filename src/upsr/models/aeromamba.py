@@ -57,6 +57,55 @@ from upsr.models.importers import Overrides
 _MIN_PADDED = 320  # shortest padded input (5 hops) for which the reflect-padded STFT exists
 
 
+class _StatControl:
+    """Shared switch of every :class:`_StatNorm` (and the input normalisation) of one model.
+
+    ``mode`` None: ordinary behaviour (each call's own statistics). ``"collect"``: behave as
+    ``frozen`` (or ordinarily where nothing is frozen) and add the sums of each norm's input
+    over the frames ``frames`` to ``acc``. ``frozen``: per norm key, ``(mean, var)`` of shape
+    ``[N, groups]`` (``N`` = the norm's batch rows), used instead of the call's own.
+    """
+
+    def __init__(self) -> None:
+        self.mode: str | None = None
+        self.frames: tuple[int, int] = (0, 0)
+        self.acc: dict[str, list[torch.Tensor]] = {}
+        self.frozen: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+class _StatNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` over ``[N, C, ..., T]`` (time last) that can collect its statistics
+    over chosen frames and replay given ones (same parameters and state-dict keys)."""
+
+    ctl: _StatControl | None = None
+    key: str = ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ctl = self.ctl
+        if ctl is None or ctl.mode is None:
+            return super().forward(x)
+        N, T = x.shape[0], x.shape[-1]
+        xs = x.reshape(N, self.num_groups, -1, T)
+        if ctl.mode == "collect":
+            a, b = ctl.frames
+            part = xs[..., a:b].double()
+            sums = [part.sum((2, 3)), part.square().sum((2, 3)),
+                    torch.full_like(part[:, :, 0, 0], part.shape[2] * part.shape[3])]
+            prev = ctl.acc.get(self.key)
+            ctl.acc[self.key] = sums if prev is None else [p + q for p, q in zip(prev, sums)]
+        if ctl.frozen is None or self.key not in ctl.frozen:
+            return super().forward(x)
+        mean, var = ctl.frozen[self.key]
+        mean = mean.to(x.dtype)[:, :, None, None]
+        var = var.to(x.dtype)[:, :, None, None]
+        y = ((xs - mean) / torch.sqrt(var + self.eps)).reshape_as(x)
+        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+        return y * self.weight.view(shape) + self.bias.view(shape)
+
+
+RowStats = dict[str, tuple[torch.Tensor, torch.Tensor]]  # norm key -> (mean, var) [R, groups]
+
+
 @dataclass(frozen=True)
 class AEROMambaConfig:
     """Hyper-parameters; defaults are the published ``conf/experiment/aeromamba.yaml``.
@@ -186,10 +235,10 @@ class DConvLayer(nn.Module):
 
         self.conv1 = nn.Sequential(
             nn.Conv1d(channels, hidden, 3, dilation=dilation, padding=dilation),
-            nn.GroupNorm(1, hidden))
+            _StatNorm(1, hidden))
         self.act = Snake(freqs)
         self.conv2 = nn.Sequential(
-            nn.Conv1d(hidden, 2 * channels, 1), nn.GroupNorm(1, 2 * channels), nn.GLU(1),
+            nn.Conv1d(hidden, 2 * channels, 1), _StatNorm(1, 2 * channels), nn.GLU(1),
             LayerScale(channels, init))
         self.mamba = Mamba(channels, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand)
         self.run_mamba = not cfg.official_forward
@@ -249,7 +298,7 @@ class FTB(nn.Module):
 
 
 def _group_norm(groups: int, channels: int, on: bool) -> nn.Module:
-    return nn.GroupNorm(groups, channels) if on else nn.Identity()
+    return _StatNorm(groups, channels) if on else nn.Identity()
 
 
 class EncoderLayer(nn.Module):
@@ -499,6 +548,8 @@ class AEROMamba(Restorer):
 
     config_cls = AEROMambaConfig
     channels = "mono"
+    #: the engine runs :meth:`collect_statistics` passes over the whole signal first
+    global_statistics: tp.ClassVar[bool] = True
 
     def __init__(self, config: AEROMambaConfig) -> None:
         super().__init__(config)
@@ -519,6 +570,10 @@ class AEROMamba(Restorer):
             chin, chout = chout, int(cfg.growth * chout)
         if cfg.rescale:
             _rescale_conv1d(self, cfg.rescale)
+        self._ctl = _StatControl()
+        for name, mod in self.named_modules():
+            if isinstance(mod, _StatNorm):
+                mod.ctl, mod.key = self._ctl, name
 
     @property
     def context_s(self) -> float:  # type: ignore[override]
@@ -532,8 +587,66 @@ class AEROMamba(Restorer):
 
     def _statistics(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-example mean and unbiased std of the spectrum ``z: [B, 2, F, N]`` (``[B,1,1,1]``
-        each), used to normalise the network input and undone on its output."""
+        each), used to normalise the network input and undone on its output (or the frozen
+        whole-signal ones, see :meth:`collect_statistics`)."""
+        ctl = self._ctl
+        if ctl.mode == "collect":
+            a, b = ctl.frames
+            part = z[..., a:b].double().reshape(z.shape[0], 1, -1)
+            sums = [part.sum(-1), part.square().sum(-1),
+                    torch.full_like(part[:, :, 0], part.shape[-1])]
+            prev = ctl.acc.get("input")
+            ctl.acc["input"] = sums if prev is None else [p + q for p, q in zip(prev, sums)]
+        if ctl.mode is not None and ctl.frozen is not None and "input" in ctl.frozen:
+            mean, std = ctl.frozen["input"]
+            return (mean.to(z.dtype).reshape(-1, 1, 1, 1), std.to(z.dtype).reshape(-1, 1, 1, 1))
         return z.mean(dim=(1, 2, 3), keepdim=True), z.std(dim=(1, 2, 3), keepdim=True)
+
+    # -- two-pass inference: whole-signal statistics first, then chunks ---------------------
+    def collect_statistics(self, x: torch.Tensor, keep: tuple[int, int], last: bool,
+                           acc: dict[str, list[torch.Tensor]] | None,
+                           frozen: list[RowStats] | None) -> dict[str, list[torch.Tensor]]:
+        """Run the chunk ``x [B, n]`` (rows: one channel of one signal each) and add, for the
+        input spectrum and every GroupNorm, the sums of its input over the STFT frames of the
+        kept input samples ``keep = (lo, hi)`` (the frames centred there; with ``last``, every
+        frame to the signal's end) to ``acc``. Normalisation uses ``frozen`` per-row statistics
+        where given, the chunk's own otherwise. Chunks that partition the signal then sum to
+        the whole-signal statistics (exactly, when ``frozen`` already holds them)."""
+        hop = self.config.in_hop
+        a = -(-keep[0] // hop)
+        b = -(-x.shape[-1] // hop) + 1 if last else -(-keep[1] // hop)
+        ctl = self._ctl
+        ctl.mode, ctl.frames, ctl.acc = "collect", (a, b), acc if acc is not None else {}
+        ctl.frozen = _stack(frozen) if frozen else None
+        try:
+            with torch.no_grad():
+                self.forward(x)
+        finally:
+            ctl.mode, ctl.frozen = None, None
+        return ctl.acc
+
+    @staticmethod
+    def finish_statistics(acc: dict[str, list[torch.Tensor]]) -> list[RowStats]:
+        """Sums from :meth:`collect_statistics` → per-row statistics: the input spectrum's mean
+        and unbiased std, each GroupNorm's per-group mean and (biased) variance."""
+        rows = acc["input"][0].shape[0]
+        out: list[RowStats] = [{} for _ in range(rows)]
+        for key, (s1, s2, n) in acc.items():
+            mean = s1 / n
+            if key == "input":
+                second = ((s2 - s1 * mean) / (n - 1).clamp(min=1)).clamp(min=0).sqrt()
+            else:
+                second = (s2 / n - mean.square()).clamp(min=0)
+            mean = mean.reshape(rows, -1, mean.shape[-1])
+            second = second.reshape(rows, -1, second.shape[-1])
+            for r in range(rows):
+                out[r][key] = (mean[r], second[r])
+        return out
+
+    def use_statistics(self, rows: list[RowStats] | None) -> None:
+        """Normalise the next calls with these per-row statistics (None: each call's own)."""
+        self._ctl.mode = "frozen" if rows else None
+        self._ctl.frozen = _stack(rows) if rows else None
 
     def _spec(self, x: torch.Tensor) -> torch.Tensor:
         """``x: [B, T']`` (T' a multiple of the input hop) → ``[B, 2, F, N]`` real/imag."""
@@ -586,9 +699,16 @@ class AEROMamba(Restorer):
             intermediates["spec_out"] = h
         return self._ispec(h)[:, :length * cfg.scale]
 
-    def restore(self, x: torch.Tensor) -> torch.Tensor:
+    def restore(self, x: torch.Tensor, cutoff_hz: torch.Tensor | None = None,
+                sample_rate: int | None = None) -> torch.Tensor:
         """``x: [B, T]`` at ``in_rate`` → ``[B, 4T]`` at ``out_rate``."""
         return self.forward(x)
+
+
+def _stack(rows: list[RowStats]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-row statistics → per norm ``[rows·R, groups]`` in batch-major order."""
+    return {key: (torch.cat([r[key][0] for r in rows]), torch.cat([r[key][1] for r in rows]))
+            for key in rows[0]}
 
 
 def _rescale_conv1d(module: nn.Module, reference: float) -> None:

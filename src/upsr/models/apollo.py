@@ -457,5 +457,6 @@ class Apollo(Restorer):
         est = self.head(self.run_net(self.features(spec)))
         return self.istft(est, x.shape[-1])[:, :length]
 
-    def restore(self, x: torch.Tensor) -> torch.Tensor:
+    def restore(self, x: torch.Tensor, cutoff_hz: torch.Tensor | None = None,
+                sample_rate: int | None = None) -> torch.Tensor:
         return self.forward(x)

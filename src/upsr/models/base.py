@@ -5,15 +5,21 @@ published configuration. The engine needs only these attributes and ``restore``:
 
 - ``in_rate``: the rate its network consumes (None: same as ``out_rate`` after resampling);
 - ``out_rate``: the rate it produces;
-- ``channels``: ``"mono"`` (the engine feeds each channel separately) or ``"stereo"``;
+- ``channels``: ``"mono"`` (the engine feeds each channel separately: ``x [B, T_in]``) or
+  ``"stereo"`` (the engine feeds channel pairs: ``x [B, 2, T_in]``; a mono file is
+  duplicated into both and the output's two channels averaged back; more than two channels
+  go in pairs, an odd last channel duplicated);
 - ``context_s``: seconds of real audio the engine must give each side of a chunk so that the
   kept centre equals whole-signal inference (the measured receptive field);
 - ``align``: chunks must start at a multiple of this many input samples (the model's STFT
   hop or total downsampling stride), so that frames fall where they fall in the whole signal;
-- ``restore(x: [B, T_in]) -> [B, T_out]``.
+- ``restore(x: [B, T_in], cutoff_hz=None, sample_rate=None) -> [B, T_out]``.
 
-A model whose class sets ``uses_cutoff = True`` also takes ``restore(x, cutoff_hz=[B])``: the
-input's detected cutoff per batch item (the engine knows it per file; ``sbr`` needs it).
+A model whose class sets ``uses_cutoff = True`` is called as
+``restore(x, cutoff_hz=[B] float64 Hz, sample_rate=int)``: each item's known band edge (the
+engine knows it per file) and the rate ``x`` is at (``sbr`` converts Hz to bins with it);
+other models are called with ``x`` only and may ignore both arguments.
+:class:`Model` is this contract as a ``typing.Protocol``; the engine is typed against it.
 A model whose ``out_rate`` is None keeps the input's rate (raised to ``min_out_rate``).
 
 Training-only parts (discriminators, losses) live outside these modules.
@@ -28,6 +34,41 @@ import torch
 from torch import nn
 
 from upsr.errors import UsageError
+
+
+@tp.runtime_checkable
+class Model(tp.Protocol):
+    """What the inference engine needs of a model (structural: any object with these works)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def in_rate(self) -> int | None: ...
+
+    @property
+    def out_rate(self) -> int | None: ...
+
+    @property
+    def min_out_rate(self) -> int: ...
+
+    @property
+    def channels(self) -> str: ...
+
+    @property
+    def uses_cutoff(self) -> bool: ...
+
+    @property
+    def context_s(self) -> float: ...
+
+    @property
+    def align(self) -> int: ...
+
+    def restore(self, x: torch.Tensor, cutoff_hz: torch.Tensor | None = None,
+                sample_rate: int | None = None) -> torch.Tensor:
+        """``x [B, T_in]`` (``[B, 2, T_in]`` for ``channels == "stereo"``) → same with
+        ``T_out``."""
+        ...
 
 
 class Restorer(nn.Module):
@@ -56,8 +97,10 @@ class Restorer(nn.Module):
         super().__init__()
         self.config = config
 
-    def restore(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
-        """Restore a batch of signals ``x: [B, T_in]`` into ``[B, T_out]``."""
+    def restore(self, x: torch.Tensor, cutoff_hz: torch.Tensor | None = None,
+                sample_rate: int | None = None) -> torch.Tensor:  # pragma: no cover
+        """Restore a batch of signals ``x: [B, T_in]`` into ``[B, T_out]`` (the arguments
+        after ``x``: see the module docstring)."""
         raise NotImplementedError
 
     def config_dict(self) -> dict[str, tp.Any]:

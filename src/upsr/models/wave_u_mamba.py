@@ -386,7 +386,8 @@ class WaveUMamba(Restorer):
         h = self.conv_post(F.leaky_relu(h))  # PyTorch's default slope 0.01, as official
         return torch.tanh(h) + skips[-1]
 
-    def restore(self, x: torch.Tensor) -> torch.Tensor:
+    def restore(self, x: torch.Tensor, cutoff_hz: torch.Tensor | None = None,
+                sample_rate: int | None = None) -> torch.Tensor:
         """``x: [B, T]`` at 48 kHz -> ``[B, T]``; any ``T`` (zero-padded to a multiple of 16
         on the right, cropped back)."""
         if x.dim() != 2:
