@@ -1,0 +1,1 @@
+"""AudioSR (Liu et al., 2023): latent-diffusion audio super-resolution."""
