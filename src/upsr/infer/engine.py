@@ -81,6 +81,22 @@ def plan_rates(model: tp.Any, src_sr: int, src_frames: int, out_sr: int | None =
                  out_frames(frames_out, model_out, final))
 
 
+def fill_native(chunk_s: float, overlap_s: float, context_s: float, rate: int,
+                native_s: float | None) -> float:
+    """The kept seconds per chunk for a model that pads its input to multiples of
+    ``native_s`` (AudioSR: 5.12 s): the nearest multiple to ``chunk_s`` whose whole input
+    (kept + overlap + context both sides, with spare for rounding to samples) fills it exactly,
+    instead of spilling into a mostly padded extra segment. Other models: ``chunk_s``."""
+    if not native_s:
+        return chunk_s
+    k = max(1, round(chunk_s / native_s))
+    while True:
+        hop = k * native_s - overlap_s - 2 * context_s - 4.0 / rate
+        if hop > max(overlap_s, 0.1 * native_s):
+            return hop
+        k += 1
+
+
 def _mid_side(x: np.ndarray) -> np.ndarray:
     return np.stack([(x[0] + x[1]) * 0.5, (x[0] - x[1]) * 0.5]) if x.shape[0] == 2 else x
 
@@ -109,7 +125,9 @@ def restore_stream(source: Source, model: tp.Any, sink: Callable[[np.ndarray], N
     reference = (model_in if r.ratio == 1 else
                  Rolling(resampled(source, r.model_out, fwd), C, r.frames_out)) if splice else None
     context = float(model.context_s) + (LF_N_FFT * 1.5 / r.model_out if splice else 0.0)
-    plan = ChunkPlan.for_rate(r.frames_in, r.model_in, opts.chunk_s, opts.overlap_s, context,
+    chunk_s = fill_native(opts.chunk_s, opts.overlap_s, context, r.model_in,
+                          getattr(model, "native_s", None))
+    plan = ChunkPlan.for_rate(r.frames_in, r.model_in, chunk_s, opts.overlap_s, context,
                               align=int(getattr(model, "align", 1)))
     ola = OverlapAdd(C, r.ratio)
     post = StreamResampler(r.model_out, r.final, C) if r.final != r.model_out else None

@@ -280,7 +280,7 @@ def postprocess(generated: np.ndarray, lowpass: np.ndarray) -> np.ndarray:
 def cosine_betas(timesteps: int = 1000, s: float = 0.008) -> np.ndarray:
     """``make_beta_schedule("cosine")`` (Nichol & Dhariwal 2021, eq. 17) in float64 with no
     clipping: β_999 = 1, so ᾱ reaches 0 exactly (zero terminal SNR)."""
-    t = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps + s
+    t = torch.arange(timesteps + 1, dtype=torch.float64, device="cpu") / timesteps + s
     f = torch.cos(t / (1 + s) * np.pi / 2).pow(2)
     f = f / f[0]
     return (1 - f[1:] / f[:-1]).numpy()
@@ -315,10 +315,13 @@ def schedule_buffers(betas: np.ndarray, v_posterior: float = 0.0) -> dict[str, t
 
 def ddim_timesteps(steps: int, total: int = 1000) -> np.ndarray:
     """``make_ddim_timesteps("uniform")``: ``range(0, total, total // steps) + 1`` (int64).
-    When ``total`` is not a multiple of ``steps`` this has more than ``steps`` entries."""
-    if not 1 <= steps <= total:
-        raise ValueError(f"DDIM steps must be in 1..{total} (got {steps})")
-    return np.arange(0, total, total // steps, dtype=np.int64) + 1
+    When ``total`` is not a multiple of ``steps`` this has more than ``steps`` entries. Where
+    the stride divides ``total - 1`` (steps 3, 9, 27, 37, ...) the official list ends at
+    ``total``, one past the schedule, and the official sampler fails; that entry is dropped."""
+    if not 1 <= steps < total:
+        raise ValueError(f"DDIM steps must be in 1..{total - 1} (got {steps})")
+    ts = np.arange(0, total, total // steps, dtype=np.int64) + 1
+    return ts[ts < total]
 
 
 @dataclass(frozen=True)
