@@ -24,6 +24,7 @@ _MODULES: dict[str, str] = {
     "apollo": "upsr.models.apollo",
     "wave-u-mamba": "upsr.models.wave_u_mamba",
     "aeromamba": "upsr.models.aeromamba",
+    "mambawave": "upsr.models.mambawave",
 }
 
 

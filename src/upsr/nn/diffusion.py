@@ -42,6 +42,11 @@ Denoiser = tp.Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = tp.Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 """``callback(i, t, x_t, x0_hat)``, called once per sampler step (i counts from 0)."""
 
+NoiseFn = tp.Callable[[int], torch.Tensor]
+"""``noise_fn(draw) -> [*shape]`` standard normal noise: draw 0 is x_T, draw k ≥ 1 the noise
+of the k-th sampler step. Replaces the generator where noise must not depend on the batch
+layout (see :func:`positional_noise`)."""
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Schedule:
@@ -270,11 +275,62 @@ def _randn(shape: tp.Sequence[int], dtype: torch.dtype, device: torch.device | s
     return z.to(device=device, dtype=dtype)
 
 
+def _noise(draw: int, shape: tp.Sequence[int], dtype: torch.dtype, device: torch.device | str,
+           generator: torch.Generator | None, noise_fn: NoiseFn | None) -> torch.Tensor:
+    if noise_fn is None:
+        return _randn(shape, dtype, device, generator)
+    z = noise_fn(draw)
+    if tuple(z.shape) != tuple(shape):
+        raise ValueError(f"noise_fn gave shape {tuple(z.shape)}, expected {tuple(shape)}")
+    return z.to(device=device, dtype=dtype)
+
+
 def _start(shape: tp.Sequence[int], x_T: torch.Tensor | None, dtype: torch.dtype,
-           device: torch.device | str, generator: torch.Generator | None) -> torch.Tensor:
+           device: torch.device | str, generator: torch.Generator | None,
+           noise_fn: NoiseFn | None) -> torch.Tensor:
     if x_T is not None:
         return x_T.to(device=device, dtype=dtype)
-    return _randn(shape, dtype, device, generator)
+    return _noise(0, shape, dtype, device, generator, noise_fn)
+
+
+def positional_noise(seed: int, offsets: tp.Sequence[int], length: int, draw: int = 0,
+                     block: int = 4096) -> torch.Tensor:
+    """Standard normal noise ``[len(offsets), length]`` whose value at sample n of a row is a
+    function of (seed, draw, offset + n) only.
+
+    Row b covers absolute samples ``offsets[b] … offsets[b] + length − 1``; the time axis is cut
+    into blocks of ``block`` samples, each drawn from its own generator seeded by a 64-bit mix of
+    (seed, draw, block index). So a chunk of a long signal gets exactly the noise the whole
+    signal gets at the same samples, whatever the chunking, batching or device: a sampler fed
+    with it (``noise_fn``) gives chunked output equal to whole-signal output wherever the
+    network's receptive field fits in the chunk. Offsets may be negative.
+    """
+    rows = []
+    cache: dict[int, torch.Tensor] = {}
+    for off in offsets:
+        off = int(off)
+        if off not in cache:
+            first, last = off // block, (off + max(length, 1) - 1) // block
+            parts = []
+            for k in range(first, last + 1):
+                gen = torch.Generator().manual_seed(_mix64(seed, draw, k))
+                parts.append(torch.randn(block, generator=gen))
+            whole = torch.cat(parts)
+            cache[off] = whole[off - first * block: off - first * block + length]
+        rows.append(cache[off])
+    return torch.stack(rows) if rows else torch.zeros(0, length)
+
+
+def _mix64(*values: int) -> int:
+    """A 63-bit seed from integers (splitmix64 finaliser over a running sum)."""
+    h = 0x9E3779B97F4A7C15
+    mask = (1 << 64) - 1
+    for v in values:
+        h = (h + (v & mask) + 0x9E3779B97F4A7C15) & mask
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & mask
+        h ^= h >> 31
+    return h & ((1 << 63) - 1)
 
 
 @torch.no_grad()
@@ -282,14 +338,15 @@ def ddpm_sample(denoise: Denoiser, schedule: Schedule, shape: tp.Sequence[int], 
                 prediction: Prediction = "eps", generator: torch.Generator | None = None,
                 x_T: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
                 device: torch.device | str = "cpu", clip_x0: float | None = None,
-                callback: Callback | None = None) -> torch.Tensor:
+                callback: Callback | None = None, noise_fn: NoiseFn | None = None
+                ) -> torch.Tensor:
     """DDPM ancestral sampling (Ho et al. Algorithm 2) over all T steps.
 
     Each step predicts x̂₀, then draws x_{t−1} ~ N(μ̃ₜ(x_t, x̂₀), β̃ₜ) from the true posterior
     (eq. 6–7); β̃₀ = 0, so the last step returns μ̃₀ = x̂₀. ``clip_x0`` clamps x̂₀ to ±value.
     Starts from ``x_T`` or N(0, I) of ``shape``; returns x₀ ``[*shape]``.
     """
-    x = _start(shape, x_T, dtype, device, generator)
+    x = _start(shape, x_T, dtype, device, generator, noise_fn)
     c0, ct = schedule.posterior_mean_coefs
     var = schedule.posterior_variance
     for i, step in enumerate(range(schedule.num_steps - 1, -1, -1)):
@@ -302,7 +359,8 @@ def ddpm_sample(denoise: Denoiser, schedule: Schedule, shape: tp.Sequence[int], 
             callback(i, t, x, x0)
         mean = _expand(c0[step], x) * x0 + _expand(ct[step], x) * x
         if step > 0:
-            x = mean + _expand(var[step].sqrt(), x) * _randn(x.shape, x.dtype, x.device, generator)
+            z = _noise(i + 1, x.shape, x.dtype, x.device, generator, noise_fn)
+            x = mean + _expand(var[step].sqrt(), x) * z
         else:
             x = mean
     return x
@@ -341,7 +399,8 @@ def ddim_sample(denoise: Denoiser, schedule: Schedule, shape: tp.Sequence[int], 
                 final_alpha_cumprod: float | None = 1.0,
                 generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                clip_x0: float | None = None, callback: Callback | None = None) -> torch.Tensor:
+                clip_x0: float | None = None, callback: Callback | None = None,
+                noise_fn: NoiseFn | None = None) -> torch.Tensor:
     """DDIM (Song et al. eq. 12) over ``timesteps`` (ascending, from :func:`ddim_timesteps`),
     visited from the largest down.
 
@@ -361,7 +420,7 @@ def ddim_sample(denoise: Denoiser, schedule: Schedule, shape: tp.Sequence[int], 
         float(final_alpha_cumprod), dtype=torch.float64)
     abar_prev = torch.cat([final.reshape(1), abar[:-1]])
     sigma = eta * ((1.0 - abar_prev) / (1.0 - abar) * (1.0 - abar / abar_prev)).clamp_min(0).sqrt()
-    x = _start(shape, x_T, dtype, device, generator)
+    x = _start(shape, x_T, dtype, device, generator, noise_fn)
     for i, k in enumerate(range(ts.numel() - 1, -1, -1)):
         t = ts[k].to(x.device).expand(x.shape[0])
         a = _expand(abar[k], x)
@@ -376,5 +435,5 @@ def ddim_sample(denoise: Denoiser, schedule: Schedule, shape: tp.Sequence[int], 
         direction = math.sqrt(max(1.0 - a_p - s * s, 0.0))
         x = math.sqrt(a_p) * x0 + direction * eps
         if s > 0:
-            x = x + s * _randn(x.shape, x.dtype, x.device, generator)
+            x = x + s * _noise(i + 1, x.shape, x.dtype, x.device, generator, noise_fn)
     return x
