@@ -25,6 +25,7 @@ _MODULES: dict[str, str] = {
     "wave-u-mamba": "upsr.models.wave_u_mamba",
     "aeromamba": "upsr.models.aeromamba",
     "audiosr": "upsr.models.audiosr.model",
+    "mambawave": "upsr.models.mambawave",
 }
 
 
