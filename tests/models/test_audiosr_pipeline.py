@@ -189,3 +189,11 @@ def test_ddim_loop_with_stand_in_denoiser():
     g = torch.manual_seed(loop["seed"])
     assert torch.equal(torch.randn(t["ddim_loop.x_T"].shape, generator=g), t["ddim_loop.x_T"])
     assert torch.equal(torch.randn(noise[0].shape, generator=g), noise[0])
+
+
+def test_timestep_embedding():
+    from upsr.models.audiosr.unet import timestep_embedding
+
+    t, _ = _fx()
+    for dim in (32, 128):
+        assert rel_l2(timestep_embedding(t["temb.t"], dim), t[f"temb.out_{dim}"]) <= TOL

@@ -279,11 +279,13 @@ def postprocess(generated: np.ndarray, lowpass: np.ndarray) -> np.ndarray:
 
 def cosine_betas(timesteps: int = 1000, s: float = 0.008) -> np.ndarray:
     """``make_beta_schedule("cosine")`` (Nichol & Dhariwal 2021, eq. 17) in float64 with no
-    clipping: β_999 = 1, so ᾱ reaches 0 exactly (zero terminal SNR)."""
-    t = torch.arange(timesteps + 1, dtype=torch.float64, device="cpu") / timesteps + s
-    f = torch.cos(t / (1 + s) * np.pi / 2).pow(2)
-    f = f / f[0]
-    return (1 - f[1:] / f[:-1]).numpy()
+    clipping: β_999 = 1, so ᾱ reaches 0 exactly (zero terminal SNR). The shared
+    :meth:`upsr.nn.diffusion.Schedule.cosine` computes it (on the CPU, also when a model is
+    being built on the meta device)."""
+    from upsr.nn.diffusion import Schedule
+
+    with torch.device("cpu"):
+        return Schedule.cosine(timesteps, s).betas.numpy()
 
 
 def schedule_buffers(betas: np.ndarray, v_posterior: float = 0.0) -> dict[str, torch.Tensor]:
