@@ -159,3 +159,25 @@ def test_chunked_engine_run_is_seed_deterministic():
                                                                batch_size=1))
     assert sr == 48000 and y1.shape == x.shape and np.all(np.isfinite(y1))
     assert rel_l2(y1, y2) <= 1e-5
+
+
+def test_cli_enhance_with_a_checkpoint_keeps_the_low_band(run_cli, tmp_path):
+    """A saved small AudioSR restores a 16-kHz stereo file to 48 kHz through ``upsr enhance``;
+    the engine's low-band splice keeps the input band."""
+    import soundfile as sf
+
+    from upsr import checkpoint
+    from upsr.audio import synth
+    from upsr.eval.metrics import lsd_lf
+
+    ckpt = checkpoint.save(tmp_path / "tiny_audiosr.safetensors", _small(steps=2))
+    x = synth.brickwall(synth.music_like(0.5, 16000, channels=2, seed=0), 16000, 6000)
+    sf.write(str(tmp_path / "x.wav"), x.T, 16000, subtype="FLOAT")
+    code, _, err = run_cli("enhance", tmp_path / "x.wav", "-o", tmp_path / "o", "--model", ckpt)
+    assert code == 0, err
+    y, sr = sf.read(str(tmp_path / "o" / "x.wav"), always_2d=True, dtype="float32")
+    assert sr == 48000 and y.shape == (24000, 2) and np.all(np.isfinite(y))
+    from upsr.audio.resample import resample
+
+    ref = resample(x.astype(np.float32), 16000, 48000)
+    assert lsd_lf(ref[0], y[:, 0], 48000, 5000) < 0.05

@@ -1,0 +1,126 @@
+"""AudioSR on this CPU: 10 s of audio, the published configuration (random weights: no
+published weights are reachable here), fp32 and bf16 autocast, DDIM-50 and DPM-Solver++(2M).
+
+The published networks are heavy (672 M parameters; the 48 kHz HiFi-GAN alone is several
+TFLOP per 10 s), so by default every stage is timed separately on the real 10.24-s shapes and
+the totals are assembled: ``total = front end + condition encode + steps × guided U-Net step +
+decode + vocoder``. A sampler step is one guided U-Net call (conditional and unconditional
+halves in one batch of 2) for DDIM and DPM-Solver++ alike, so the two samplers differ only in
+their step counts. ``--end-to-end`` instead runs ``restore`` once with ``--steps`` steps.
+
+Usage: ``python benchmarks/audiosr_cpu.py [--step-runs 2] [--threads N] [--end-to-end]``.
+Prints a table; wall times are medians of ``--step-runs`` runs for the U-Net step, single
+runs for the other stages (each takes minutes on a loaded 2-core machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from _timing import median_time  # noqa: E402
+
+from upsr.models.audiosr import pipeline as P  # noqa: E402
+from upsr.models.audiosr.model import AudioSR, AudioSRConfig  # noqa: E402
+
+AUDIO_S = 10.0
+SAMPLERS = {"DDIM-50": 50, "DPM-Solver++(2M)-25": 25}
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def once(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def stages(model: AudioSR, x: torch.Tensor, bf16: bool, step_runs: int) -> dict[str, float]:
+    """Seconds per stage of one 10-s restore (shapes as ``restore`` builds them)."""
+    ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
+    frames = P.padded_length(x.shape[-1])[1]
+    out: dict[str, float] = {}
+    with torch.inference_mode(), ctx:
+        state: dict[str, torch.Tensor] = {}
+
+        def front() -> None:
+            xs = x.numpy()
+            padded = np.zeros((1, frames * P.HOP), np.float32)
+            padded[:, :xs.shape[-1]] = P.normalize_wav(xs)
+            _, stft = P.features(torch.from_numpy(padded), frames)
+            hz = P.cutoff_hz_from_stft(stft[0])
+            low = P.lowpass(padded[0], hz, "butter").astype(np.float32)[None]
+            state["mel"], _ = P.features(torch.from_numpy(low), frames)
+
+        out["front end + pre-filter"] = once(front)
+        lat = (16, frames // 8, 32)
+        eps = torch.randn(1, *lat)
+        out["condition (VAE encode)"] = once(
+            lambda: state.update(cond=model.condition(state["mel"], eps)))
+        xt = torch.randn(1, *lat)
+        t = torch.tensor([500])
+        out["guided U-Net step"] = median_time(
+            lambda: model.velocity(xt, t, state["cond"]), step_runs, warmup=False)
+        out["decode + mel replacement + vocoder"] = once(
+            lambda: model.decode(xt, state["mel"]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--step-runs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--end-to-end", action="store_true")
+    ap.add_argument("--steps", type=int, default=50)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"# torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores; "
+          f"load average {os.getloadavg()[0]:.1f} at start (machine shared)")
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = AudioSR(AudioSRConfig()).eval()
+    n_par = sum(p.numel() for p in model.parameters())
+    print(f"# published config, random weights: {n_par:,} parameters, built in "
+          f"{time.perf_counter() - t0:.1f} s; peak RSS {peak_rss_gb():.2f} GB")
+    rng = np.random.default_rng(0)
+    from upsr.audio.filters import lowpass
+
+    x = torch.from_numpy(lowpass(rng.standard_normal((1, int(AUDIO_S * P.SR))) * 0.1, P.SR,
+                                 6000.0, kind="cheby1", order=8).astype(np.float32))
+    if args.end_to_end:
+        for sampler, steps in (("ddim", args.steps), ("dpmpp-2m", max(1, args.steps // 2))):
+            m = AudioSR(AudioSRConfig(steps=steps, sampler=sampler)).eval()
+            m.load_state_dict(model.state_dict())
+            with torch.inference_mode():
+                wall = once(lambda m=m: m.restore(x, cutoff_hz=torch.tensor([6000.0])))
+            print(f"{sampler}-{steps} fp32 end to end: {wall:.1f} s, RTF {wall / AUDIO_S:.2f}, "
+                  f"peak RSS {peak_rss_gb():.2f} GB")
+        return
+    for bf16 in (False, True):
+        st = stages(model, x, bf16, args.step_runs)
+        name = "bf16 autocast" if bf16 else "fp32"
+        print(f"\n## {name} (stage seconds; peak RSS so far {peak_rss_gb():.2f} GB)")
+        for k, v in st.items():
+            print(f"| {k:38s} | {v:9.1f} s |")
+        fixed = sum(v for k, v in st.items() if k != "guided U-Net step")
+        for label, steps in SAMPLERS.items():
+            total = fixed + steps * st["guided U-Net step"]
+            print(f"| {label + ' total (assembled)':38s} | {total:9.1f} s | RTF "
+                  f"{total / AUDIO_S:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
