@@ -181,3 +181,24 @@ def test_cli_enhance_with_a_checkpoint_keeps_the_low_band(run_cli, tmp_path):
 
     ref = resample(x.astype(np.float32), 16000, 48000)
     assert lsd_lf(ref[0], y[:, 0], 48000, 5000) < 0.05
+
+
+def test_training_loss_falls_on_the_unet_only():
+    """A few Adam steps on the latent-diffusion loss of one fixed batch make it fall; the VAE
+    and vocoder stay frozen (no gradient)."""
+    m = _small()
+    m.train()
+    for p in list(m.vae.parameters()) + list(m.vocoder.parameters()):
+        p.requires_grad_(False)
+    hr = torch.from_numpy(_band_limited(int(0.32 * 48000), cutoff_hz=20000.0, channels=2))
+    lr = torch.from_numpy(_band_limited(int(0.32 * 48000), cutoff_hz=4000.0, channels=2))
+    opt = torch.optim.Adam(m.unet.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = m.training_loss(hr, lr, torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.isfinite(losses).all() and losses[-1] < 0.8 * losses[0]
+    assert all(p.grad is None for p in m.vae.parameters())

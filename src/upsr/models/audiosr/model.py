@@ -189,6 +189,46 @@ class AudioSR(Restorer):
         mel = P.mel_replace(mel, lowpass_mel.to(mel.dtype))
         return self.vocoder(mel[:, 0].transpose(1, 2))
 
+    # ------------------------------------------------------------------------ training
+
+    def training_loss(self, hr: torch.Tensor, lr: torch.Tensor,
+                      generator: torch.Generator | None = None,
+                      cond_dropout: float = 0.1) -> torch.Tensor:
+        """The latent-diffusion stage's loss (Liu et al., 2023, §3; LDM with v-prediction,
+        Salimans & Ho 2022): ``hr``/``lr`` ``[B, T]`` at 48 kHz (``lr`` = the simulated
+        band-limited input). Both get ``hr``'s DC removal and peak-0.5 gain; the frozen VAE
+        encodes their mels (posterior samples × ``scale_factor``); with probability
+        ``cond_dropout`` an item's condition is the unconditional constant (for guidance);
+        t ~ U{0..T−1}; MSE between the U-Net's v and the true v. Gradients reach the U-Net
+        only (the VAE and vocoder are frozen, as in AudioSR's diffusion training)."""
+        from upsr.nn import diffusion as Dn
+
+        dev = hr.device
+        mean = hr.mean(dim=-1, keepdim=True)
+        gain = 0.5 / ((hr - mean).abs().amax(dim=-1, keepdim=True) + 1e-8)
+        seg = self.config.segment_frames * P.HOP
+        n = -(-hr.shape[-1] // seg) * seg
+        pad = (0, n - hr.shape[-1])
+        hr_n = torch.nn.functional.pad((hr - mean) * gain, pad)
+        lr_n = torch.nn.functional.pad((lr - lr.mean(dim=-1, keepdim=True)) * gain, pad)
+        frames = n // P.HOP
+        with torch.no_grad():
+            mels = P.features(torch.cat([hr_n, lr_n]).float(), frames)[0].unsqueeze(1)
+            post = self.vae.encode(mels.to(next(self.vae.parameters()).dtype))
+            eps_post = torch.randn(post.mean.shape, generator=generator, device="cpu")
+            z = self.config.scale_factor * post.sample(noise=eps_post)
+            z0, cond = z.chunk(2)
+            drop = torch.rand(z0.shape[0], generator=generator, device="cpu") < cond_dropout
+            cond = torch.where(drop.to(dev).view(-1, 1, 1, 1),
+                               torch.full_like(cond, P.UNCOND_VALUE), cond)
+        t = torch.randint(0, self.config.timesteps, (z0.shape[0],), generator=generator).to(dev)
+        noise = torch.randn(z0.shape, generator=generator, device="cpu").to(dev, z0.dtype)
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(z0.dtype)
+        x_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        v = Dn.target("v", z0, noise, a)
+        pred = self.unet(torch.cat([x_t, cond], dim=1), t)
+        return torch.mean((pred - v) ** 2)
+
     # ------------------------------------------------------------------------ restore
 
     def restore(self, x: torch.Tensor, cutoff_hz: torch.Tensor | None = None,
