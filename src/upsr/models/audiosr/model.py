@@ -223,7 +223,7 @@ class AudioSR(Restorer):
                                torch.full_like(cond, P.UNCOND_VALUE), cond)
         t = torch.randint(0, self.config.timesteps, (z0.shape[0],), generator=generator).to(dev)
         noise = torch.randn(z0.shape, generator=generator, device="cpu").to(dev, z0.dtype)
-        a = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(z0.dtype)
+        a = self.schedule()["alphas_cumprod"].to(dev)[t].view(-1, 1, 1, 1).to(z0.dtype)
         x_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
         v = Dn.target("v", z0, noise, a)
         pred = self.unet(torch.cat([x_t, cond], dim=1), t)
