@@ -57,6 +57,20 @@ class _Restore(nn.Module):
         return self.model.restore(x)  # type: ignore[operator]
 
 
+class _DiffusionLoss(nn.Module):
+    """``forward = training_loss`` (a diffusion model's own objective, e.g. AudioSR's latent
+    stage), so DDP hooks it like ``_Restore``. Parts the model freezes
+    (``freeze_for_training``) get no gradient and no optimiser state."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, hr: torch.Tensor, lr: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
+        return self.model.training_loss(hr, lr, generator)  # type: ignore[operator]
+
+
 @dataclass
 class State:
     """Everything a step changes (what the state file saves)."""
@@ -113,6 +127,20 @@ def _align(model: tp.Any, sr: int) -> int:
     return int(model.align) * ratio
 
 
+def _init_weights(model: nn.Module, path: str) -> None:
+    """Start from the weights of a upsr checkpoint of the same system and configuration
+    (e.g. AudioSR's diffusion stage on an imported VAE + vocoder)."""
+    from safetensors.torch import load_file
+
+    from upsr import checkpoint, models
+
+    meta = checkpoint.read_metadata(path)
+    if models.canonical(meta["model"]) != getattr(model, "name", ""):
+        raise UsageError(f"recipe model.init: {path} holds a {meta['model']!r} model, not "
+                         f"{getattr(model, 'name', '')!r}")
+    checkpoint.load_state_strict(model, load_file(str(path)), f"recipe model.init {path}")
+
+
 def default_run_dir(recipe: R.Recipe) -> Path:
     return Path("runs") / f"{recipe.name or 'recipe'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -135,6 +163,8 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
     recipe_text = R.dump(recipe)
     _seed_all(recipe.train.seed)
     gen = models.build(recipe.model.name, **recipe.model.config)
+    if recipe.model.init:
+        _init_weights(gen, recipe.model.init)
     S.check_recipe_model(recipe, gen)
     disc = S.build_discriminator(recipe.discriminator, recipe.data.channels)
     gen.to(d.device).train()
@@ -171,7 +201,10 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
     steps_per_epoch = epoch_items // per_step
     total = recipe.train.steps or recipe.train.epochs * steps_per_epoch
 
-    g_opt = S.build_optimizer(gen.parameters(), recipe.optim.generator)
+    if recipe.losses.get("diffusion", 0.0) > 0 and hasattr(gen, "freeze_for_training"):
+        gen.freeze_for_training()
+    g_opt = S.build_optimizer((p for p in gen.parameters() if p.requires_grad),
+                              recipe.optim.generator)
     d_opt = S.build_optimizer(disc.parameters(), recipe.optim.discriminator)
     state = State(gen, disc, g_opt, d_opt, S.build_scheduler(g_opt, recipe.schedule),
                   S.build_scheduler(d_opt, recipe.schedule))
@@ -179,7 +212,8 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
         state.ema = {k: v.detach().clone() for k, v in gen.state_dict().items()}
     if resume:
         load_state(ckpt_dir / STATE_FILE, state, d.device)
-    g_train: nn.Module = _Restore(gen)
+    diffusion = recipe.losses.get("diffusion", 0.0) > 0
+    g_train: nn.Module = _DiffusionLoss(gen) if diffusion else _Restore(gen)
     d_train: nn.Module = disc
     if d.active:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -188,7 +222,7 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
         if d.device.type == "cuda":  # batch statistics over all ranks (Apollo used sync BN)
             gen = nn.SyncBatchNorm.convert_sync_batchnorm(gen)
             state.generator = gen
-        g_train = DDP(_Restore(gen), device_ids=ids)
+        g_train = DDP(_DiffusionLoss(gen) if diffusion else _Restore(gen), device_ids=ids)
         d_train = DDP(disc, device_ids=ids)
     autocast = d.device.type == "cuda" and recipe.train.precision in ("auto", "bf16")
     if d.device.type == "cpu" and recipe.train.precision == "bf16":
@@ -218,8 +252,38 @@ def _clip(params: tp.Iterable[torch.Tensor], max_norm: float) -> float:
     return float("nan")
 
 
+def diffusion_step(run: Run, hr: torch.Tensor, lr: torch.Tensor) -> dict[str, float]:
+    """One step of a diffusion model's own objective (no discriminator): channels fold into
+    the batch; the loss's randomness comes from a generator seeded by (seed, step, rank), so
+    a resumed run draws what the uninterrupted one would."""
+    rc, st = run.recipe, run.state
+    dev = run.dist.device
+    hr, lr = hr.to(dev, non_blocking=True), lr.to(dev, non_blocking=True)
+    g = torch.Generator().manual_seed(rc.train.seed * 1_000_003 + st.step * 1009
+                                      + run.dist.rank)
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=run.autocast)
+    with amp:
+        loss = run.g_train(hr.reshape(-1, hr.shape[-1]), lr.reshape(-1, lr.shape[-1]), g)
+    total = rc.losses["diffusion"] * loss.float()
+    st.opt_g.zero_grad(set_to_none=True)
+    total.backward()
+    out = {"grad_norm_g": _clip((p for p in st.generator.parameters() if p.requires_grad),
+                                rc.optim.generator.grad_clip)}
+    st.opt_g.step()
+    if st.ema is not None:
+        _ema_update(st.ema, st.generator, rc.train.ema)
+    out["loss_g"] = float(total.detach())
+    out["diffusion"] = float(loss.detach())
+    if not math.isfinite(out["loss_g"]):
+        raise UsageError(f"step {st.step + 1}: the diffusion loss is not finite; lower the "
+                         f"learning rate or check the data")
+    return out
+
+
 def train_step(run: Run, hr: torch.Tensor, lr: torch.Tensor) -> dict[str, float]:
     """One D step and one G step on ``hr: [B, C, T]`` (target) and ``lr: [B, C, T_lr]``."""
+    if run.recipe.losses.get("diffusion", 0.0) > 0:
+        return diffusion_step(run, hr, lr)
     rc, st = run.recipe, run.state
     dev = run.dist.device
     hr, lr = hr.to(dev, non_blocking=True), lr.to(dev, non_blocking=True)

@@ -38,8 +38,9 @@ import tomllib
 from upsr.errors import UsageError
 
 #: Reconstruction-loss names a ``[losses]`` table may weight (see :mod:`upsr.train.systems`).
+#: ``diffusion`` is the model's own ``training_loss`` (AudioSR's latent-diffusion stage).
 LOSS_NAMES = ("stft_aero", "stft_wave_u_mamba", "mel", "freq_mae", "l1",
-              "adversarial", "feature_matching")
+              "adversarial", "feature_matching", "diffusion")
 
 
 def _choices(*values: str) -> dict[str, tp.Any]:
@@ -52,10 +53,12 @@ def _min(value: float, *, strict: bool = False) -> dict[str, tp.Any]:
 
 @dataclass(frozen=True)
 class ModelSection:
-    """``name``: a registry name; ``config``: overrides of its config dataclass."""
+    """``name``: a registry name; ``config``: overrides of its config dataclass; ``init``: a
+    upsr checkpoint of the same model whose weights start the run (empty: fresh weights)."""
 
     name: str = ""
     config: dict[str, tp.Any] = field(default_factory=dict)
+    init: str = ""
 
 
 @dataclass(frozen=True)
@@ -336,6 +339,8 @@ def _check(r: Recipe) -> None:
     if all(w == 0 for k, w in r.losses.items() if k not in ("adversarial",
                                                              "feature_matching")):
         raise UsageError("recipe [losses]: needs a reconstruction loss with a weight > 0")
+    if r.losses.get("diffusion", 0) > 0 and not hasattr(spec.cls, "training_loss"):
+        raise UsageError(f"recipe losses.diffusion: {spec.name!r} is not a diffusion model")
 
 
 # ------------------------------------------------------------------------------ I/O, --set
@@ -396,7 +401,8 @@ def loads(text: str, overrides: tp.Sequence[str] = (), name: str = "",
         data = recipe.data
         data = dataclasses.replace(data, train=_resolve(data.train, base_dir),
                                    valid=_resolve(data.valid, base_dir))
-        recipe = dataclasses.replace(recipe, data=data)
+        model = dataclasses.replace(recipe.model, init=_resolve(recipe.model.init, base_dir))
+        recipe = dataclasses.replace(recipe, data=data, model=model)
     return recipe
 
 

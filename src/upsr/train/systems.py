@@ -104,7 +104,7 @@ class GeneratorLoss(nn.Module):
     def __init__(self, weights: tp.Mapping[str, float]) -> None:
         super().__init__()
         self.weights = {k: w for k, w in weights.items()
-                        if k not in ("adversarial", "feature_matching") and w > 0}
+                        if k not in ("adversarial", "feature_matching", "diffusion") and w > 0}
         self.terms = nn.ModuleDict()
         if "stft_aero" in self.weights:
             self.terms["stft_aero"] = L.aeromamba_stft_loss()

@@ -191,6 +191,21 @@ class AudioSR(Restorer):
 
     # ------------------------------------------------------------------------ training
 
+    def freeze_for_training(self) -> None:
+        """The diffusion stage trains the U-Net only: the VAE and the vocoder get no
+        gradient and stay in eval mode (no VAE dropout) whatever ``train()`` says."""
+        self._frozen = True
+        for part in (self.vae, self.vocoder):
+            part.requires_grad_(False)
+            part.eval()
+
+    def train(self, mode: bool = True) -> AudioSR:
+        super().train(mode)
+        if getattr(self, "_frozen", False):
+            self.vae.eval()
+            self.vocoder.eval()
+        return self
+
     def training_loss(self, hr: torch.Tensor, lr: torch.Tensor,
                       generator: torch.Generator | None = None,
                       cond_dropout: float = 0.1) -> torch.Tensor:
