@@ -18,18 +18,19 @@ def test_tiny_audiosr_diffusion_stage(tiny_data, tmp_path, run_cli):
     torch.set_num_threads(1)  # tiny ops: one thread is faster on the shared CI cores
     from upsr.models.audiosr.model import AudioSR, AudioSRConfig
 
-    r = R.load(RECIPES / "tiny" / "audiosr.toml", [f'data.train="{tiny_data[48000]}"'])
+    data = f'data.train="{tiny_data[48000]}"'
+    r = R.load(RECIPES / "tiny" / "audiosr.toml", [data])
     # start from a "stage-trained" VAE + vocoder (random here) through model.init
     from upsr import checkpoint
 
     torch.manual_seed(5)
     init = AudioSR(AudioSRConfig(**r.model.config))
     checkpoint.save(tmp_path / "init.safetensors", init)
-    r = R.load(RECIPES / "tiny" / "audiosr.toml", [f'data.train="{tiny_data[48000]}"',
-                                                     f'model.init="{tmp_path / "init.safetensors"}"'])
+    r = R.load(RECIPES / "tiny" / "audiosr.toml",
+               [data, f'model.init="{tmp_path / "init.safetensors"}"', "train.steps=16"])
     run = loop.train(r, tmp_path / "run", device="cpu")
     rows = read_log(tmp_path / "run")
-    assert len(rows) == 30
+    assert len(rows) == 16
     assert all(np.isfinite(float(row["diffusion"])) for row in rows)
     # the logged loss is one random (t, noise) per step; compare the objective itself on a
     # fixed batch and fixed draws, before and after training
@@ -44,10 +45,10 @@ def test_tiny_audiosr_diffusion_stage(tiny_data, tmp_path, run_cli):
         with torch.no_grad():
             return float(np.mean([float(model.training_loss(hr, lr, torch.Generator()
                                                             .manual_seed(s), 0.0))
-                                  for s in range(8)]))
+                                  for s in range(4)]))
 
     before, after = objective(init.eval()), objective(gen.eval())
-    assert after < 0.95 * before, (before, after)  # measured 1.10 -> 1.00
+    assert after < 0.95 * before, (before, after)  # measured ~10 % lower
     for name, v in gen.state_dict().items():  # frozen parts are the init's, exactly
         if name.startswith(("vae.", "vocoder.")):
             assert torch.equal(v, init.state_dict()[name]), name
