@@ -61,3 +61,11 @@ def test_tiny_audiosr_diffusion_stage(tiny_data, tmp_path, run_cli):
     assert code == 0, err
     y, sr = sf.read(str(tmp_path / "o" / "x.wav"), always_2d=True)
     assert sr == 48000 and y.shape == (12000, 1) and np.isfinite(y).all()
+
+
+def test_published_numbers_in_the_audiosr_recipe():
+    r = R.load(RECIPES / "audiosr.toml")
+    assert (r.optim.generator.lr, r.schedule.warmup, r.data.batch_size) == (1e-4, 5000, 16)
+    assert r.losses == {"diffusion": 1.0} and r.degrade.lowpass.startswith(
+        "butter,cheby1,ellip,bessel:2-10:2k-16k")
+    assert r.data.sample_rate == 48000 and r.train.ema > 0 and r.model.init

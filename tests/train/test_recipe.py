@@ -27,8 +27,8 @@ steps = 3
 
 def test_all_three_systems_have_a_full_and_a_tiny_recipe():
     names = {p.stem for p in ALL}
-    assert names == {"aeromamba", "apollo", "wave_u_mamba"}
-    assert len(ALL) == 6
+    assert names == {"aeromamba", "apollo", "wave_u_mamba", "audiosr"}
+    assert len(ALL) == 8
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: f"{p.parent.name}/{p.stem}")
