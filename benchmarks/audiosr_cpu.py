@@ -2,11 +2,13 @@
 published weights are reachable here), fp32 and bf16 autocast, DDIM-50 and DPM-Solver++(2M).
 
 The published networks are heavy (672 M parameters; the 48 kHz HiFi-GAN alone is several
-TFLOP per 10 s), so by default every stage is timed separately on the real 10.24-s shapes and
-the totals are assembled: ``total = front end + condition encode + steps × guided U-Net step +
-decode + vocoder``. A sampler step is one guided U-Net call (conditional and unconditional
-halves in one batch of 2) for DDIM and DPM-Solver++ alike, so the two samplers differ only in
-their step counts. ``--end-to-end`` instead runs ``restore`` once with ``--steps`` steps.
+TFLOP per 10 s), so every stage is timed separately and the totals are assembled:
+``total = front end + VAE encode + steps × guided U-Net step + VAE decode + vocoder``. The
+U-Net step runs on the real 10.24-s latent; the VAE and the vocoder run on 1/``--scale`` of
+it (convolutions: cost linear in length) and are multiplied back. A sampler step is one
+guided U-Net call (conditional and unconditional halves in one batch of 2) for DDIM and
+DPM-Solver++ alike, so the two samplers differ only in their step counts. ``--end-to-end``
+instead runs ``restore`` once per sampler with ``--steps`` (DDIM) and half (DPM-Solver++).
 
 Usage: ``python benchmarks/audiosr_cpu.py [--step-runs 2] [--threads N] [--end-to-end]``.
 Prints a table; wall times are medians of ``--step-runs`` runs for the U-Net step, single
@@ -48,34 +50,43 @@ def once(fn) -> float:
     return time.perf_counter() - t0
 
 
-def stages(model: AudioSR, x: torch.Tensor, bf16: bool, step_runs: int) -> dict[str, float]:
-    """Seconds per stage of one 10-s restore (shapes as ``restore`` builds them)."""
+def stages(model: AudioSR, x: torch.Tensor, bf16: bool, step_runs: int,
+           scale: int) -> dict[str, float]:
+    """Seconds per stage of one 10-s restore. The guided U-Net step runs on the full 10.24-s
+    latent; the VAE and the vocoder (convolutional, linear in length) run on 1/``scale`` of
+    it and are multiplied by ``scale``."""
     ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
     frames = P.padded_length(x.shape[-1])[1]
+    part = frames // scale
     out: dict[str, float] = {}
+    tag = "bf16" if bf16 else "fp32"
     with torch.inference_mode(), ctx:
-        state: dict[str, torch.Tensor] = {}
-
-        def front() -> None:
-            xs = x.numpy()
-            padded = np.zeros((1, frames * P.HOP), np.float32)
-            padded[:, :xs.shape[-1]] = P.normalize_wav(xs)
-            _, stft = P.features(torch.from_numpy(padded), frames)
-            hz = P.cutoff_hz_from_stft(stft[0])
-            low = P.lowpass(padded[0], hz, "butter").astype(np.float32)[None]
-            state["mel"], _ = P.features(torch.from_numpy(low), frames)
-
-        out["front end + pre-filter"] = once(front)
         lat = (16, frames // 8, 32)
-        eps = torch.randn(1, *lat)
-        out["condition (VAE encode)"] = once(
-            lambda: state.update(cond=model.condition(state["mel"], eps)))
         xt = torch.randn(1, *lat)
+        cond = torch.randn(1, *lat)
         t = torch.tensor([500])
         out["guided U-Net step"] = median_time(
-            lambda: model.velocity(xt, t, state["cond"]), step_runs, warmup=False)
-        out["decode + mel replacement + vocoder"] = once(
-            lambda: model.decode(xt, state["mel"]))
+            lambda: model.velocity(xt, t, cond), step_runs, warmup=False)
+        print(f"  {tag} guided U-Net step: {out['guided U-Net step']:.1f} s", flush=True)
+        if not bf16:
+            def front() -> None:
+                xs = x.numpy()
+                padded = np.zeros((1, frames * P.HOP), np.float32)
+                padded[:, :xs.shape[-1]] = P.normalize_wav(xs)
+                _, stft = P.features(torch.from_numpy(padded), frames)
+                hz = P.cutoff_hz_from_stft(stft[0])
+                P.lowpass(padded[0], hz, "butter")
+
+            out["front end + pre-filter"] = once(front)
+        mel = torch.randn(1, part, P.N_MELS)
+        eps = torch.randn(1, 16, part // 8, 32)
+        out["condition (VAE encode)"] = scale * once(lambda: model.condition(mel, eps))
+        print(f"  {tag} VAE encode: {out['condition (VAE encode)']:.1f} s", flush=True)
+        z = torch.randn(1, 16, part // 8, 32)
+        out["VAE decode"] = scale * once(lambda: model.vae.decode(z))
+        print(f"  {tag} VAE decode: {out['VAE decode']:.1f} s", flush=True)
+        out["vocoder"] = scale * once(lambda: model.vocoder(mel.transpose(1, 2)))
+        print(f"  {tag} vocoder: {out['vocoder']:.1f} s", flush=True)
     return out
 
 
@@ -85,6 +96,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--end-to-end", action="store_true")
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--scale", type=int, default=8,
+                    help="run VAE/vocoder on 1/scale of the 10.24 s and multiply")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores; "
@@ -109,8 +122,10 @@ def main() -> None:
             print(f"{sampler}-{steps} fp32 end to end: {wall:.1f} s, RTF {wall / AUDIO_S:.2f}, "
                   f"peak RSS {peak_rss_gb():.2f} GB")
         return
+    front_s = 0.0
     for bf16 in (False, True):
-        st = stages(model, x, bf16, args.step_runs)
+        st = stages(model, x, bf16, args.step_runs, args.scale)
+        front_s = st.setdefault("front end + pre-filter", front_s)
         name = "bf16 autocast" if bf16 else "fp32"
         print(f"\n## {name} (stage seconds; peak RSS so far {peak_rss_gb():.2f} GB)")
         for k, v in st.items():
