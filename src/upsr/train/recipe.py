@@ -39,7 +39,7 @@ from upsr.errors import UsageError
 
 #: Reconstruction-loss names a ``[losses]`` table may weight (see :mod:`upsr.train.systems`).
 LOSS_NAMES = ("stft_aero", "stft_wave_u_mamba", "mel", "freq_mae", "l1",
-              "adversarial", "feature_matching")
+              "adversarial", "feature_matching", "diffusion")
 
 
 def _choices(*values: str) -> dict[str, tp.Any]:
@@ -165,12 +165,14 @@ class TrainSection:
 class ValidSection:
     """Validation every ``every`` steps (0: only at the end) on at most ``items`` held-out
     segments of ``segment_s`` seconds; ``examples`` of them are written as audio and
-    spectrogram PNGs."""
+    spectrogram PNGs. Diffusion models sample with ``sampler`` (their DDIM) in ``steps``
+    steps (0: the model's configured sampler and steps)."""
 
     every: int = field(default=1000, metadata=_min(0))
     items: int = field(default=8, metadata=_min(1))
     segment_s: float = field(default=4.0, metadata=_min(0, strict=True))
     examples: int = field(default=2, metadata=_min(0))
+    steps: int = field(default=8, metadata=_min(0))
 
 
 @dataclass(frozen=True)
@@ -336,6 +338,12 @@ def _check(r: Recipe) -> None:
     if all(w == 0 for k, w in r.losses.items() if k not in ("adversarial",
                                                              "feature_matching")):
         raise UsageError("recipe [losses]: needs a reconstruction loss with a weight > 0")
+    used = {k for k, w in r.losses.items() if w > 0}
+    if getattr(spec.cls, "diffusion", False) and used != {"diffusion"}:
+        raise UsageError(f"recipe [losses]: {spec.name} is a diffusion model; it trains with "
+                         f"'diffusion = 1.0' alone (got {', '.join(sorted(used))})")
+    if not getattr(spec.cls, "diffusion", False) and "diffusion" in used:
+        raise UsageError(f"recipe losses.diffusion: {spec.name} is not a diffusion model")
 
 
 # ------------------------------------------------------------------------------ I/O, --set
