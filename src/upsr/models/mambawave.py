@@ -63,7 +63,9 @@ class MambaWaveConfig:
     2), step table of ``diffusion_steps`` rows (the official ``len(noise_schedule)`` = 500).
     Diffusion: linear β from ``beta_start`` to ``beta_end`` over ``diffusion_steps``.
     Sampling (inference-only, overridable): ``sampler`` ddim | ddpm | official, ``steps``
-    (DDIM/official), ``eta`` (DDIM), ``seed``, ``clip`` (DDIM/DDPM clamp each x̂₀ to
+    (DDIM/official), ``spacing`` (DDIM: ``trailing`` integer steps ending at t = T−1, or
+    ``linspace``: fractional steps, which the step table blends), ``eta`` (DDIM), ``seed``,
+    ``clip`` (DDIM/DDPM clamp each x̂₀ to
     ±clip, the waveform's range; 0: off). Training: each pair is scaled by a gain drawn
     log-uniformly in [−``train_gain_db``, 0] dB, so the model meets the levels ``restore``
     is given (it does not normalise).
@@ -82,6 +84,7 @@ class MambaWaveConfig:
     beta_end: float = 0.04
     sampler: str = "ddim"
     steps: int = 25
+    spacing: str = "trailing"
     eta: float = 0.0
     seed: int = 0
     clip: float = 1.0
@@ -101,6 +104,9 @@ class MambaWaveConfig:
                              f"{self.sampler!r}")
         if not 1 <= self.steps <= self.diffusion_steps:
             raise ValueError(f"steps must lie in [1, {self.diffusion_steps}]")
+        if self.spacing not in ("trailing", "linspace", "uniform"):
+            raise ValueError(f"spacing must be trailing, linspace or uniform, got "
+                             f"{self.spacing!r}")
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError("eta must lie in [0, 1]")
         if self.clip < 0:
@@ -340,7 +346,8 @@ class MambaWave(Restorer):
         if sampler == "official":
             x = noise_fn(0).to(device=dev, dtype=dtype)
             return official_sample(denoise, self.schedule.alphas_cumprod, x, steps)
-        ts = diff.ddim_timesteps(self.schedule.num_steps, steps, "trailing")
+        ts = diff.ddim_timesteps(self.schedule.num_steps, steps,
+                                 tp.cast(diff.Spacing, cfg.spacing))
         return diff.ddim_sample(denoise, self.schedule, shape, timesteps=ts, eta=eta,
                                      dtype=dtype, device=dev, noise_fn=noise_fn, clip_x0=clip)
 
