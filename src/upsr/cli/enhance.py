@@ -110,6 +110,16 @@ def enhance(
     report: Annotated[Path | None, typer.Option("--report", help="Write a JSON report: per "
                       "file decisions, model, timings.", show_default=False)] = None,
     no_tags: Annotated[bool, typer.Option("--no-tags", help="Do not copy tags.")] = False,
+    steps: Annotated[int | None, typer.Option("--steps", help="Diffusion models: sampler "
+                     "steps (the model's config 'steps').", show_default=False)] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", help="Diffusion models: sampler "
+                       "(config 'sampler'; mambawave: ddim, ddpm, official).",
+                       show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Diffusion models: noise seed "
+                    "(config 'seed'); a seed fixes the output.", show_default=False)] = None,
+    guidance: Annotated[float | None, typer.Option("--guidance", help="Diffusion models with "
+                        "classifier-free guidance: its scale (config 'guidance').",
+                        show_default=False)] = None,
     quiet: _common.Quiet = False,
     verbose: _common.Verbose = 0,
 ) -> None:
@@ -131,14 +141,17 @@ def enhance(
         raise UsageError(f"--sr {sr}: must be between 1000 and 768000")
     if cutoff is not None and cutoff <= 0:
         raise UsageError("--cutoff must be > 0")
+    overrides = {k: v for k, v in (("steps", steps), ("sampler", sampler), ("seed", seed),
+                                   ("guidance", guidance)) if v is not None}
     opts = BatchOptions(engine=engine, format=fmt.value if fmt else None,
                         bit_depth=bit_depth.value if bit_depth else None, overwrite=overwrite,
                         bitrate_auto=bitrate_auto, full_band=full_band.value, cutoff_hz=cutoff,
                         cutoff_method=cutoff_method.value.replace("-", "_"),
-                        copy_tags=not no_tags, device=where)
+                        copy_tags=not no_tags, device=where,
+                        model_overrides=tuple(overrides.items()))
     from upsr import models
 
-    models.load_model(model)  # fail before any work on a bad --model
+    models.load_model(model, **overrides)  # fail before any work on a bad --model/option
     items = plan_items(paths, out, opts.format)
     if not items:
         raise UsageError("no audio files found in " + ", ".join(paths))

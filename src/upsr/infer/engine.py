@@ -27,6 +27,24 @@ from upsr.infer.stream import Rolling, Source, resampled
 Work = list[np.ndarray]
 FileGen = Generator[Work, Work, None]
 
+
+class ChunkInput(np.ndarray):
+    """A chunk input ``[C, n]`` that knows ``start``: the index of its first sample in the
+    signal at the model's input rate (negative inside a reflected lead-in). Indexing a channel
+    keeps it. Models whose class sets ``uses_offsets = True`` get it per row as
+    ``restore(x, offsets=[B])`` (MambaWave draws its noise by absolute position with it)."""
+
+    start: int = 0
+
+    def __array_finalize__(self, obj: tp.Any) -> None:
+        self.start = getattr(obj, "start", 0)
+
+
+def _located(x: np.ndarray, start: int) -> np.ndarray:
+    y = np.asarray(x).view(ChunkInput)
+    y.start = int(start)
+    return y
+
 LF_N_FFT = 2048
 
 
@@ -150,7 +168,7 @@ def restore_stream(source: Source, model: tp.Any, sink: Callable[[np.ndarray], N
     per_step = max(1, opts.batch_size // C)
     for start in range(0, len(chunks), per_step):
         group = chunks[start:start + per_step]
-        outputs = yield [model_in.get(c.lo, c.hi) for c in group]
+        outputs = yield [_located(model_in.get(c.lo, c.hi), c.lo) for c in group]
         for c, y in zip(group, outputs):
             rr = r.ratio
             if y.shape != (C, (c.hi - c.lo) * rr):
@@ -197,8 +215,11 @@ class Runner:
     def __call__(self, rows: list[np.ndarray], cutoffs: list[float | None]) -> list[np.ndarray]:
         import torch
 
-        x = torch.from_numpy(np.stack(rows).astype(np.float32)).to(self.device)
+        x = torch.from_numpy(np.stack([np.asarray(r) for r in rows]).astype(np.float32))
+        x = x.to(self.device)
         kwargs: dict[str, tp.Any] = {}
+        if getattr(self.model, "uses_offsets", False):
+            kwargs["offsets"] = [int(getattr(r, "start", 0)) for r in rows]
         if getattr(self.model, "uses_cutoff", False):
             kwargs["cutoff_hz"] = (None if any(c is None for c in cutoffs)
                                    else torch.tensor(cutoffs, dtype=torch.float64))

@@ -14,6 +14,9 @@ published configuration. The engine needs only these attributes and ``restore``:
 
 A model whose class sets ``uses_cutoff = True`` also takes ``restore(x, cutoff_hz=[B])``: the
 input's detected cutoff per batch item (the engine knows it per file; ``sbr`` needs it).
+A model whose class sets ``uses_offsets = True`` also takes ``restore(x, offsets=[B])``: each
+row's first-sample index in the signal at ``in_rate`` (diffusion models draw noise by position
+with it, so chunked and whole-signal sampling agree).
 A model whose ``out_rate`` is None keeps the input's rate (raised to ``min_out_rate``).
 
 Training-only parts (discriminators, losses) live outside these modules.
@@ -39,6 +42,7 @@ class Restorer(nn.Module):
     out_rate: int | None = 48000
     min_out_rate: int = 44100
     uses_cutoff: tp.ClassVar[bool] = False
+    uses_offsets: tp.ClassVar[bool] = False
     needs_weights: tp.ClassVar[bool] = True
     channels: str = "mono"
 

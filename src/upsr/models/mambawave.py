@@ -45,7 +45,7 @@ from upsr.checkpoint import check_keys
 from upsr.errors import CheckpointError, UsageError
 from upsr.models import register
 from upsr.models.base import Restorer
-from upsr.nn import diffusion
+from upsr.nn import diffusion as diff
 from upsr.nn.mamba import BiMamba
 
 SAMPLERS = ("ddim", "ddpm", "official")
@@ -63,7 +63,12 @@ class MambaWaveConfig:
     2), step table of ``diffusion_steps`` rows (the official ``len(noise_schedule)`` = 500).
     Diffusion: linear β from ``beta_start`` to ``beta_end`` over ``diffusion_steps``.
     Sampling (inference-only, overridable): ``sampler`` ddim | ddpm | official, ``steps``
-    (DDIM/official), ``eta`` (DDIM), ``seed``.
+    (DDIM/official), ``spacing`` (DDIM: ``trailing`` integer steps ending at t = T−1, or
+    ``linspace``: fractional steps, which the step table blends), ``eta`` (DDIM), ``seed``,
+    ``clip`` (DDIM/DDPM clamp each x̂₀ to
+    ±clip, the waveform's range; 0: off). Training: each pair is scaled by a gain drawn
+    log-uniformly in [−``train_gain_db``, 0] dB, so the model meets the levels ``restore``
+    is given (it does not normalise).
     """
 
     residual_channels: int = 32
@@ -79,8 +84,11 @@ class MambaWaveConfig:
     beta_end: float = 0.04
     sampler: str = "ddim"
     steps: int = 25
+    spacing: str = "trailing"
     eta: float = 0.0
     seed: int = 0
+    clip: float = 1.0
+    train_gain_db: float = 20.0
 
     def __post_init__(self) -> None:
         if self.residual_channels < 1 or self.residual_layers < 1:
@@ -96,16 +104,23 @@ class MambaWaveConfig:
                              f"{self.sampler!r}")
         if not 1 <= self.steps <= self.diffusion_steps:
             raise ValueError(f"steps must lie in [1, {self.diffusion_steps}]")
+        if self.spacing not in ("trailing", "linspace", "uniform"):
+            raise ValueError(f"spacing must be trailing, linspace or uniform, got "
+                             f"{self.spacing!r}")
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError("eta must lie in [0, 1]")
+        if self.clip < 0:
+            raise ValueError("clip must be >= 0")
+        if self.train_gain_db < 0:
+            raise ValueError("train_gain_db must be >= 0")
 
     @property
     def in_rate(self) -> int:
         return self.out_rate // self.ratio
 
-    def schedule(self) -> diffusion.Schedule:
+    def schedule(self) -> diff.Schedule:
         """The one schedule of training and sampling."""
-        return diffusion.Schedule.linear(self.diffusion_steps, self.beta_start, self.beta_end)
+        return diff.Schedule.linear(self.diffusion_steps, self.beta_start, self.beta_end)
 
 
 def _conv1d(c_in: int, c_out: int, kernel: int, **kwargs: tp.Any) -> nn.Conv1d:
@@ -221,6 +236,9 @@ class MambaWave(Restorer):
 
     config_cls = MambaWaveConfig
     channels = "mono"
+    diffusion: tp.ClassVar[bool] = True
+    uses_offsets: tp.ClassVar[bool] = True
+    prediction: tp.ClassVar[diff.Prediction] = "eps"
     config: MambaWaveConfig
 
     def __init__(self, config: MambaWaveConfig) -> None:
@@ -239,10 +257,10 @@ class MambaWave(Restorer):
         self.skip_projection = _conv1d(c, c, 1)
         self.output_projection = _conv1d(c, 1, 1)
         nn.init.zeros_(self.output_projection.weight)
-        self._schedule: diffusion.Schedule | None = None
+        self._schedule: diff.Schedule | None = None
 
     @property
-    def schedule(self) -> diffusion.Schedule:
+    def schedule(self) -> diff.Schedule:
         if self._schedule is None:
             self._schedule = self.config.schedule()
         return self._schedule
@@ -277,6 +295,21 @@ class MambaWave(Restorer):
         h = F.relu(self.skip_projection(h))
         return self.output_projection(h).squeeze(1)
 
+    # -- training (upsr.train.systems.DiffusionLoss) ------------------------------------------
+
+    def diffusion_inputs(self, hr: torch.Tensor,
+                         lr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``hr [B, 1, T]``, ``lr [B, 1, T/ratio]`` → (x₀ ``[B, T]``, conditioning
+        ``[B, T/ratio]``), both scaled by one random gain per item (``train_gain_db``)."""
+        if hr.shape[1] != 1 or lr.shape[1] != 1:
+            raise UsageError("mambawave trains on mono pairs (data.channels = 1)")
+        db = torch.rand(hr.shape[0], 1, device=hr.device) * -self.config.train_gain_db
+        gain = 10.0 ** (db / 20.0)
+        return hr[:, 0] * gain, lr[:, 0] * gain
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.forward(x_t, cond, t)
+
     # -- sampling ---------------------------------------------------------------------------
 
     def sample(self, conditioning: torch.Tensor, offsets: tp.Sequence[int] | None = None,
@@ -302,19 +335,21 @@ class MambaWave(Restorer):
             return self.forward(x, conditioning, t, cond).to(x.dtype)
 
         def noise_fn(draw: int) -> torch.Tensor:
-            return diffusion.positional_noise(seed, offs, length, draw)
+            return diff.positional_noise(seed, offs, length, draw)
 
         shape = (b, length)
         dev = conditioning.device
+        clip = cfg.clip or None
         if sampler == "ddpm":
-            return diffusion.ddpm_sample(denoise, self.schedule, shape, dtype=dtype, device=dev,
-                                         noise_fn=noise_fn)
+            return diff.ddpm_sample(denoise, self.schedule, shape, dtype=dtype, device=dev,
+                                         noise_fn=noise_fn, clip_x0=clip)
         if sampler == "official":
             x = noise_fn(0).to(device=dev, dtype=dtype)
             return official_sample(denoise, self.schedule.alphas_cumprod, x, steps)
-        ts = diffusion.ddim_timesteps(self.schedule.num_steps, steps, "trailing")
-        return diffusion.ddim_sample(denoise, self.schedule, shape, timesteps=ts, eta=eta,
-                                     dtype=dtype, device=dev, noise_fn=noise_fn)
+        ts = diff.ddim_timesteps(self.schedule.num_steps, steps,
+                                 tp.cast(diff.Spacing, cfg.spacing))
+        return diff.ddim_sample(denoise, self.schedule, shape, timesteps=ts, eta=eta,
+                                     dtype=dtype, device=dev, noise_fn=noise_fn, clip_x0=clip)
 
     def restore(self, x: torch.Tensor, offsets: tp.Sequence[int] | None = None) -> torch.Tensor:
         """``x: [B, T]`` at ``in_rate`` → ``[B, ratio·T]`` at ``out_rate`` (the configured
@@ -328,7 +363,7 @@ class MambaWave(Restorer):
 
 
 @torch.no_grad()
-def official_sample(denoise: diffusion.Denoiser, alphas_cumprod: torch.Tensor, x: torch.Tensor,
+def official_sample(denoise: diff.Denoiser, alphas_cumprod: torch.Tensor, x: torch.Tensor,
                     steps: int) -> torch.Tensor:
     """The official ``DiffWave.sample`` loop: for t = steps − 1 … 0 (passed as float),
     x ← (x − √(1−ᾱₜ)·ε̂(x, t))/√ᾱₜ. Every step replaces x by an x₀ estimate and no noise is
@@ -337,5 +372,5 @@ def official_sample(denoise: diffusion.Denoiser, alphas_cumprod: torch.Tensor, x
     for t in range(steps - 1, -1, -1):
         a = alphas_cumprod[t].to(x.dtype)
         tt = torch.full((x.shape[0],), float(t), device=x.device)
-        x = diffusion.x0_from_eps(x, denoise(x, tt), a)
+        x = diff.x0_from_eps(x, denoise(x, tt), a)
     return x

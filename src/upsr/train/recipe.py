@@ -38,7 +38,6 @@ import tomllib
 from upsr.errors import UsageError
 
 #: Reconstruction-loss names a ``[losses]`` table may weight (see :mod:`upsr.train.systems`).
-#: ``diffusion`` is the model's own ``training_loss`` (AudioSR's latent-diffusion stage).
 LOSS_NAMES = ("stft_aero", "stft_wave_u_mamba", "mel", "freq_mae", "l1",
               "adversarial", "feature_matching", "diffusion")
 
@@ -168,12 +167,14 @@ class TrainSection:
 class ValidSection:
     """Validation every ``every`` steps (0: only at the end) on at most ``items`` held-out
     segments of ``segment_s`` seconds; ``examples`` of them are written as audio and
-    spectrogram PNGs."""
+    spectrogram PNGs. Diffusion models sample with ``sampler`` (their DDIM) in ``steps``
+    steps (0: the model's configured sampler and steps)."""
 
     every: int = field(default=1000, metadata=_min(0))
     items: int = field(default=8, metadata=_min(1))
     segment_s: float = field(default=4.0, metadata=_min(0, strict=True))
     examples: int = field(default=2, metadata=_min(0))
+    steps: int = field(default=8, metadata=_min(0))
 
 
 @dataclass(frozen=True)
@@ -339,8 +340,12 @@ def _check(r: Recipe) -> None:
     if all(w == 0 for k, w in r.losses.items() if k not in ("adversarial",
                                                              "feature_matching")):
         raise UsageError("recipe [losses]: needs a reconstruction loss with a weight > 0")
-    if r.losses.get("diffusion", 0) > 0 and not hasattr(spec.cls, "training_loss"):
-        raise UsageError(f"recipe losses.diffusion: {spec.name!r} is not a diffusion model")
+    used = {k for k, w in r.losses.items() if w > 0}
+    if getattr(spec.cls, "diffusion", False) and used != {"diffusion"}:
+        raise UsageError(f"recipe [losses]: {spec.name} is a diffusion model; it trains with "
+                         f"'diffusion = 1.0' alone (got {', '.join(sorted(used))})")
+    if not getattr(spec.cls, "diffusion", False) and "diffusion" in used:
+        raise UsageError(f"recipe losses.diffusion: {spec.name} is not a diffusion model")
 
 
 # ------------------------------------------------------------------------------ I/O, --set

@@ -120,6 +120,7 @@ class AudioSR(Restorer):
     out_rate = 48000
     uses_cutoff = True
     channels = "mono"
+    diffusion = True  # upsr train: the diffusion trainer calls training_loss
 
     def __init__(self, config: AudioSRConfig) -> None:
         super().__init__(config)
@@ -129,6 +130,7 @@ class AudioSR(Restorer):
         sched = P.schedule_buffers(P.cosine_betas(config.timesteps, config.cosine_s))
         for name in ("alphas_cumprod", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"):
             self.register_buffer(name, sched[name], persistent=False)
+        self.freeze_for_training()
 
     @property
     def context_s(self) -> float:  # type: ignore[override]
@@ -162,9 +164,12 @@ class AudioSR(Restorer):
         v_c, v_u = both.chunk(2)
         return P.guided(v_c, v_u, g)
 
-    def sample_latent(self, cond: torch.Tensor, gens: list[torch.Generator]) -> torch.Tensor:
-        """Noise → latent ``[B, 16, T/8, 32]`` with the configured sampler."""
+    def sample_latent(self, cond: torch.Tensor, gens: list[torch.Generator],
+                      sampler: str, steps: int) -> torch.Tensor:
+        """Noise → latent ``[B, 16, T/8, 32]`` with ``sampler`` (``ddim``/``dpmpp-2m``)."""
         c = self.config
+        if sampler not in sampling.SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r} ({', '.join(sampling.SAMPLERS)})")
         shape = tuple(cond.shape[1:])
         dev = cond.device
         x_T = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(dev, cond.dtype)
@@ -172,15 +177,14 @@ class AudioSR(Restorer):
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.velocity(x, t, cond).to(x.dtype)
 
-        if c.sampler == "dpmpp-2m":
+        if sampler == "dpmpp-2m":
             return sampling.dpmpp_2m_sample(denoise, x_T, self.schedule()["alphas_cumprod"],
-                                            int(c.steps))
+                                            steps)
 
         def noise(_i: int) -> torch.Tensor:
             return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(dev, x_T.dtype)
 
-        x0, _ = P.ddim_sample(denoise, x_T, self.schedule(), int(c.steps), float(c.eta),
-                              noise=noise)
+        x0, _ = P.ddim_sample(denoise, x_T, self.schedule(), steps, float(c.eta), noise=noise)
         return x0
 
     def decode(self, z: torch.Tensor, lowpass_mel: torch.Tensor) -> torch.Tensor:
@@ -192,8 +196,9 @@ class AudioSR(Restorer):
     # ------------------------------------------------------------------------ training
 
     def freeze_for_training(self) -> None:
-        """The diffusion stage trains the U-Net only: the VAE and the vocoder get no
-        gradient and stay in eval mode (no VAE dropout) whatever ``train()`` says."""
+        """The diffusion stage trains the U-Net only: the VAE and the vocoder (the first stage,
+        imported or trained before) get no gradient and stay in eval mode (no VAE dropout)
+        whatever ``train()`` says. Called at construction."""
         self._frozen = True
         for part in (self.vae, self.vocoder):
             part.requires_grad_(False)
@@ -210,14 +215,16 @@ class AudioSR(Restorer):
                       generator: torch.Generator | None = None,
                       cond_dropout: float = 0.1) -> torch.Tensor:
         """The latent-diffusion stage's loss (Liu et al., 2023, §3; LDM with v-prediction,
-        Salimans & Ho 2022): ``hr``/``lr`` ``[B, T]`` at 48 kHz (``lr`` = the simulated
-        band-limited input). Both get ``hr``'s DC removal and peak-0.5 gain; the frozen VAE
-        encodes their mels (posterior samples × ``scale_factor``); with probability
+        Salimans & Ho 2022): ``hr``/``lr`` ``[B, T]`` or ``[B, C, T]`` at 48 kHz (``lr``: the
+        simulated band-limited input). Both get ``hr``'s DC removal and peak-0.5 gain; the
+        frozen VAE encodes their mels (posterior samples × ``scale_factor``); with probability
         ``cond_dropout`` an item's condition is the unconditional constant (for guidance);
         t ~ U{0..T−1}; MSE between the U-Net's v and the true v. Gradients reach the U-Net
         only (the VAE and vocoder are frozen, as in AudioSR's diffusion training)."""
         from upsr.nn import diffusion as Dn
 
+        hr = hr.reshape(-1, hr.shape[-1])  # [B, C, T] from the trainer: channels → batch
+        lr = lr.reshape(-1, lr.shape[-1])
         dev = hr.device
         mean = hr.mean(dim=-1, keepdim=True)
         gain = 0.5 / ((hr - mean).abs().amax(dim=-1, keepdim=True) + 1e-8)
@@ -246,8 +253,13 @@ class AudioSR(Restorer):
 
     # ------------------------------------------------------------------------ restore
 
+    def sample(self, x: torch.Tensor, sampler: str = "ddim", steps: int = 8) -> torch.Tensor:
+        """``restore`` with another sampler / step count (the trainer's validation)."""
+        return self.restore(x, sampler=sampler, steps=steps)
+
     def restore(self, x: torch.Tensor, cutoff_hz: torch.Tensor | None = None,
-                sample_rate: int | None = None) -> torch.Tensor:
+                sample_rate: int | None = None, *, sampler: str | None = None,
+                steps: int | None = None) -> torch.Tensor:
         """``x [B, T]`` at 48 kHz → ``[B, T]`` at 48 kHz. ``cutoff_hz [B]``: the input's cut-off
         (the engine's per-file value); None detects it per row with the official rule."""
         if sample_rate not in (None, P.SR):
@@ -282,7 +294,8 @@ class AudioSR(Restorer):
         eps = torch.stack([torch.randn(lat, generator=g) for g in gens])
         lm = lowpass_mel.to(dev, dtype)
         cond = self.condition(lm, eps.to(dev, dtype))
-        z = self.sample_latent(cond, gens)
+        z = self.sample_latent(cond, gens, sampler or self.config.sampler,
+                               int(steps or self.config.steps))
         wav = self.decode(z, lm)[:, 0].float().cpu()
         if self.config.postprocess == "official":
             wav = torch.from_numpy(P.postprocess(wav[:, None].numpy(), low[:, None]))[:, 0]
