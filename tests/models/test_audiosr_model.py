@@ -202,3 +202,18 @@ def test_training_loss_falls_on_the_unet_only():
         losses.append(float(loss.detach()))
     assert np.isfinite(losses).all() and losses[-1] < 0.8 * losses[0]
     assert all(p.grad is None for p in m.vae.parameters())
+
+
+def test_positional_noise_is_keyed_by_absolute_latent_frame():
+    m = _small()
+    assert m.align == 3840
+    draw = m.noise_source(2, (16, 4, 32), [0, 2 * 3840])
+    for d in (0, 1, 5):
+        z = draw(d)
+        assert z.shape == (2, 16, 4, 32)
+        assert torch.equal(z[1, :, :2], z[0, :, 2:])  # the same absolute frames
+    assert not torch.equal(draw(1), draw(2))
+    official = _small(noise="official").noise_source(1, (16, 4, 32), None)
+    g = torch.Generator().manual_seed(42)
+    torch.randn((16, 4, 32), generator=g)  # the target posterior's draw (shape only)
+    assert torch.equal(official(0)[0], torch.randn((16, 4, 32), generator=g))

@@ -100,16 +100,17 @@ def plan_rates(model: tp.Any, src_sr: int, src_frames: int, out_sr: int | None =
 
 
 def fill_native(chunk_s: float, overlap_s: float, context_s: float, rate: int,
-                native_s: float | None) -> float:
+                native_s: float | None, align: int = 1) -> float:
     """The kept seconds per chunk for a model that pads its input to multiples of
     ``native_s`` (AudioSR: 5.12 s): the nearest multiple to ``chunk_s`` whose whole input
-    (kept + overlap + context both sides, with spare for rounding to samples) fills it exactly,
+    (kept + overlap + context both sides, with spare for rounding to samples and for chunk
+    starts moved down to a multiple of ``align``) fills it exactly,
     instead of spilling into a mostly padded extra segment. Other models: ``chunk_s``."""
     if not native_s:
         return chunk_s
     k = max(1, round(chunk_s / native_s))
     while True:
-        hop = k * native_s - overlap_s - 2 * context_s - 4.0 / rate
+        hop = k * native_s - overlap_s - 2 * context_s - (4.0 + align) / rate
         if hop > max(overlap_s, 0.1 * native_s):
             return hop
         k += 1
@@ -144,7 +145,7 @@ def restore_stream(source: Source, model: tp.Any, sink: Callable[[np.ndarray], N
                  Rolling(resampled(source, r.model_out, fwd), C, r.frames_out)) if splice else None
     context = float(model.context_s) + (LF_N_FFT * 1.5 / r.model_out if splice else 0.0)
     chunk_s = fill_native(opts.chunk_s, opts.overlap_s, context, r.model_in,
-                          getattr(model, "native_s", None))
+                          getattr(model, "native_s", None), int(getattr(model, "align", 1)))
     plan = ChunkPlan.for_rate(r.frames_in, r.model_in, chunk_s, opts.overlap_s, context,
                               align=int(getattr(model, "align", 1)))
     ola = OverlapAdd(C, r.ratio)

@@ -16,12 +16,15 @@ Per row ``x [T]`` at 48 kHz (the engine resamples, chunks and splices the low ba
 5. VAE decode of ``z / scale_factor``, mel replacement below the condition's cut-off mel bin,
    the 48 kHz HiFi-GAN; optionally the official low-frequency post-processing.
 
-Randomness: every row has its own generator seeded with ``seed`` and draws in the official
-order (target posterior — shape only —, condition posterior, x_T, one noise per DDIM step),
-so a result does not depend on batch size or on which other rows share the batch, and the
-channels of a stereo file get the *same* noise: the added band follows each channel's
-condition and invents no panning. (Every chunk also gets the same noise; chunks differ in
-their condition.)
+Randomness (``noise``): ``positional`` (default) draws every latent frame's noise (condition
+posterior, x_T, each sampler step) from a generator keyed by (seed, draw, absolute latent frame)
+(:func:`upsr.nn.diffusion.positional_noise`); the engine starts chunks on latent-frame
+boundaries (``align`` = 3840 samples) and passes their offsets, so overlapping chunks see the
+same noise where they overlap and a result does not depend on batch size or on the other rows
+of a batch. ``official`` gives every row a generator seeded with ``seed`` that draws in the
+official order (target posterior — shape only —, condition posterior, x_T, one noise per DDIM
+step): the official CLI's draws for one file. Either way the channels of a stereo file get the
+*same* noise: the added band follows each channel's condition and invents no panning.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from upsr.models.audiosr.vocoder import Vocoder, VocoderConfig
 from upsr.models.base import Restorer
 
 POSTPROCESS = ("none", "official")
+NOISE = ("positional", "official")
 FULL_BAND_HZ = 0.98 * P.SR / 2  # a cut-off at or above this leaves nothing to restore
 
 
@@ -56,7 +60,8 @@ class AudioSRConfig:
     low-band splice in the engine does that job) | ``official`` (AudioSR's STFT replacement
     with the 0.8–1.2 ratio clamp); ``context_s``: real audio each side of a chunk;
     ``segment_s``: inputs are zero-padded to a multiple of this (5.12 s = 512 frames, the
-    official value; smaller multiples of the latent stride serve tests and tiny training).
+    official value; smaller multiples of the latent stride serve tests and tiny training);
+    ``noise``: ``positional`` (chunk-consistent) or ``official`` (the official draw order).
     """
 
     vae: dict[str, tp.Any] = field(default_factory=dict)
@@ -73,6 +78,7 @@ class AudioSRConfig:
     postprocess: str = "none"
     context_s: float = 0.25
     segment_s: float = P.SEGMENT_S
+    noise: str = "positional"
 
     def __post_init__(self) -> None:
         for name in ("vae", "vocoder", "unet"):
@@ -81,6 +87,8 @@ class AudioSRConfig:
         if self.sampler not in sampling.SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(sampling.SAMPLERS)} "
                              f"(got {self.sampler!r})")
+        if self.noise not in NOISE:
+            raise ValueError(f"noise must be one of {', '.join(NOISE)} (got {self.noise!r})")
         if self.postprocess not in POSTPROCESS:
             raise ValueError(f"postprocess must be one of {', '.join(POSTPROCESS)} "
                              f"(got {self.postprocess!r})")
@@ -121,6 +129,7 @@ class AudioSR(Restorer):
     uses_cutoff = True
     channels = "mono"
     diffusion = True  # upsr train: the diffusion trainer calls training_loss
+    uses_offsets = True  # the engine passes each row's start (positional noise)
 
     def __init__(self, config: AudioSRConfig) -> None:
         super().__init__(config)
@@ -135,6 +144,11 @@ class AudioSR(Restorer):
     @property
     def context_s(self) -> float:  # type: ignore[override]
         return float(self.config.context_s)
+
+    @property
+    def align(self) -> int:  # type: ignore[override]
+        """Chunks start on latent-frame boundaries: 480 × the VAE's stride (3840 samples)."""
+        return P.HOP * VAEConfig(**self.config.vae).downsample
 
     @property
     def native_s(self) -> float:
@@ -164,15 +178,41 @@ class AudioSR(Restorer):
         v_c, v_u = both.chunk(2)
         return P.guided(v_c, v_u, g)
 
-    def sample_latent(self, cond: torch.Tensor, gens: list[torch.Generator],
+    def noise_source(self, rows: int, shape: tuple[int, int, int],
+                     offsets: tp.Sequence[int] | None) -> tp.Callable[[int], torch.Tensor]:
+        """``draw(d) -> [rows, *shape]`` float32 CPU noise; draws are made in the order
+        d = 0, 1, 2, … (0: the condition's posterior, 1: x_T, 2 + i: sampler step i).
+
+        ``positional``: latent frame f of a row starting at sample ``offsets[b]`` is keyed by
+        its absolute frame ``offsets[b] // align + f``; ``official``: one generator per row
+        seeded with ``seed`` (with the official extra draw for the target posterior first)."""
+        seed = int(self.config.seed)
+        if self.config.noise == "official":
+            gens = [torch.Generator().manual_seed(seed) for _ in range(rows)]
+            for g in gens:  # the target mel's posterior sample: drawn, only its shape is used
+                torch.randn(shape, generator=g)
+            return lambda _d: torch.stack([torch.randn(shape, generator=g) for g in gens])
+        from upsr.nn.diffusion import positional_noise
+
+        ch, frames, bins = shape
+        per = ch * bins
+        starts = [int(o) // self.align * per for o in (offsets or [0] * rows)]
+
+        def draw(d: int) -> torch.Tensor:
+            flat = positional_noise(seed, starts, frames * per, draw=d, block=per)
+            return flat.view(rows, frames, ch, bins).permute(0, 2, 1, 3).contiguous()
+
+        return draw
+
+    def sample_latent(self, cond: torch.Tensor, draw: tp.Callable[[int], torch.Tensor],
                       sampler: str, steps: int) -> torch.Tensor:
-        """Noise → latent ``[B, 16, T/8, 32]`` with ``sampler`` (``ddim``/``dpmpp-2m``)."""
+        """Noise → latent ``[B, 16, T/8, 32]`` with ``sampler`` (``ddim``/``dpmpp-2m``);
+        ``draw`` as :meth:`noise_source` gives (x_T is draw 1)."""
         c = self.config
         if sampler not in sampling.SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r} ({', '.join(sampling.SAMPLERS)})")
-        shape = tuple(cond.shape[1:])
         dev = cond.device
-        x_T = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(dev, cond.dtype)
+        x_T = draw(1).to(dev, cond.dtype)
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.velocity(x, t, cond).to(x.dtype)
@@ -181,8 +221,8 @@ class AudioSR(Restorer):
             return sampling.dpmpp_2m_sample(denoise, x_T, self.schedule()["alphas_cumprod"],
                                             steps)
 
-        def noise(_i: int) -> torch.Tensor:
-            return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(dev, x_T.dtype)
+        def noise(i: int) -> torch.Tensor:
+            return draw(2 + i).to(dev, x_T.dtype)
 
         x0, _ = P.ddim_sample(denoise, x_T, self.schedule(), steps, float(c.eta), noise=noise)
         return x0
@@ -258,10 +298,11 @@ class AudioSR(Restorer):
         return self.restore(x, sampler=sampler, steps=steps)
 
     def restore(self, x: torch.Tensor, cutoff_hz: torch.Tensor | None = None,
-                sample_rate: int | None = None, *, sampler: str | None = None,
-                steps: int | None = None) -> torch.Tensor:
+                sample_rate: int | None = None, offsets: tp.Sequence[int] | None = None, *,
+                sampler: str | None = None, steps: int | None = None) -> torch.Tensor:
         """``x [B, T]`` at 48 kHz → ``[B, T]`` at 48 kHz. ``cutoff_hz [B]``: the input's cut-off
-        (the engine's per-file value); None detects it per row with the official rule."""
+        (the engine's per-file value); None detects it per row with the official rule.
+        ``offsets [B]``: each row's first sample in its file (positional noise; None: 0)."""
         if sample_rate not in (None, P.SR):
             raise ValueError(f"audiosr runs at 48 kHz (got {sample_rate})")
         B, T = x.shape
@@ -286,15 +327,13 @@ class AudioSR(Restorer):
         lowpass_mel, _ = P.features(torch.from_numpy(low), frames)
         dev = next(self.unet.parameters()).device
         dtype = next(self.unet.parameters()).dtype
-        gens = [torch.Generator().manual_seed(int(self.config.seed)) for _ in rows]
         down = VAEConfig(**self.config.vae).downsample
         lat = (self.vae.cfg.embed_dim, frames // down, P.N_MELS // down)
-        for g in gens:  # the target mel's posterior sample: drawn, only its shape is used
-            torch.randn(lat, generator=g)
-        eps = torch.stack([torch.randn(lat, generator=g) for g in gens])
+        draw = self.noise_source(len(rows), lat,
+                                 None if offsets is None else [offsets[b] for b in rows])
         lm = lowpass_mel.to(dev, dtype)
-        cond = self.condition(lm, eps.to(dev, dtype))
-        z = self.sample_latent(cond, gens, sampler or self.config.sampler,
+        cond = self.condition(lm, draw(0).to(dev, dtype))
+        z = self.sample_latent(cond, draw, sampler or self.config.sampler,
                                int(steps or self.config.steps))
         wav = self.decode(z, lm)[:, 0].float().cpu()
         if self.config.postprocess == "official":
