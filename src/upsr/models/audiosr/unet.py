@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from upsr.models.audiosr.vae import Upsample  # the same layer: nearest ×2, conv 3×3 (``conv``)
+
 NORM_GROUPS = 32
 
 
@@ -96,10 +98,14 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm evaluated in float32 and cast back (the official ``GroupNorm32``)."""
+    """GroupNorm evaluated in float32 (float64 for float64 inputs) and cast back: the official
+    ``GroupNorm32`` for float32/half inputs, also with half-precision parameters."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+        w = None if self.weight is None else self.weight.to(dt)
+        b = None if self.bias is None else self.bias.to(dt)
+        return F.group_norm(x.to(dt), self.num_groups, w, b, self.eps).type(x.dtype)
 
 
 class ResBlock(nn.Module):
@@ -221,17 +227,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
-
-
-class Upsample(nn.Module):
-    """Nearest ×2, then conv 3×3 with padding 1."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class TimestepEmbedSequential(nn.Sequential):
