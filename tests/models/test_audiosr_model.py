@@ -217,3 +217,23 @@ def test_positional_noise_is_keyed_by_absolute_latent_frame():
     g = torch.Generator().manual_seed(42)
     torch.randn((16, 4, 32), generator=g)  # the target posterior's draw (shape only)
     assert torch.equal(official(0)[0], torch.randn((16, 4, 32), generator=g))
+
+
+def test_upsr_models_import_gives_the_restorer_with_the_fixture_networks(run_cli, tmp_path):
+    """``upsr models import audiosr`` on an official-format container (the fixtures' random
+    small networks) gives an ``audiosr`` checkpoint whose networks reproduce the fixtures."""
+    from safetensors.torch import load_file
+
+    from tests.conftest import fixture_path
+    from tests.models.test_audiosr_nets import _official_sd
+
+    src = tmp_path / "pytorch_model.bin"
+    torch.save({"state_dict": _official_sd()}, src)
+    code, _, err = run_cli("models", "import", "audiosr", src, tmp_path / "a.safetensors")
+    assert code == 0, err
+    m = models.load_model(str(tmp_path / "a.safetensors"))
+    assert isinstance(m, AudioSR)
+    ut = load_file(str(fixture_path("audiosr_unet.safetensors")))
+    assert m.config.scale_factor == pytest.approx(float(ut["wrapper.scale_factor"]))
+    with torch.no_grad():
+        assert rel_l2(m.unet(ut["input"], ut["timesteps"]), ut["output"]) <= 1e-5
