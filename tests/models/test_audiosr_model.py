@@ -173,8 +173,13 @@ def test_cli_enhance_with_a_checkpoint_keeps_the_low_band(run_cli, tmp_path):
     ckpt = checkpoint.save(tmp_path / "tiny_audiosr.safetensors", _small(steps=2))
     x = synth.brickwall(synth.music_like(0.5, 16000, channels=2, seed=0), 16000, 6000)
     sf.write(str(tmp_path / "x.wav"), x.T, 16000, subtype="FLOAT")
-    code, _, err = run_cli("enhance", tmp_path / "x.wav", "-o", tmp_path / "o", "--model", ckpt)
+    code, _, err = run_cli("enhance", tmp_path / "x.wav", "-o", tmp_path / "o", "--model", ckpt,
+                           "--sampler", "dpmpp-2m", "--steps", "3", "--seed", "1",
+                           "--guidance", "2.0")
     assert code == 0, err
+    code, _, err = run_cli("enhance", tmp_path / "x.wav", "-o", tmp_path / "bad", "--model",
+                           ckpt, "--sampler", "euler")
+    assert code != 0 and "sampler" in err and "Traceback" not in err
     y, sr = sf.read(str(tmp_path / "o" / "x.wav"), always_2d=True, dtype="float32")
     assert sr == 48000 and y.shape == (24000, 2) and np.all(np.isfinite(y))
     from upsr.audio.resample import resample

@@ -113,7 +113,8 @@ def enhance(
     steps: Annotated[int | None, typer.Option("--steps", help="Diffusion models: sampler "
                      "steps (the model's config 'steps').", show_default=False)] = None,
     sampler: Annotated[str | None, typer.Option("--sampler", help="Diffusion models: sampler "
-                       "(config 'sampler'; mambawave: ddim, ddpm, official).",
+                       "(config 'sampler'; mambawave: ddim, ddpm, official; audiosr: ddim, "
+                       "dpmpp-2m).",
                        show_default=False)] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Diffusion models: noise seed "
                     "(config 'seed'); a seed fixes the output.", show_default=False)] = None,
