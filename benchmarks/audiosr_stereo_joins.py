@@ -79,7 +79,7 @@ def joins() -> None:
     opts = EnhanceOptions(chunk_s=1.28, overlap_s=0.1, batch_size=1)
     y, _ = enhance_array(x, SR, m, cutoff_hz=CUT, options=opts)
     ctx = m.context_s + LF_N_FFT * 1.5 / SR
-    hop = fill_native(opts.chunk_s, opts.overlap_s, ctx, SR, m.native_s)
+    hop = fill_native(opts.chunk_s, opts.overlap_s, ctx, SR, m.native_s, m.align)
     plan = ChunkPlan.for_rate(x.shape[-1], SR, hop, opts.overlap_s, ctx)
     at = [c.keep_lo + c.fade_in // 2 for c in plan if c.index > 0]  # centres of cross-fades
     hf = signal.sosfiltfilt(signal.butter(8, CUT * 1.2, "high", fs=SR, output="sos"), y[0])
