@@ -11,8 +11,9 @@ DPM-Solver++ alike, so the two samplers differ only in their step counts. ``--en
 instead runs ``restore`` once per sampler with ``--steps`` (DDIM) and half (DPM-Solver++).
 
 Usage: ``python benchmarks/audiosr_cpu.py [--step-runs 2] [--threads N] [--end-to-end]``.
-Prints a table; wall times are medians of ``--step-runs`` runs for the U-Net step, single
-runs for the other stages (each takes minutes on a loaded 2-core machine).
+Prints a table of wall and process-CPU seconds (on a shared, loaded machine the CPU time is
+what one free core would take); the U-Net step is the median of ``--step-runs`` runs, the
+other stages single runs.
 """
 
 from __future__ import annotations
@@ -44,9 +45,14 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
-def once(fn) -> float:
-    t0 = time.perf_counter()
+CPU: dict[str, float] = {}  # process CPU seconds per stage (the wall clock counts the load)
+
+
+def once(fn, key: str = "") -> float:
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
+    if key:
+        CPU[key] = time.process_time() - c0
     return time.perf_counter() - t0
 
 
@@ -65,8 +71,10 @@ def stages(model: AudioSR, x: torch.Tensor, bf16: bool, step_runs: int,
         xt = torch.randn(1, *lat)
         cond = torch.randn(1, *lat)
         t = torch.tensor([500])
+        c0 = time.process_time()
         out["guided U-Net step"] = median_time(
             lambda: model.velocity(xt, t, cond), step_runs, warmup=False)
+        CPU["guided U-Net step"] = (time.process_time() - c0) / step_runs
         print(f"  {tag} guided U-Net step: {out['guided U-Net step']:.1f} s", flush=True)
         if not bf16:
             def front() -> None:
@@ -77,15 +85,19 @@ def stages(model: AudioSR, x: torch.Tensor, bf16: bool, step_runs: int,
                 hz = P.cutoff_hz_from_stft(stft[0])
                 P.lowpass(padded[0], hz, "butter")
 
-            out["front end + pre-filter"] = once(front)
+            out["front end + pre-filter"] = once(front, "front end + pre-filter")
         mel = torch.randn(1, part, P.N_MELS)
         eps = torch.randn(1, 16, part // 8, 32)
-        out["condition (VAE encode)"] = scale * once(lambda: model.condition(mel, eps))
+        out["condition (VAE encode)"] = scale * once(lambda: model.condition(mel, eps),
+                                                     "condition (VAE encode)")
+        CPU["condition (VAE encode)"] *= scale
         print(f"  {tag} VAE encode: {out['condition (VAE encode)']:.1f} s", flush=True)
         z = torch.randn(1, 16, part // 8, 32)
-        out["VAE decode"] = scale * once(lambda: model.vae.decode(z))
+        out["VAE decode"] = scale * once(lambda: model.vae.decode(z), "VAE decode")
+        CPU["VAE decode"] *= scale
         print(f"  {tag} VAE decode: {out['VAE decode']:.1f} s", flush=True)
-        out["vocoder"] = scale * once(lambda: model.vocoder(mel.transpose(1, 2)))
+        out["vocoder"] = scale * once(lambda: model.vocoder(mel.transpose(1, 2)), "vocoder")
+        CPU["vocoder"] *= scale
         print(f"  {tag} vocoder: {out['vocoder']:.1f} s", flush=True)
     return out
 
@@ -124,17 +136,24 @@ def main() -> None:
         return
     front_s = 0.0
     for bf16 in (False, True):
+        CPU.clear()
         st = stages(model, x, bf16, args.step_runs, args.scale)
         front_s = st.setdefault("front end + pre-filter", front_s)
+        CPU.setdefault("front end + pre-filter", front_s)
         name = "bf16 autocast" if bf16 else "fp32"
-        print(f"\n## {name} (stage seconds; peak RSS so far {peak_rss_gb():.2f} GB)")
+        print(f"\n## {name} (peak RSS so far {peak_rss_gb():.2f} GB; load average now "
+              f"{os.getloadavg()[0]:.1f})")
+        print("| stage | wall s | process CPU s |")
+        print("| --- | --- | --- |")
         for k, v in st.items():
-            print(f"| {k:38s} | {v:9.1f} s |")
-        fixed = sum(v for k, v in st.items() if k != "guided U-Net step")
+            print(f"| {k} | {v:.1f} | {CPU[k]:.1f} |")
         for label, steps in SAMPLERS.items():
-            total = fixed + steps * st["guided U-Net step"]
-            print(f"| {label + ' total (assembled)':38s} | {total:9.1f} s | RTF "
-                  f"{total / AUDIO_S:.2f} |")
+            wall = sum(v for k, v in st.items() if k != "guided U-Net step") \
+                + steps * st["guided U-Net step"]
+            cpu = sum(v for k, v in CPU.items() if k != "guided U-Net step") \
+                + steps * CPU["guided U-Net step"]
+            print(f"| {label} total (assembled) | {wall:.1f} (RTF {wall / AUDIO_S:.1f}) | "
+                  f"{cpu:.1f} (RTF {cpu / AUDIO_S:.1f}) |")
 
 
 if __name__ == "__main__":
