@@ -225,7 +225,7 @@ def convert_official(obj: tp.Any) -> tuple[dict[str, tp.Any], dict[str, torch.Te
     return overrides, out
 
 
-@register("mambawave", "MambaWave (Facchiano, 2024; DiffWave + bidirectional Mamba)",
+@register("mambawave", "MambaWave (Facchiano; DiffWave + bidirectional Mamba)",
           importer=convert_official)
 class MambaWave(Restorer):
     """MambaWave: ``restore(x: [B, T] at out_rate/ratio) -> [B, ratio·T]`` by sampling.
