@@ -11,8 +11,9 @@
 - **Training.** Optimiser steps per second of the published recipe's step (batch 2, Adam,
   clip 1.0, float32) on ``--train-segment-s`` crops.
 
-The machine's load average is printed before and after: on a shared CPU every number scales
-with it.
+The machine's load average is printed before and after: on a shared CPU every wall-clock
+number scales with it. So the script also gives the process's CPU seconds per call (single
+thread: what one idle core would take, near enough) and the RTFs from them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _timing import median_time  # noqa: E402
+
+
+def _cpu_time(fn: tp.Callable[[], object], runs: int) -> float:
+    """Median process CPU seconds of ``runs`` calls (after the warm-up median_time did)."""
+    times = []
+    for _ in range(runs):
+        c0 = time.process_time()
+        fn()
+        times.append(time.process_time() - c0)
+    return sorted(times)[len(times) // 2]
 
 
 def _load() -> str:
@@ -73,23 +84,25 @@ def main(argv: list[str] | None = None) -> None:
                 with _autocast(bf16):
                     model(x_t, cond, t, c)
             t_fwd = median_time(forward, args.runs)
+            c_fwd = _cpu_time(forward, 1)
             sampled = None
             if args.sample_steps:
                 t0 = time.perf_counter()
                 with _autocast(bf16):
                     model.sample(cond, steps=args.sample_steps)
                 sampled = (time.perf_counter() - t0) / args.seconds
-        rows.append((label, t_fwd, sampled))
+        rows.append((label, t_fwd, c_fwd, sampled))
     print(f"\nsampling {args.seconds} s of 48 kHz (DDIM; RTF = S x forward / audio seconds)")
     head = "".join(f"{'RTF ' + str(s):>10}" for s in args.steps)
-    print(f"{'dtype':>6} {'forward s':>10}{head}"
+    print(f"{'dtype':>6} {'clock':>6} {'forward s':>10}{head}"
           + (f"{'measured ' + str(args.sample_steps):>14}" if args.sample_steps else ""))
-    for label, t_fwd, sampled in rows:
-        line = f"{label:>6} {t_fwd:10.2f}" + "".join(
-            f"{s * t_fwd / args.seconds:10.1f}" for s in args.steps)
-        if sampled is not None:
-            line += f"{sampled:14.1f}"
-        print(line)
+    for label, t_fwd, c_fwd, sampled in rows:
+        for clock, t in (("wall", t_fwd), ("cpu", c_fwd)):
+            line = f"{label:>6} {clock:>6} {t:10.2f}" + "".join(
+                f"{s * t / args.seconds:10.1f}" for s in args.steps)
+            if sampled is not None and clock == "wall":
+                line += f"{sampled:14.1f}"
+            print(line)
 
     model.train()
     loss_fn = DiffusionLoss(model)
@@ -105,8 +118,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     t_step = median_time(step, args.train_steps)
-    print(f"\ntraining: batch 2 x {args.train_segment_s} s crops, fp32: {t_step:.2f} s/step = "
-          f"{1 / t_step:.3f} steps/s ({2 * args.train_segment_s / t_step:.3f} s of audio/s)")
+    c_step = _cpu_time(step, 1)
+    print(f"\ntraining: batch 2 x {args.train_segment_s} s crops, fp32")
+    for clock, t in (("wall", t_step), ("cpu", c_step)):
+        print(f"  {clock:>4}: {t:.2f} s/step = {1 / t:.3f} steps/s "
+              f"({2 * args.train_segment_s / t:.3f} s of audio/s)")
     print(f"load average after: {_load()}")
 
 

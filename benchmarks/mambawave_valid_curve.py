@@ -10,7 +10,8 @@ The held-out items are built exactly as the trainer's validation builds them (th
 ``recipe.toml``: ``data.valid`` folder, its degradation and normalisation; the first
 ``segment_s`` of each of the first ``items`` files). Each checkpoint is sampled with
 ``--steps`` DDIM steps (the model's positional noise, seed 0) and scored with NU-Wave's LSD
-(n_fft 1024, hop 256, as the MambaWave paper), AERO's LSD (2048/512) and SNR. Step 0 is the
+(n_fft 1024, hop 256, as the MambaWave paper), AERO's LSD (2048/512) and SNR, plus the
+held-out training objective (ε-MSE at steps 50/250/450 with fixed noise). Step 0 is the
 run's initial model (rebuilt from the recipe's seed). With ``--watch`` the script polls the
 run's ``checkpoints/latest.safetensors`` and snapshots each new one to ``snapshots/`` (and
 scores it, unless ``--copy-only``: on a busy CPU, score afterwards), until the file stops
@@ -71,12 +72,32 @@ def baselines(items: list[tp.Any]) -> dict[str, dict[str, float]]:
     return {"unprocessed": _scores(items, unproc), "sbr": _scores(items, sbr)}
 
 
+EPS_STEPS = (50, 250, 450)
+
+
+@torch.no_grad()
+def eps_mse(model: tp.Any, items: list[tp.Any]) -> float:
+    """Held-out training objective: mean ‖ε̂ − ε‖² over the items at steps 50, 250 and 450,
+    with fixed noise (cheap: one forward per item and step)."""
+    from upsr.nn import diffusion as diff
+
+    vals = []
+    for it in items:
+        x0 = torch.from_numpy(it.hr)
+        for t in EPS_STEPS:
+            noise = diff.positional_noise(1, [0], x0.shape[-1], draw=t)
+            tt = torch.tensor([t])
+            x_t = diff.q_sample(model.schedule, x0, tt, noise)
+            vals.append(float(torch.mean((model(x_t, torch.from_numpy(it.lr), tt) - noise) ** 2)))
+    return float(np.mean(vals))
+
+
 @torch.no_grad()
 def score_model(model: tp.Any, items: list[tp.Any], steps: int) -> dict[str, float]:
     model.eval()
     est = [model.sample(torch.from_numpy(it.lr), sampler="ddim", steps=steps).numpy()
            for it in items]
-    return _scores(items, est)
+    return {**_scores(items, est), "eps_mse": eps_mse(model, items)}
 
 
 def initial_model(run_dir: Path) -> tp.Any:
@@ -133,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     def record(step: int, scores: dict[str, float]) -> None:
         done[step] = scores
         with open(out, "w", newline="") as fh:
-            w = csv.DictWriter(fh, ["step", "lsd_nuwave", "lsd", "snr"])
+            w = csv.DictWriter(fh, ["step", "lsd_nuwave", "lsd", "snr", "eps_mse"])
             w.writeheader()
             for s in sorted(done):
                 w.writerow({"step": s, **{k: f"{v:.6g}" for k, v in done[s].items()}})
@@ -149,13 +170,13 @@ def main(argv: list[str] | None = None) -> None:
         if step not in done:
             record(step, score_model(checkpoint.load(snap), items, args.steps))
     print(f"\n{len(items)} held-out items x {args.segment_s} s, DDIM {args.steps} steps")
-    print(f"{'':>14} {'LSD-NU':>8} {'LSD-AERO':>9} {'SNR dB':>8}")
+    print(f"{'':>14} {'LSD-NU':>8} {'LSD-AERO':>9} {'SNR dB':>8} {'eps MSE':>8}")
     for name, s in base.items():
         print(f"{name:>14} {s['lsd_nuwave']:8.3f} {s['lsd']:9.3f} {s['snr']:8.2f}")
     for step in sorted(done):
         s = done[step]
         print(f"{'step ' + str(step):>14} {s['lsd_nuwave']:8.3f} {s['lsd']:9.3f} "
-              f"{s['snr']:8.2f}")
+              f"{s['snr']:8.2f} {s['eps_mse']:8.4f}")
 
 
 if __name__ == "__main__":

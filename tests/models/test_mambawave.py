@@ -257,3 +257,22 @@ def test_chunked_sampling_equals_whole_signal(monkeypatch) -> None:
     naive, _ = enhance_array(x, 24000, model, options=EnhanceOptions(
         chunk_s=0.2, overlap_s=0.02, lf_replace=False))
     assert float(np.max(np.abs(naive - whole))) > 0.05 * rms
+
+
+def test_engine_runs_stereo_at_any_rate_and_keeps_the_low_band() -> None:
+    """Stereo 16 kHz in: resampled to 24 kHz, each channel sampled, 48 kHz out; with the
+    low-band splice the output below the input's cutoff is the input."""
+    import numpy as np
+
+    from upsr.infer.engine import EnhanceOptions, enhance_array
+
+    model = small_model(steps=1)
+    t = np.arange(3200) / 16000
+    x = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.2 * np.sin(2 * np.pi * 1000 * t)])
+    y, sr = enhance_array(x.astype(np.float32), 16000, model, cutoff_hz=7000.0,
+                          options=EnhanceOptions(chunk_s=10.0))
+    assert sr == 48000 and y.shape == (2, 9600) and np.isfinite(y).all()
+    spec = np.abs(np.fft.rfft(y[:, 2000:-2000], axis=-1))
+    freqs = np.fft.rfftfreq(5600, 1 / 48000)
+    assert abs(freqs[int(np.argmax(spec[0]))] - 440) < 20
+    assert abs(freqs[int(np.argmax(spec[1]))] - 1000) < 20

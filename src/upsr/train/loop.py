@@ -12,13 +12,13 @@ Each step (Goodfellow et al. 2014, alternating updates as in HiFi-GAN/MelGAN):
 A run folder holds ``recipe.toml`` (resolved), ``log.csv``, ``checkpoints/{latest,best}
 .safetensors`` (upsr checkpoints, ``upsr enhance --model FILE`` loads them; EMA weights when
 EMA is on), ``checkpoints/latest.state.pt`` (G, D, optimisers, schedulers, EMA, RNG states,
-step) and ``valid/step_XXXXXXX/`` examples.
+step) and ``valid/step_XXXXXXX/`` examples. ``--resume`` restores the state file; because every
+data item is a function of (seed, epoch, index), the continued run equals an uninterrupted one.
 
 A diffusion model (its class sets ``diffusion = True``) has no discriminator: each step is one
 optimiser step on :class:`upsr.train.systems.DiffusionLoss`, and validation runs its sampler
 (``valid.steps`` DDIM steps) and adds NU-Wave's LSD (``lsd_nuwave``, n_fft 1024, hop 256, as
-the MambaWave paper reports) and SNR. ``--resume`` restores the state file; because every
-data item is a function of (seed, epoch, index), the continued run equals an uninterrupted one.
+the MambaWave paper reports) and SNR.
 """
 
 from __future__ import annotations
