@@ -25,10 +25,10 @@ steps = 3
 """
 
 
-def test_all_three_systems_have_a_full_and_a_tiny_recipe():
+def test_every_trainable_system_has_a_full_and_a_tiny_recipe():
     names = {p.stem for p in ALL}
-    assert names == {"aeromamba", "apollo", "wave_u_mamba"}
-    assert len(ALL) == 6
+    assert names == {"aeromamba", "apollo", "wave_u_mamba", "mambawave", "audiosr"}
+    assert len(ALL) == 10
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -51,6 +51,11 @@ def test_published_numbers_in_full_recipes():
     assert wum.losses["mel"] == 45.0 and wum.losses["stft_wave_u_mamba"] == 10.0
     assert int(wum.data.segment_s * wum.data.sample_rate) == 25600
     assert (wum.optim.generator.grad_clip, wum.optim.discriminator.grad_clip) == (3.0, 2.0)
+    mw = R.load(RECIPES / "mambawave.toml")
+    g = mw.optim.generator
+    assert (g.name, g.lr, g.grad_clip, mw.data.batch_size) == ("adam", 4e-4, 1.0, 2)
+    assert (mw.schedule.kind, mw.schedule.unit, mw.schedule.gamma) == ("step", "epoch", 0.9)
+    assert mw.losses == {"diffusion": 1.0} and mw.degrade.resample == "24k"
 
 
 def test_defaults_fill_what_a_recipe_omits():

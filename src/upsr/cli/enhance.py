@@ -129,6 +129,17 @@ def enhance(
                        "--model that is not installed is an error (also UPSR_OFFLINE=1, "
                        "HF_HUB_OFFLINE=1); otherwise published weights are pulled on first "
                        "use.")] = False,
+    steps: Annotated[int | None, typer.Option("--steps", metavar="N", help="Diffusion models: "
+                     "sampler steps (the model's config 'steps').", show_default=False)] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", metavar="NAME", help="Diffusion "
+                       "models: sampler (config 'sampler'; mambawave: ddim, ddpm, official; "
+                       "audiosr: ddim, dpmpp-2m).", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option("--seed", metavar="N", help="Diffusion models: "
+                    "noise seed (config 'seed'); a seed fixes the output.",
+                    show_default=False)] = None,
+    guidance: Annotated[float | None, typer.Option("--guidance", metavar="SCALE", help="Diffusion "
+                        "models with classifier-free guidance: its scale (config 'guidance').",
+                        show_default=False)] = None,
     quiet: _common.Quiet = False,
     verbose: _common.Verbose = 0,
 ) -> None:
@@ -159,11 +170,14 @@ def enhance(
             and bit_depth.value == "32f":
         raise UsageError("--bit-depth 32f: FLAC cannot store float samples; use --format wav "
                          "or --bit-depth 24")
+    overrides = {k: v for k, v in (("steps", steps), ("sampler", sampler), ("seed", seed),
+                                   ("guidance", guidance)) if v is not None}
     opts = BatchOptions(engine=engine, format=fmt.value if fmt else None,
                         bit_depth=bit_depth.value if bit_depth else None, overwrite=overwrite,
                         bitrate_auto=bitrate_auto, full_band=full_band.value, cutoff_hz=cutoff,
                         cutoff_method=cutoff_method.value.replace("-", "_"),
-                        copy_tags=not no_tags, device=where)
+                        copy_tags=not no_tags, device=where,
+                        model_overrides=tuple(overrides.items()))
     from upsr import models
     from upsr.models import hub
 
@@ -171,8 +185,8 @@ def enhance(
     if pending is not None:  # a dry run downloads nothing; it says that the run will
         print(f"upsr: {pending.name} is not installed: the run downloads it from "
               f"{pending.where} first", file=sys.stderr)
-    else:
-        models.load_model(model, pull=not offline)  # fail (or fetch weights) before any work
+    else:  # fail (or fetch weights) before any work on a bad --model/option
+        models.load_model(model, pull=not offline, **overrides)
     from upsr.audio.quiet import captured
 
     with captured():

@@ -39,6 +39,7 @@ class BatchOptions:
     cutoff_method: str = "band_edge"  # known band (edge/codec) | "rolloff" (0.985, AudioSR)
     copy_tags: bool = True
     device: str = "cpu"
+    model_overrides: tuple[tuple[str, tp.Any], ...] = ()  # config overrides (--steps, --seed…)
 
 
 @dataclass
@@ -402,7 +403,7 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
 
     def get_model(ref: str) -> tp.Any:
         if ref not in loaded:
-            m = models.load_model(ref)
+            m = models.load_model(ref, **dict(opts.model_overrides))
             if opts.device != "cpu":
                 m = m.to(opts.device)
             loaded[ref] = m

@@ -35,6 +35,24 @@ if tp.TYPE_CHECKING:
 Work = list[np.ndarray]
 FileGen = Generator[Work, Work, None]
 
+
+class ChunkInput(np.ndarray):
+    """A chunk input ``[C, n]`` that knows ``start``: the index of its first sample in the
+    signal at the model's input rate (negative inside a reflected lead-in). Indexing a channel
+    keeps it. Models whose class sets ``uses_offsets = True`` get it per row as
+    ``restore(x, offsets=[B])`` (MambaWave draws its noise by absolute position with it)."""
+
+    start: int = 0
+
+    def __array_finalize__(self, obj: tp.Any) -> None:
+        self.start = getattr(obj, "start", 0)
+
+
+def _located(x: np.ndarray, start: int) -> np.ndarray:
+    y = np.asarray(x).view(ChunkInput)
+    y.start = int(start)
+    return y
+
 LF_N_FFT = 2048
 LIMITER_S = 0.005  # look-ahead (and release) of the added-band limiter
 #: The ceiling for PCM output: just under full scale, leaving room for the overshoot of a
@@ -150,6 +168,23 @@ def plan_rates(model: Model, src_sr: int, src_frames: int, out_sr: int | None = 
                  out_frames(frames_out, model_out, final))
 
 
+def fill_native(chunk_s: float, overlap_s: float, context_s: float, rate: int,
+                native_s: float | None, align: int = 1) -> float:
+    """The kept seconds per chunk for a model that pads its input to multiples of
+    ``native_s`` (AudioSR: 5.12 s): the nearest multiple to ``chunk_s`` whose whole input
+    (kept + overlap + context both sides, with spare for rounding to samples and for chunk
+    starts moved down to a multiple of ``align``) fills it exactly,
+    instead of spilling into a mostly padded extra segment. Other models: ``chunk_s``."""
+    if not native_s:
+        return chunk_s
+    k = max(1, round(chunk_s / native_s))
+    while True:
+        hop = k * native_s - overlap_s - 2 * context_s - (4.0 + align) / rate
+        if hop > max(overlap_s, 0.1 * native_s):
+            return hop
+        k += 1
+
+
 def _mid_side(x: np.ndarray) -> np.ndarray:
     return np.stack([(x[0] + x[1]) * 0.5, (x[0] - x[1]) * 0.5]) if x.shape[0] == 2 else x
 
@@ -210,7 +245,9 @@ def restore_stream(source: Source, model: Model, sink: Callable[[np.ndarray], No
     reach = int(round(LIMITER_S * r.model_out)) if opts.ceiling is not None else 0
     context = (float(model.context_s) + (LF_N_FFT * 1.5 / r.model_out if splice else 0.0)
                + 2.0 * reach / r.model_out)
-    plan = ChunkPlan.for_rate(r.frames_in, r.model_in, opts.chunk_s, opts.overlap_s, context,
+    chunk_s = fill_native(opts.chunk_s, opts.overlap_s, context, r.model_in,
+                          getattr(model, "native_s", None), int(getattr(model, "align", 1)))
+    plan = ChunkPlan.for_rate(r.frames_in, r.model_in, chunk_s, opts.overlap_s, context,
                               align=int(getattr(model, "align", 1)))
     ola = OverlapAdd(C, r.ratio)
     post = StreamResampler(r.model_out, r.final, C) if r.final != r.model_out else None
@@ -237,7 +274,7 @@ def restore_stream(source: Source, model: Model, sink: Callable[[np.ndarray], No
     per_step = max(1, opts.batch_size // C)
     for start in range(0, len(chunks), per_step):
         group = chunks[start:start + per_step]
-        work = Rows(model_in.get(c.lo, c.hi) for c in group)
+        work = Rows(_located(model_in.get(c.lo, c.hi), c.lo) for c in group)
         work.stats = row_stats
         outputs = yield work
         for c, y in zip(group, outputs):
@@ -372,11 +409,15 @@ class Runner:
         whole-signal statistics for a model with ``global_statistics``."""
         import torch
 
-        x = torch.from_numpy(np.stack(rows).astype(np.float32)).to(self.device)
-        cutoff_t: torch.Tensor | None = None
-        uses = bool(getattr(self.model, "uses_cutoff", False))
-        if uses and not any(c is None for c in cutoffs):
-            cutoff_t = torch.tensor(cutoffs, dtype=torch.float64)
+        x = torch.from_numpy(np.stack([np.asarray(r) for r in rows]).astype(np.float32))
+        x = x.to(self.device)
+        kwargs: dict[str, tp.Any] = {}
+        if getattr(self.model, "uses_offsets", False):
+            kwargs["offsets"] = [int(getattr(r, "start", 0)) for r in rows]
+        if getattr(self.model, "uses_cutoff", False):
+            kwargs["cutoff_hz"] = (None if any(c is None for c in cutoffs)
+                                   else torch.tensor(cutoffs, dtype=torch.float64))
+            kwargs["sample_rate"] = self.sample_rate
         use = getattr(self.model, "use_statistics", None) if stats else None
         if use is not None:
             use(stats)
@@ -384,9 +425,9 @@ class Runner:
             with torch.inference_mode():
                 if self.autocast and self.device.startswith("cuda"):
                     with torch.autocast("cuda", dtype=torch.bfloat16):
-                        y = self._call(x, uses, cutoff_t)
+                        y = self.model.restore(x, **kwargs)
                 else:
-                    y = self._call(x, uses, cutoff_t)
+                    y = self.model.restore(x, **kwargs)
         finally:
             if use is not None:
                 use(None)
@@ -395,11 +436,6 @@ class Runner:
         if not np.all(np.isfinite(out)):
             raise FloatingPointError(f"{self.model.name} produced NaN/inf")
         return list(out)
-
-    def _call(self, x: tp.Any, uses: bool, cutoff: tp.Any) -> tp.Any:
-        if uses:
-            return self.model.restore(x, cutoff_hz=cutoff, sample_rate=self.sample_rate)
-        return self.model.restore(x)
 
 
 @dataclass

@@ -24,6 +24,8 @@ _MODULES: dict[str, str] = {
     "apollo": "upsr.models.apollo",
     "wave-u-mamba": "upsr.models.wave_u_mamba",
     "aeromamba": "upsr.models.aeromamba",
+    "audiosr": "upsr.models.audiosr.model",
+    "mambawave": "upsr.models.mambawave",
 }
 
 

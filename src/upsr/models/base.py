@@ -19,6 +19,9 @@ A model whose class sets ``uses_cutoff = True`` is called as
 ``restore(x, cutoff_hz=[B] float64 Hz, sample_rate=int)``: each item's known band edge (the
 engine knows it per file) and the rate ``x`` is at (``sbr`` converts Hz to bins with it);
 other models are called with ``x`` only and may ignore both arguments.
+A model whose class sets ``uses_offsets = True`` also takes ``restore(x, offsets=[B])``: each
+row's first-sample index in the signal at ``in_rate`` (diffusion models draw noise by position
+with it, so chunked and whole-signal sampling agree).
 :class:`Model` is this contract as a ``typing.Protocol``; the engine is typed against it.
 A model whose ``out_rate`` is None keeps the input's rate (raised to ``min_out_rate``).
 
@@ -80,6 +83,7 @@ class Restorer(nn.Module):
     out_rate: int | None = 48000
     min_out_rate: int = 44100
     uses_cutoff: tp.ClassVar[bool] = False
+    uses_offsets: tp.ClassVar[bool] = False
     needs_weights: tp.ClassVar[bool] = True
     channels: str = "mono"
 

@@ -1,4 +1,4 @@
-"""The GAN trainer shared by AEROMamba, Apollo and Wave-U-Mamba.
+"""The trainer: GAN systems (AEROMamba, Apollo, Wave-U-Mamba) and diffusion systems (MambaWave).
 
 Each step (Goodfellow et al. 2014, alternating updates as in HiFi-GAN/MelGAN):
 
@@ -14,6 +14,11 @@ A run folder holds ``recipe.toml`` (resolved), ``log.csv``, ``checkpoints/{lates
 EMA is on), ``checkpoints/latest.state.pt`` (G, D, optimisers, schedulers, EMA, RNG states,
 step) and ``valid/step_XXXXXXX/`` examples. ``--resume`` restores the state file; because every
 data item is a function of (seed, epoch, index), the continued run equals an uninterrupted one.
+
+A diffusion model (its class sets ``diffusion = True``) has no discriminator: each step is one
+optimiser step on :class:`upsr.train.systems.DiffusionLoss`, and validation runs its sampler
+(``valid.steps`` DDIM steps) and adds NU-Wave's LSD (``lsd_nuwave``, n_fft 1024, hop 256, as
+the MambaWave paper reports) and SNR.
 """
 
 from __future__ import annotations
@@ -62,11 +67,11 @@ class State:
     """Everything a step changes (what the state file saves)."""
 
     generator: nn.Module  # the Restorer itself
-    discriminator: nn.Module
+    discriminator: nn.Module | None  # None for diffusion systems
     opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer | None
     sched_g: torch.optim.lr_scheduler.LRScheduler
-    sched_d: torch.optim.lr_scheduler.LRScheduler
+    sched_d: torch.optim.lr_scheduler.LRScheduler | None
     ema: dict[str, torch.Tensor] | None = None
     step: int = 0
     best: float | None = None
@@ -82,8 +87,8 @@ class Run:
     run_dir: Path
     dist: dist_.Dist
     state: State
-    g_train: nn.Module  # DDP-wrapped (or plain) restore module
-    d_train: nn.Module  # DDP-wrapped (or plain) discriminator
+    g_train: nn.Module  # DDP-wrapped (or plain) restore module, or the diffusion loss
+    d_train: nn.Module | None  # DDP-wrapped (or plain) discriminator
     gen_loss: S.GeneratorLoss
     dataset: D.PairDataset
     valid: list[D.ValidItem]
@@ -91,6 +96,7 @@ class Run:
     total_steps: int
     epoch_items: int
     autocast: bool
+    diffusion: bool = False
 
 
 # ----------------------------------------------------------------------------------- set-up
@@ -111,6 +117,20 @@ def _align(model: tp.Any, sr: int) -> int:
         return 1
     ratio = sr // math.gcd(sr, int(model.in_rate))
     return int(model.align) * ratio
+
+
+def _init_weights(model: nn.Module, path: str) -> None:
+    """Start from the weights of a upsr checkpoint of the same system and configuration
+    (e.g. AudioSR's diffusion stage on an imported VAE + vocoder)."""
+    from safetensors.torch import load_file
+
+    from upsr import checkpoint, models
+
+    meta = checkpoint.read_metadata(path)
+    if models.canonical(meta["model"]) != getattr(model, "name", ""):
+        raise UsageError(f"recipe model.init: {path} holds a {meta['model']!r} model, not "
+                         f"{getattr(model, 'name', '')!r}")
+    checkpoint.load_state_strict(model, load_file(str(path)), f"recipe model.init {path}")
 
 
 def default_run_dir(recipe: R.Recipe) -> Path:
@@ -135,10 +155,15 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
     recipe_text = R.dump(recipe)
     _seed_all(recipe.train.seed)
     gen = models.build(recipe.model.name, **recipe.model.config)
+    if recipe.model.init:
+        _init_weights(gen, recipe.model.init)
     S.check_recipe_model(recipe, gen)
-    disc = S.build_discriminator(recipe.discriminator, recipe.data.channels)
+    is_diffusion = bool(getattr(gen, "diffusion", False))
+    disc = None if is_diffusion else S.build_discriminator(recipe.discriminator,
+                                                           recipe.data.channels)
     gen.to(d.device).train()
-    disc.to(d.device).train()
+    if disc is not None:
+        disc.to(d.device).train()
 
     spec = recipe.degrade_spec()
     source = D.open_source(recipe.data.train, "data.train")
@@ -172,15 +197,16 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
     total = recipe.train.steps or recipe.train.epochs * steps_per_epoch
 
     g_opt = S.build_optimizer(gen.parameters(), recipe.optim.generator)
-    d_opt = S.build_optimizer(disc.parameters(), recipe.optim.discriminator)
+    d_opt = (None if disc is None
+             else S.build_optimizer(disc.parameters(), recipe.optim.discriminator))
     state = State(gen, disc, g_opt, d_opt, S.build_scheduler(g_opt, recipe.schedule),
-                  S.build_scheduler(d_opt, recipe.schedule))
+                  None if d_opt is None else S.build_scheduler(d_opt, recipe.schedule))
     if recipe.train.ema:
         state.ema = {k: v.detach().clone() for k, v in gen.state_dict().items()}
     if resume:
         load_state(ckpt_dir / STATE_FILE, state, d.device)
-    g_train: nn.Module = _Restore(gen)
-    d_train: nn.Module = disc
+    g_train: nn.Module = S.DiffusionLoss(gen) if is_diffusion else _Restore(gen)
+    d_train: nn.Module | None = disc
     if d.active:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -188,8 +214,9 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
         if d.device.type == "cuda":  # batch statistics over all ranks (Apollo used sync BN)
             gen = nn.SyncBatchNorm.convert_sync_batchnorm(gen)
             state.generator = gen
-        g_train = DDP(_Restore(gen), device_ids=ids)
-        d_train = DDP(disc, device_ids=ids)
+        inner = S.DiffusionLoss(gen) if is_diffusion else _Restore(gen)
+        g_train = DDP(inner, device_ids=ids)
+        d_train = None if disc is None else DDP(disc, device_ids=ids)
     autocast = d.device.type == "cuda" and recipe.train.precision in ("auto", "bf16")
     if d.device.type == "cpu" and recipe.train.precision == "bf16":
         log.warning("train.precision bf16 applies on CUDA only; CPU trains in float32")
@@ -198,8 +225,8 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
         atomic_write_text(run_dir / "recipe.toml", recipe_text)
     dist_.barrier(d)
     return Run(recipe, recipe_text, run_dir, d, state, g_train, d_train,
-               S.GeneratorLoss(recipe.losses).to(d.device), dataset, valid, steps_per_epoch,
-               total, epoch_items, autocast)
+               S.GeneratorLoss({} if is_diffusion else recipe.losses).to(d.device), dataset,
+               valid, steps_per_epoch, total, epoch_items, autocast, is_diffusion)
 
 
 # -------------------------------------------------------------------------------- one step
@@ -219,7 +246,10 @@ def _clip(params: tp.Iterable[torch.Tensor], max_norm: float) -> float:
 
 
 def train_step(run: Run, hr: torch.Tensor, lr: torch.Tensor) -> dict[str, float]:
-    """One D step and one G step on ``hr: [B, C, T]`` (target) and ``lr: [B, C, T_lr]``."""
+    """One D step and one G step on ``hr: [B, C, T]`` (target) and ``lr: [B, C, T_lr]``
+    (diffusion systems: one step on the diffusion loss)."""
+    if run.diffusion:
+        return diffusion_step(run, hr, lr)
     rc, st = run.recipe, run.state
     dev = run.dist.device
     hr, lr = hr.to(dev, non_blocking=True), lr.to(dev, non_blocking=True)
@@ -237,6 +267,7 @@ def train_step(run: Run, hr: torch.Tensor, lr: torch.Tensor) -> dict[str, float]
     out: dict[str, float] = {}
 
     disc = st.discriminator
+    assert disc is not None and st.opt_d is not None and run.d_train is not None
     if use_d:
         for p in disc.parameters():
             p.requires_grad_(True)
@@ -285,6 +316,26 @@ def train_step(run: Run, hr: torch.Tensor, lr: torch.Tensor) -> dict[str, float]
     return out
 
 
+def diffusion_step(run: Run, hr: torch.Tensor, lr: torch.Tensor) -> dict[str, float]:
+    """One optimiser step on the diffusion loss (``run.g_train`` is a DiffusionLoss)."""
+    rc, st = run.recipe, run.state
+    dev = run.dist.device
+    hr, lr = hr.to(dev, non_blocking=True), lr.to(dev, non_blocking=True)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=run.autocast):
+        loss = run.g_train(hr, lr)
+    st.opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    out = {"grad_norm_g": _clip(st.generator.parameters(), rc.optim.generator.grad_clip)}
+    st.opt_g.step()
+    if st.ema is not None:
+        _ema_update(st.ema, st.generator, rc.train.ema)
+    out["loss_g"] = out["diffusion"] = float(loss.detach())
+    if not math.isfinite(out["loss_g"]):
+        raise UsageError(f"step {st.step + 1}: the diffusion loss is not finite; lower the "
+                         f"learning rate or check the data")
+    return out
+
+
 @torch.no_grad()
 def _ema_update(ema: dict[str, torch.Tensor], model: nn.Module, decay: float) -> None:
     for k, v in model.state_dict().items():
@@ -318,9 +369,12 @@ def _set_rng_state(s: dict[str, tp.Any]) -> None:
 
 def save_state(path: Path, st: State, recipe_text: str) -> None:
     blob = {"step": st.step, "best": st.best, "metrics": st.metrics,
-            "generator": st.generator.state_dict(), "discriminator": st.discriminator.state_dict(),
-            "opt_g": st.opt_g.state_dict(), "opt_d": st.opt_d.state_dict(),
-            "sched_g": st.sched_g.state_dict(), "sched_d": st.sched_d.state_dict(),
+            "generator": st.generator.state_dict(),
+            "discriminator": None if st.discriminator is None else st.discriminator.state_dict(),
+            "opt_g": st.opt_g.state_dict(),
+            "opt_d": None if st.opt_d is None else st.opt_d.state_dict(),
+            "sched_g": st.sched_g.state_dict(),
+            "sched_d": None if st.sched_d is None else st.sched_d.state_dict(),
             "ema": st.ema, "rng": _rng_state(), "recipe": recipe_text}
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
@@ -334,11 +388,14 @@ def load_state(path: Path, st: State, device: torch.device) -> None:
         raise CheckpointError(f"{path}: unreadable training state ({exc})") from None
     try:
         st.generator.load_state_dict(blob["generator"])
-        st.discriminator.load_state_dict(blob["discriminator"])
         st.opt_g.load_state_dict(blob["opt_g"])
-        st.opt_d.load_state_dict(blob["opt_d"])
         st.sched_g.load_state_dict(blob["sched_g"])
-        st.sched_d.load_state_dict(blob["sched_d"])
+        for part, key in ((st.discriminator, "discriminator"), (st.opt_d, "opt_d"),
+                          (st.sched_d, "sched_d")):
+            if (part is None) != (blob[key] is None):
+                raise ValueError(f"the state file's {key} does not match this recipe")
+            if part is not None:
+                part.load_state_dict(blob[key])
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{path}: does not fit this recipe's models "
                               f"({str(exc).splitlines()[0]})") from None
@@ -397,16 +454,25 @@ def validate(run: Run) -> dict[str, float]:
     model.eval()
     sr = run.recipe.data.sample_rate
     rows: dict[str, list[float]] = {"lsd": [], "lsd_hf": [], "si_snr": []}
+    if run.diffusion:
+        rows.update(lsd_nuwave=[], snr=[])
     out_dir = run.run_dir / "valid" / f"step_{run.state.step:07d}"
     for i, item in enumerate(run.valid):
         x = torch.from_numpy(item.lr).to(run.dist.device)
-        est = model.restore(x).float().cpu().numpy()  # type: ignore[operator]
+        if run.diffusion and run.recipe.valid.steps:
+            est_t = model.sample(x, sampler="ddim", steps=run.recipe.valid.steps)  # type: ignore[operator]
+        else:
+            est_t = model.restore(x)  # type: ignore[operator]
+        est = est_t.float().cpu().numpy()
         n = min(est.shape[-1], item.hr.shape[-1])
         est, ref = est[:, :n], item.hr[:, :n]
         rows["lsd"].append(M.lsd(ref, est))
         if 0 < item.cutoff_hz < sr / 2:
             rows["lsd_hf"].append(M.lsd_hf(ref, est, sr, item.cutoff_hz))
         rows["si_snr"].append(M.si_snr(ref, est))
+        if run.diffusion:
+            rows["lsd_nuwave"].append(M.lsd(ref, est, *M.LSD_VARIANTS["nuwave"]))
+            rows["snr"].append(M.snr(ref, est))
         if i < run.recipe.valid.examples:
             from upsr.audio.resample import resample
 
@@ -512,6 +578,8 @@ def fit(run: Run) -> dict[str, float]:
     rc, st = run.recipe, run.state
     columns = ["loss_g", "loss_d", *[k for k in rc.losses], "grad_norm_g", "grad_norm_d",
                "lsd", "lsd_hf", "si_snr"]
+    if run.diffusion:
+        columns = ["loss_g", "grad_norm_g", "lsd", "lsd_hf", "lsd_nuwave", "snr", "si_snr"]
     columns = list(dict.fromkeys(columns))
     logger = Logger(run, columns)
     audio_per_step = (rc.data.batch_size * run.dist.world * run.dataset.frames
@@ -526,11 +594,13 @@ def fit(run: Run) -> dict[str, float]:
                 st.step += 1
                 if rc.schedule.unit == "step" or st.step % run.steps_per_epoch == 0:
                     st.sched_g.step()
-                    st.sched_d.step()
+                    if st.sched_d is not None:
+                        st.sched_d.step()
                 rate = (st.step - n0) / max(time.perf_counter() - t0, 1e-9)
                 values.update(step=st.step, epoch=epoch, lr_g=st.opt_g.param_groups[0]["lr"],
-                              lr_d=st.opt_d.param_groups[0]["lr"], steps_per_s=rate,
-                              audio_s_per_s=rate * audio_per_step)
+                              steps_per_s=rate, audio_s_per_s=rate * audio_per_step)
+                if st.opt_d is not None:
+                    values["lr_d"] = st.opt_d.param_groups[0]["lr"]
                 last = st.step >= run.total_steps
                 do_valid = last or (rc.valid.every and st.step % rc.valid.every == 0)
                 do_ckpt = last or (rc.checkpoint.every and st.step % rc.checkpoint.every == 0)

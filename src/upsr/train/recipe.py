@@ -39,7 +39,7 @@ from upsr.errors import UsageError
 
 #: Reconstruction-loss names a ``[losses]`` table may weight (see :mod:`upsr.train.systems`).
 LOSS_NAMES = ("stft_aero", "stft_wave_u_mamba", "mel", "freq_mae", "l1",
-              "adversarial", "feature_matching")
+              "adversarial", "feature_matching", "diffusion")
 
 
 def _choices(*values: str) -> dict[str, tp.Any]:
@@ -52,10 +52,12 @@ def _min(value: float, *, strict: bool = False) -> dict[str, tp.Any]:
 
 @dataclass(frozen=True)
 class ModelSection:
-    """``name``: a registry name; ``config``: overrides of its config dataclass."""
+    """``name``: a registry name; ``config``: overrides of its config dataclass; ``init``: a
+    upsr checkpoint of the same model whose weights start the run (empty: fresh weights)."""
 
     name: str = ""
     config: dict[str, tp.Any] = field(default_factory=dict)
+    init: str = ""
 
 
 @dataclass(frozen=True)
@@ -168,12 +170,14 @@ class TrainSection:
 class ValidSection:
     """Validation every ``every`` steps (0: only at the end) on at most ``items`` held-out
     segments of ``segment_s`` seconds; ``examples`` of them are written as audio and
-    spectrogram PNGs."""
+    spectrogram PNGs. Diffusion models sample with ``sampler`` (their DDIM) in ``steps``
+    steps (0: the model's configured sampler and steps)."""
 
     every: int = field(default=1000, metadata=_min(0))
     items: int = field(default=8, metadata=_min(1))
     segment_s: float = field(default=4.0, metadata=_min(0, strict=True))
     examples: int = field(default=2, metadata=_min(0))
+    steps: int = field(default=8, metadata=_min(0))
 
 
 @dataclass(frozen=True)
@@ -339,6 +343,12 @@ def _check(r: Recipe) -> None:
     if all(w == 0 for k, w in r.losses.items() if k not in ("adversarial",
                                                              "feature_matching")):
         raise UsageError("recipe [losses]: needs a reconstruction loss with a weight > 0")
+    used = {k for k, w in r.losses.items() if w > 0}
+    if getattr(spec.cls, "diffusion", False) and used != {"diffusion"}:
+        raise UsageError(f"recipe [losses]: {spec.name} is a diffusion model; it trains with "
+                         f"'diffusion = 1.0' alone (got {', '.join(sorted(used))})")
+    if not getattr(spec.cls, "diffusion", False) and "diffusion" in used:
+        raise UsageError(f"recipe losses.diffusion: {spec.name} is not a diffusion model")
 
 
 # ------------------------------------------------------------------------------ I/O, --set
@@ -399,7 +409,8 @@ def loads(text: str, overrides: tp.Sequence[str] = (), name: str = "",
         data = recipe.data
         data = dataclasses.replace(data, train=_resolve(data.train, base_dir),
                                    valid=_resolve(data.valid, base_dir))
-        recipe = dataclasses.replace(recipe, data=data)
+        model = dataclasses.replace(recipe.model, init=_resolve(recipe.model.init, base_dir))
+        recipe = dataclasses.replace(recipe, data=data, model=model)
     return recipe
 
 

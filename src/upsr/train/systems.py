@@ -15,6 +15,11 @@ shared. Facts from ``reference/official-implementations.md`` §1.2, §4.2, §5.2
 
 The recipes in ``recipes/`` write these numbers out; this module turns a recipe's
 ``[discriminator]``, ``[losses]``, ``[optim.*]`` and ``[schedule]`` into modules.
+
+Diffusion systems (MambaWave; AudioSR's latent diffusion) have no discriminator: their loss
+is :class:`DiffusionLoss`, the denoising objective of Ho et al. (2020, eq. 14, "L_simple") for
+whatever the model predicts (ε, v or x₀), over the model's own :class:`~upsr.nn.diffusion.
+Schedule`, so training and sampling cannot disagree.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from torch import nn
 
 from upsr.errors import UsageError
+from upsr.nn import diffusion as diff
 from upsr.nn import discriminators as D
 from upsr.nn import losses as L
 from upsr.train.recipe import DiscriminatorSection, OptimizerSection, Recipe, ScheduleSection
@@ -104,7 +110,7 @@ class GeneratorLoss(nn.Module):
     def __init__(self, weights: tp.Mapping[str, float]) -> None:
         super().__init__()
         self.weights = {k: w for k, w in weights.items()
-                        if k not in ("adversarial", "feature_matching") and w > 0}
+                        if k not in ("adversarial", "feature_matching", "diffusion") and w > 0}
         self.terms = nn.ModuleDict()
         if "stft_aero" in self.weights:
             self.terms["stft_aero"] = L.aeromamba_stft_loss()
@@ -193,3 +199,54 @@ def check_recipe_model(recipe: Recipe, model: tp.Any) -> None:
     if out_rate is not None and out_rate != recipe.data.sample_rate:
         raise UsageError(f"recipe data.sample_rate {recipe.data.sample_rate} differs from the "
                          f"model's output rate {out_rate} Hz")
+
+
+class DiffusionModel(tp.Protocol):
+    """What :class:`DiffusionLoss` needs from a model whose class sets ``diffusion = True``.
+
+    - ``schedule``: its :class:`~upsr.nn.diffusion.Schedule` (the one its sampler uses);
+    - ``prediction``: what ``denoise`` returns, ``"eps"``, ``"v"`` or ``"x0"``;
+    - ``diffusion_inputs(hr [B, C, T], lr [B, C, T_lr]) -> (x0, cond)``: the clean state the
+      diffusion runs on (a waveform, or a latent) and the condition, including any training
+      augmentation;
+    - ``denoise(x_t, t [B], cond) -> prediction`` (the network; gradients flow).
+
+    A model may instead define ``training_loss(hr [B, C, T], lr [B, C, T_lr], generator)``
+    returning the scalar loss (``generator`` is None: the global RNG, which the run seeds and
+    saves); :class:`DiffusionLoss` then calls it.
+    """
+
+    schedule: diff.Schedule
+    prediction: diff.Prediction
+
+    def diffusion_inputs(self, hr: torch.Tensor,
+                         lr: torch.Tensor) -> tuple[torch.Tensor, tp.Any]: ...
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: tp.Any) -> torch.Tensor: ...
+
+
+class DiffusionLoss(nn.Module):
+    """``forward(hr, lr) -> MSE(denoise(x_t, t, cond), target)``, with t ~ U{0, …, T−1} per
+    item, ε ~ N(0, I) and x_t = √ᾱₜ·x₀ + √(1−ᾱₜ)·ε (the model's schedule). Wraps the model
+    so that DDP sees the network's forward. Draws from the global torch RNG (seeded and saved
+    with the run)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, hr: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        own = getattr(self.model, "training_loss", None)
+        if own is not None:  # a model with its own objective (e.g. a latent diffusion)
+            return tp.cast(torch.Tensor, own(hr, lr, None))
+        m = tp.cast(DiffusionModel, self.model)
+        x0, cond = m.diffusion_inputs(hr, lr)
+        x0 = x0.float()
+        t = torch.randint(0, m.schedule.num_steps, (x0.shape[0],), device=x0.device)
+        noise = torch.randn_like(x0)
+        x_t = diff.q_sample(m.schedule, x0, t, noise)
+        a = m.schedule.alphas_cumprod_at(t).to(device=x0.device, dtype=x0.dtype)
+        a = a.view(-1, *([1] * (x0.dim() - 1)))
+        target = diff.target(m.prediction, x0, noise, a)
+        pred = m.denoise(x_t, t, cond)
+        return torch.mean((pred.float() - target) ** 2)
