@@ -64,8 +64,9 @@ class DataSection:
 
     ``train``: a folder of clean audio (degraded on the fly by ``[degrade]``), the output
     folder of ``upsr degrade`` (it holds ``manifest.jsonl``), or ``builtin:music`` (generated
-    music-like clips, the tiny recipes' default, see :mod:`upsr.train.data`). ``valid``: a separate folder of
-    the same kind, or empty to hold out the last ``valid_files`` files (sorted) of ``train``.
+    music-like clips, the tiny recipes' default, see :mod:`upsr.train.data`). ``valid``: a
+    separate folder of the same kind, or empty to hold out the last ``valid_files`` files
+    (sorted) of ``train``.
     ``sample_rate``/``channels``: of the clean (target) side; files are resampled and mixed to
     them. ``epoch_items``: random segments per epoch (0: one per training file).
     ``silence_power``: a crop with ``Σx²/sr`` below it is redrawn (AEROMamba: 1e-3).
