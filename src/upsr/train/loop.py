@@ -455,10 +455,11 @@ def save_checkpoints(run: Run) -> None:
 @torch.no_grad()
 def validate(run: Run) -> dict[str, float]:
     """LSD, LSD-HF and SI-SNR (``upsr eval``'s metrics) over the held-out items; writes the
-    first ``examples`` as WAVs and a spectrogram PNG (lr resampled, estimate, target)."""
+    first ``examples`` as WAVs and a spectrogram PNG (lr resampled, estimate, target; drawn
+    by :func:`upsr.eval.plots.spectrogram_panels`, as ``upsr eval --plot`` draws them)."""
     from upsr.audio.io import write
     from upsr.eval import metrics as M
-    from upsr.train.plots import write_spectrograms
+    from upsr.eval.plots import spectrogram_panels
 
     if not run.valid:
         return {}
@@ -486,7 +487,9 @@ def validate(run: Run) -> dict[str, float]:
             stem = f"{i}_{item.name.replace('/', '_')}"
             for tag, sig, rate in (("lr", item.lr, lr_sr), ("est", est, sr), ("hr", ref, sr)):
                 write(out_dir / f"{stem}_{tag}.wav", sig, rate, subtype="FLOAT")
-            write_spectrograms(out_dir / f"{stem}.png", [lr_up[0], est[0], ref[0]])
+            panels = [("input (resampled)", lr_up, sr),
+                      (f"estimate, step {run.state.step}", est, sr), ("reference", ref, sr)]
+            spectrogram_panels(out_dir / f"{stem}.png", panels, cutoff_hz=item.cutoff_hz)
     model.train(was_training)
     return {k: float(np.mean(v)) for k, v in rows.items() if v}
 
