@@ -115,12 +115,12 @@ def spectrogram_panels(path: str | Path, panels: tp.Sequence[tuple[str, np.ndarr
     vmin, vmax = top - range_db, top
     fmax = max(s.top_hz for _, s in specs)
     tmax = max(s.seconds for _, s in specs)
-    height = panel_px * len(specs) + (0 if compact else 40)
+    height = panel_px * len(specs) + (0 if compact else 50)
     fig = _figure(width_px, height)
     if compact:
         fig.subplots_adjust(left=0, right=1, top=1, bottom=0, hspace=0.04)
     else:
-        fig.subplots_adjust(left=0.07, right=0.9, top=1 - 10 / height, bottom=34 / height,
+        fig.subplots_adjust(left=0.07, right=0.9, top=1 - 10 / height, bottom=44 / height,
                             hspace=0.12)
     axes = fig.subplots(len(specs), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
     image = None
@@ -142,7 +142,7 @@ def spectrogram_panels(path: str | Path, panels: tp.Sequence[tuple[str, np.ndarr
     if not compact:
         axes[-1].set_xlabel("seconds" + (f"   (dashed: cutoff {cutoff_hz / 1000:.2f} kHz)"
                                          if cutoff_hz else ""))
-        cax = fig.add_axes((0.915, 34 / height, 0.015, 1 - 44 / height))
+        cax = fig.add_axes((0.915, 44 / height, 0.015, 1 - 54 / height))
         fig.colorbar(image, cax=cax, label="dB")
     _save(fig, Path(path))
     return Plot(Path(path), (width_px, height), (0.0, fmax), (vmin, vmax))
@@ -189,8 +189,10 @@ def probe_plot(path: str | Path, x: np.ndarray, sr: int, notes: tp.Mapping[str, 
     for i, (label, hz) in enumerate(notes.items()):
         c = colours[i % len(colours)]
         ax.axhline(hz / 1000, color=c, lw=0.9, ls="--")
-        ax.text(0.99 * s.seconds, hz / 1000, f"{label} {hz / 1000:.2f} kHz", color=c,
-                ha="right", va="bottom", fontsize=8)
+        right = i % 2 == 0  # alternate sides and above/below: close lines stay readable
+        ax.text(0.99 * s.seconds if right else 0.01 * s.seconds, hz / 1000,
+                f"{label} {hz / 1000:.2f} kHz", color=c, ha="right" if right else "left",
+                va="bottom" if right else "top", fontsize=8)
     ax.set_ylim(0.0, s.top_hz / 1000)
     ax.set_xlabel("seconds")
     ax.set_ylabel("kHz")
