@@ -11,7 +11,7 @@
 # Needs: sox, the packages hydrogen-drumkits and hyperrogue-music, chromium.
 set -eu
 work=$(realpath -m "${1:?usage: $0 WORKDIR [TRAIN_STEPS]}")
-steps=${2:-300}
+steps=${2:-100}
 here=$(dirname "$0")/..
 upsr() { PYTHONPATH="$here/src" nice -n 10 python -m upsr "$@"; }
 mkdir -p "$work/ref/drums" "$work/ref/music" "$work/report"
@@ -28,7 +28,7 @@ upsr degrade "$work/ref" "$work/pairs" --resample 11025 -q
 if [ ! -f "$work/run/checkpoints/best.safetensors" ]; then
     OMP_NUM_THREADS=1 upsr train "$here/recipes/tiny/aeromamba.toml" \
         --set "data.train=\"$work/ref\"" --set train.steps="$steps" --set valid.every=50 \
-        --set data.segment_s=0.5 --set valid.segment_s=2.0 --out "$work/run" -q
+        --set data.segment_s=0.25 --set valid.segment_s=2.0 --out "$work/run" -q
 fi
 upsr enhance "$work/pairs/lr" -o "$work/sbr" --model sbr --sr 44100 --format wav -q --overwrite
 upsr enhance "$work/pairs/lr" -o "$work/tiny" --model "$work/run/checkpoints/best.safetensors" \

@@ -224,3 +224,18 @@ def test_help_does_not_import_matplotlib():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_model_info_digests_the_checkpoint(tmp_path):
+    import hashlib
+
+    from upsr import checkpoint, models
+    from upsr.eval.html import model_info
+
+    path = checkpoint.save(tmp_path / "m.safetensors",
+                           models.build("aeromamba", channels=4, dconv_depth=1))
+    info = model_info(str(path))
+    assert info["checkpoint"] == str(path)
+    assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert model_info("sbr")["checkpoint"] == "none (DSP, no weights)"
+    assert model_info(None) == {}

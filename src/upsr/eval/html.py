@@ -297,11 +297,18 @@ def eval_report(page: Path, refs: dict[str, Path], systems: tp.Sequence[System],
     if not html_page:
         return drawn
     table.append("</tbody></table>")
-    sys_meta = {s.name: {"folder": str(s.est), **model_info(s.model),
-                         "files scored": len(s.rows), "failed": len(s.failed)}
-                for s in systems}
+    cols = ("system", "folder", "model", "checkpoint", "sha256", "files scored", "failed")
+    sys_rows = []
+    for s in systems:
+        info = {"system": s.name, "folder": str(s.est), **model_info(s.model),
+                "files scored": len(s.rows), "failed": len(s.failed)}
+        sys_rows.append("<tr>" + "".join(f"<td><code>{_esc(info.get(c, ''))}</code></td>"
+                                         for c in cols) + "</tr>")
+    sys_table = ('<table class="meta" id="systems"><tr>' + "".join(f"<th>{c}</th>"
+                                                                   for c in cols)
+                 + "</tr>" + "".join(sys_rows) + "</table>")
     body = ["<h1>upsr comparison report</h1>", _meta_html(meta),
-            "<h2>Systems</h2>", _meta_html(sys_meta),
+            "<h2>Systems</h2>", sys_table,
             "<h2>Summary</h2>",
             '<p class="note">Mean over files; ★ marks the best system per condition and '
             "metric (LSD lower, SI-SNR/SNR/SDR higher is better). Click a header to sort."
