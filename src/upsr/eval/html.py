@@ -37,7 +37,8 @@ h1{font-size:1.4em} h2{font-size:1.15em;margin-top:1.6em} h3{font-size:1em}
 table{border-collapse:collapse;margin:.5em 0} th,td{border:1px solid #ccc;padding:3px 8px}
 th{background:#f0f0f0;cursor:pointer;user-select:none} td.num{text-align:right;
 font-variant-numeric:tabular-nums} td.best{background:#d8f5d0;font-weight:bold}
-table.meta th{cursor:default;text-align:left} .players{display:flex;flex-wrap:wrap;gap:1em}
+table.meta th{cursor:default;text-align:left} table.meta code{word-break:break-all}
+.players{display:flex;flex-wrap:wrap;gap:1em}
 .players figure{margin:0} figcaption{font-size:.85em;color:#555} img{max-width:100%}
 section.file{border-top:2px solid #ddd;margin-top:1.5em} .note{color:#666;font-size:.9em}
 """
@@ -228,7 +229,9 @@ def eval_report(page: Path, refs: dict[str, Path], systems: tp.Sequence[System],
         sr = ref.sr
         a, b = _excerpt(ref.samples.shape[-1], sr, excerpt_s)
         versions: list[tuple[str, np.ndarray]] = []
-        if key in lr_files:
+        same = any(key in s.files and s.files[key].resolve() == lr_files[key].resolve()
+                   for s in systems) if key in lr_files else True
+        if not same:  # (an EST that is the degraded input itself already shows it)
             lr = io.read(lr_files[key])
             x = resample(lr.samples, lr.sr, sr) if lr.sr != sr else lr.samples
             versions.append(("degraded input", x))
