@@ -63,3 +63,26 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+def random_state(shapes, seed: int = 0) -> dict:
+    """Re-drawn weights for the keys and shapes of ``shapes`` (a state dict, meta tensors are
+    fine), scaled like a trained network: matrices/kernels N(0, 1/fan_in), 1-D ``weight`` (norm
+    gains) U(0.5, 1.5), other 1-D tensors N(0, 0.1²), ``running_var`` U(0.5, 1.5), integer
+    counters 1000. Importer tests build official-format checkpoints from it."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in shapes.items():
+        shape = tuple(v.shape)
+        if not v.dtype.is_floating_point:
+            out[k] = torch.full(shape, 1000, dtype=v.dtype)
+        elif len(shape) >= 2:
+            fan_in = max(int(np.prod(shape[1:])), 1)
+            out[k] = torch.randn(shape, generator=gen) / fan_in ** 0.5
+        elif k.endswith(("weight", "running_var")):
+            out[k] = torch.rand(shape, generator=gen) + 0.5
+        else:
+            out[k] = 0.1 * torch.randn(shape, generator=gen)
+    return out

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from tests.conftest import fixture_path, rel_l2
+from tests.conftest import fixture_path, random_state, rel_l2
 from upsr import checkpoint, models
 from upsr.audio.synth import music_like
 from upsr.errors import CheckpointError
@@ -28,6 +28,43 @@ def _fixture():
     tensors = load_file(str(path))
     state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
     return json.loads(meta["constructor_args"]), state, tensors
+
+
+#: The official ``Aero(**kwargs)`` arguments of conf/experiment/aeromamba.yaml (the parity
+#: fixture's ``constructor_args``) with 4 channels instead of 48: what an official checkpoint
+#: of a small AEROMamba holds.
+OFFICIAL_ARGS = {
+    "in_channels": 1, "out_channels": 1, "channels": 4, "growth": 2, "nfft": 512,
+    "hop_length": 256, "end_iters": 0, "cac": True, "rewrite": True, "hybrid": False,
+    "hybrid_old": False, "freq_emb": 0.2, "emb_scale": 10, "emb_smooth": True, "kernel_size": 8,
+    "strides": [4, 4, 2, 2], "context": 1, "context_enc": 0, "freq_ends": 4, "enc_freq_attn": 0,
+    "norm_starts": 2, "norm_groups": 4, "dconv_mode": 1, "dconv_depth": 2, "dconv_comp": 4,
+    "dconv_time_attn": 4, "dconv_lstm": 4, "dconv_mamba": 0, "dconv_init": 0.001,
+    "rescale": 0.1, "lr_sr": 11025, "hr_sr": 44100, "spec_upsample": True,
+    "act_func": "snake", "debug": False}
+
+
+def _random_official(seed: int = 0) -> tuple[dict, dict]:
+    """``(kwargs, state)`` of an official checkpoint with random weights: the state keys are
+    the official module names (``test_official_keys_equal_the_fixture_keys`` checks them
+    against the fixture where it is present); every tensor is re-drawn, BatchNorm statistics
+    included, so a wrong mapping changes the output."""
+    with torch.device("meta"):
+        names = models.build("aeromamba", channels=4, official_forward=True).state_dict()
+    return dict(OFFICIAL_ARGS), random_state(names, seed)
+
+
+def test_official_keys_equal_the_fixture_keys():
+    """Where the parity fixture is present: its official state keys are the ones
+    :func:`_random_official` writes (same config family, 8 channels)."""
+    args, state, _ = _fixture()
+    with torch.device("meta"):
+        ours = models.build("aeromamba", channels=args["channels"],
+                            official_forward=True).state_dict()
+    assert sorted(state) == sorted(ours)
+    assert all(tuple(state[k].shape) == tuple(ours[k].shape) for k in state)
+    assert {k: v for k, v in args.items() if k != "channels"} == {
+        k: v for k, v in OFFICIAL_ARGS.items() if k != "channels"}
 
 
 def _official_package(args: dict, state: dict) -> dict:
@@ -178,7 +215,7 @@ def test_wrong_system_and_corrupt_checkpoints_fail_clearly(tmp_path):
 
 
 def test_convert_official_names_bad_keys():
-    args, state, _ = _fixture()
+    args, state = _random_official()
     missing = dict(state)
     missing.pop("encoder.2.dconv.layers.1.mamba.A_log")
     with pytest.raises(CheckpointError, match="encoder.2.dconv.layers.1.mamba.A_log"):
@@ -213,7 +250,7 @@ def _omegaconf_like(value):
 
 
 def test_convert_official_reads_omegaconf_placeholders():
-    args, state, _ = _fixture()
+    args, state = _random_official()
     expected, _ = am.convert_official(_official_package(args, state))
     for kwargs in (_omegaconf_like(args),  # the whole config is a DictConfig
                    {k: _omegaconf_like(v) for k, v in args.items()}):  # plain dict of nodes
@@ -227,7 +264,7 @@ def test_convert_official_without_readable_config_infers_channels():
     """``generator_best.th`` layout whose kwargs are an unreadable placeholder."""
     from upsr.models.importers import _opaque
 
-    args, state, _ = _fixture()
+    args, state = _random_official()
     package = {"class": object(), "args": [], "kwargs": _opaque("some", "Thing")(),
                "state": state}
     overrides, converted = am.convert_official(package)
@@ -239,8 +276,11 @@ class OfficialAero:
     """Stands in for ``src.models.aero.Aero`` in a pickled official checkpoint."""
 
 
-def test_cli_import_reproduces_fixture(tmp_path, run_cli):
-    args, state, t = _fixture()
+def test_cli_import_reproduces_the_official_model(tmp_path, run_cli):
+    """``upsr models import`` of a pickled official checkpoint with random weights gives the
+    model built from the official arguments with those weights (the fixture test checks that
+    model against the official code)."""
+    args, state = _random_official(seed=3)
     package = _official_package(args, state)
     package["models"]["generator"]["class"] = OfficialAero
     src = tmp_path / "checkpoint.th"
@@ -249,9 +289,15 @@ def test_cli_import_reproduces_fixture(tmp_path, run_cli):
     code, _, err = run_cli("models", "import", "aeromamba", str(src), str(out))
     assert code == 0, err
     model = checkpoint.load(out, expect="aeromamba")
-    assert model.config.official_forward is True
+    assert model.config.official_forward is True and model.config.channels == 4
+    direct = models.build("aeromamba", channels=4, official_forward=True).eval()
+    direct.load_state_dict(state)
+    x = _signal(0.5)
     with torch.no_grad():
-        assert rel_l2(model.restore(t["input"][:, 0]), t["output"][:, 0]) <= 1e-5
+        y = model.restore(x)
+        assert torch.equal(y, direct.restore(x))
+        direct.load_state_dict(_random_official(seed=4)[1])  # other weights, other output
+        assert rel_l2(direct.restore(x), y) > 1e-2
 
 
 # --- receptive field and chunking ---------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from tests.conftest import fixture_path, rel_l2
+from tests.conftest import fixture_path, random_state, rel_l2
 from upsr import checkpoint, models
 from upsr.errors import CheckpointError
 from upsr.models.apollo import Apollo, ApolloConfig, convert_official
@@ -53,6 +53,39 @@ def _official_model(meta, state) -> Apollo:
     model = Apollo(make_config(ApolloConfig, overrides, what="fixture"))
     checkpoint.load_state_strict(model, converted, "fixture")
     return model.eval()
+
+
+def _rope_float64(positions: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official RoPE buffers in closed form (float64): pair (2i, 2i+1) shares the angle
+    pos · 10000^(-2i/d)."""
+    pos = np.arange(positions)[:, None]
+    angle = pos * 10000.0 ** (-np.arange(0, head_dim, 2) / head_dim)[None, :]
+    return (torch.from_numpy(np.repeat(np.cos(angle), 2, axis=1)).float(),
+            torch.from_numpy(np.repeat(np.sin(angle), 2, axis=1)).float())
+
+
+def _random_official(feature_dim: int = 16, layer: int = 2, seed: int = 0
+                     ) -> tuple[dict, dict]:
+    """``(constructor args, state)`` of an official Apollo with random weights: the official
+    keys (``test_official_keys_equal_the_fixture_keys`` checks them against the fixture where
+    it is present) with every weight re-drawn, and the RoPE buffers ``net.{i}.band_net.
+    {cos,sin}_freq`` the official module registers (100 positions)."""
+    with torch.device("meta"):
+        names = Apollo(ApolloConfig(feature_dim=feature_dim, layer=layer)).state_dict()
+    state = random_state(names, seed)
+    cos, sin = _rope_float64(100, feature_dim // 8)
+    for i in range(layer):
+        state[f"net.{i}.band_net.cos_freq"] = cos.clone()
+        state[f"net.{i}.band_net.sin_freq"] = sin.clone()
+    return {"sr": 44100, "win": 20, "feature_dim": feature_dim, "layer": layer}, state
+
+
+def test_official_keys_equal_the_fixture_keys():
+    _, meta, _, state = _fixture()
+    ctor = json.loads(meta["constructor_args"])
+    _, ours = _random_official(ctor["feature_dim"], ctor["layer"])
+    assert sorted(ours) == sorted(state)
+    assert all(ours[k].shape == state[k].shape for k in state)
 
 
 def _small(feature_dim: int = 16, layer: int = 1, seed: int = 0) -> Apollo:
@@ -168,7 +201,7 @@ def test_batch_and_channel_folding_are_independent():
 
 # -- official checkpoint conversion ----------------------------------------------------------
 def test_convert_lightning_checkpoint_strips_prefix_and_drops_discriminator():
-    _, meta, _, state = _fixture()
+    _, state = _random_official()
     lightning = {f"audio_model.{k}": v for k, v in state.items()}
     lightning["discriminator.disc.0.weight"] = torch.zeros(3)
     overrides, converted = convert_official({"state_dict": lightning, "epoch": 3})
@@ -180,8 +213,7 @@ def test_convert_lightning_checkpoint_strips_prefix_and_drops_discriminator():
 
 
 def test_convert_maps_model_args_and_rejects_contradictions():
-    _, meta, _, state = _fixture()
-    ctor = json.loads(meta["constructor_args"])
+    ctor, state = _random_official()
     overrides, _ = convert_official({"state_dict": state, "model_args": ctor})
     assert overrides == ctor
     with pytest.raises(CheckpointError, match="layer"):
@@ -201,7 +233,7 @@ def test_convert_maps_model_args_and_rejects_contradictions():
     (lambda s: s.update({"BN.3.1.bias": torch.zeros(7)}), "BN.3.1.bias"),
 ])
 def test_convert_names_the_bad_key(edit, match):
-    _, _, _, state = _fixture()
+    _, state = _random_official()
     state = dict(state)
     edit(state)
     with pytest.raises(CheckpointError, match=match.replace(".", r"\.")):
@@ -222,20 +254,25 @@ def test_rope_buffers_equal_our_tables():
 
 
 def test_import_official_pickle_round_trip(tmp_path):
-    """``upsr models import`` path: a torch-saved official dict -> upsr checkpoint -> same
-    output as the directly converted model."""
+    """``upsr models import`` path: a torch-saved official dict with random weights -> upsr
+    checkpoint -> the model built from the constructor args with those weights."""
     from upsr.models.importers import import_official
 
-    _, meta, t, state = _fixture()
+    ctor, state = _random_official(seed=5)
     src = tmp_path / "pytorch_model.bin"
     torch.save({"model_name": "Apollo", "state_dict": state,
                 "model_args": {"n_sample_rate": 2}}, src)
     out = import_official("apollo", src, tmp_path / "apollo.safetensors")
     loaded = checkpoint.load(out, expect="apollo")
-    direct = _official_model(meta, state)
+    direct = Apollo(ApolloConfig(feature_dim=ctor["feature_dim"], layer=ctor["layer"])).eval()
+    direct.load_state_dict({k: v for k, v in state.items() if "_freq" not in k})
     x = torch.randn(2, 5000) * 0.1
     with torch.no_grad():
-        assert torch.equal(loaded.restore(x), direct.restore(x))
+        y = loaded.restore(x)
+        assert torch.equal(y, direct.restore(x))
+        other = _random_official(seed=6)[1]
+        direct.load_state_dict({k: v for k, v in other.items() if "_freq" not in k})
+        assert rel_l2(direct.restore(x), y) > 1e-2
 
 
 # -- upsr checkpoints ------------------------------------------------------------------------

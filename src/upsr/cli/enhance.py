@@ -121,9 +121,10 @@ def enhance(
                          "(otherwise they count as done).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and exit.")
                        ] = False,
-    report: Annotated[Path | None, typer.Option("--report", metavar="FILE",
-                                                help="Write a JSON report: per "
-                      "file decisions, model, timings.", show_default=False)] = None,
+    report: Annotated[Path | None, typer.Option("--report", metavar="FILE", help="Write a JSON "
+                      "report: per file decisions, model, timings; a path ending in .html "
+                      "writes a page with before/after spectrograms and players of an excerpt "
+                      "per file.", show_default=False)] = None,
     no_tags: Annotated[bool, typer.Option("--no-tags", help="Do not copy tags.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights: a "
                        "--model that is not installed is an error (also UPSR_OFFLINE=1, "
@@ -219,8 +220,14 @@ def enhance(
     if report is not None:
         from upsr.fsutil import atomic_write_text
 
-        atomic_write_text(report, json.dumps({"model": model, "files": [
-            it.record() for it in done]}, indent=2) + "\n")
+        records = [it.record() for it in done]
+        if report.suffix.lower() in (".html", ".htm"):
+            from upsr.eval.html import enhance_report, run_meta
+
+            enhance_report(report, records, model, run_meta())
+        else:
+            atomic_write_text(report, json.dumps({"model": model, "files": records},
+                                                 indent=2) + "\n")
     if not quiet:
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         wall = time.perf_counter() - t0

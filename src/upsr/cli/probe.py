@@ -79,11 +79,44 @@ def _probe_stdin() -> dict[str, Any]:
     return row
 
 
+#: Seconds drawn by ``--plot`` (from the middle of longer files).
+PLOT_SECONDS = 30.0
+
+
+def _plots(rows: list[dict[str, Any]], target: Path) -> None:
+    """``--plot``: one annotated spectrogram per probed file (stdin excluded)."""
+    from upsr.audio import io
+    from upsr.errors import UsageError
+    from upsr.eval.plots import probe_plot
+
+    rows = [r for r in rows if r["path"] != "-"]
+    if len(rows) > 1 and target.suffix.lower() == ".png":
+        raise UsageError(f"--plot {target}: several files need a folder, not a PNG path")
+    for r in rows:
+        out = target if len(rows) == 1 and target.suffix.lower() == ".png" else \
+            target / (Path(r["path"]).name + ".png")
+        sr, frames = int(r["sr"]), int(round(r["duration_s"] * r["sr"]))
+        n = min(frames, int(PLOT_SECONDS * sr))
+        start = (frames - n) // 2
+        x = io.read(r["path"], start=start, frames=n).samples
+        notes = {k: float(v) for k, v in (("band edge", r["band_edge_hz"]),
+                                           ("roll-off", r["rolloff_hz"]))
+                 if v is not None and math.isfinite(v)}
+        span = f", {start / sr:.1f}-{(start + n) / sr:.1f} s" if n < frames else ""
+        title = (f"{Path(r['path']).name}{span}: source {source_text(r)}, band-limited "
+                 f"{'yes' if r['band_limited'] else 'no'}")
+        probe_plot(out, x, sr, notes, title=title)
+        _common.log.info("%s: spectrogram in %s", r["path"], out)
+
+
 def probe(
     paths: Annotated[list[Path], typer.Argument(
         metavar="PATH", help="Audio files or folders (recursive); '-' reads stdin.")],
     as_json: Annotated[bool, typer.Option("--json", help="JSON on stdout instead of a table.")
                        ] = False,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", help="Draw the spectrogram with band edge, roll-off and source annotated: "
+                       "a PNG path for one file, a folder for several.")] = None,
     quiet: _common.Quiet = False,
     verbose: _common.Verbose = 0,
 ) -> None:
@@ -118,6 +151,8 @@ def probe(
             else:
                 _common.file_error(f, msg)
             failed += 1
+    if plot is not None and rows:
+        _plots(rows, plot)
     if as_json:
         print(json_text(rows), end="")
     elif rows and not quiet:

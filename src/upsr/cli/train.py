@@ -15,7 +15,9 @@ def train(
                                            help="Recipe file (TOML), e.g. recipes/apollo.toml.")],
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the run in --out (or the newest runs/<recipe>-*) from its "
-                         "latest checkpoint, exactly.")] = False,
+                         "latest checkpoint, exactly. The recipe and --set values must equal "
+                         "the run's recipe.toml except train.steps/epochs/log_every, "
+                         "valid.every/examples, checkpoint.every, data.num_workers.")] = False,
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", metavar="SECTION.KEY=VALUE",
         help="Override a recipe value (TOML syntax), e.g. --set train.steps=100 "
@@ -32,8 +34,11 @@ help="auto (CUDA when available), cpu or cuda.")] = "auto",
     """Train AEROMamba, Apollo or Wave-U-Mamba as a recipe describes.
 
     Writes the resolved recipe, log.csv, validation examples and checkpoints
-    (checkpoints/latest.safetensors, best.safetensors: usable with 'upsr enhance --model FILE')
-    into the run folder. Under torchrun every rank runs this same command.
+    (checkpoints/latest.safetensors, best.safetensors: usable with 'upsr enhance --model FILE';
+    best is chosen at every validation; both record the degradation trained for, which
+    'enhance --bitrate-auto' reads) into the run folder. The tiny recipes train on generated
+    audio (data.train = "builtin:music") unless --set data.train=DIR. Under torchrun every
+    rank runs this same command.
     """
     from upsr.errors import UsageError
     from upsr.train import loop

@@ -10,7 +10,10 @@ Two sources (:func:`open_source`):
   ``mixture.*`` file, its other audio files are its stems), then degrades it with
   :func:`upsr.data.degrade.degrade_array` — the code behind ``upsr degrade`` — drawing every
   degradation parameter per item (Apollo's official code drew its bitrate once per worker);
-- a ``upsr degrade`` output folder (``manifest.jsonl``): a random aligned crop of a random pair.
+- a ``upsr degrade`` output folder (``manifest.jsonl``): a random aligned crop of a random pair;
+- ``builtin:music`` (the tiny recipes' default, so they run in a fresh clone): ``BUILTIN_CLIPS``
+  generated music-like clips (:func:`upsr.audio.synth.music_like`, seeds 0..n-1) held in memory,
+  degraded like a folder of clean audio.
 
 Every random choice of item ``i`` in epoch ``e`` comes from ``numpy.random.default_rng([seed,
 e, i])``, so an item is the same whatever the worker, the rank or a resume.
@@ -33,6 +36,9 @@ from upsr.errors import UsageError
 
 #: Tries to find a crop above the silence threshold before taking the last one anyway.
 SILENCE_TRIES = 10
+#: ``data.train = "builtin:music"``: this many generated clips of ``BUILTIN_SECONDS`` each.
+BUILTIN = "builtin:music"
+BUILTIN_CLIPS, BUILTIN_SECONDS = 6, 1.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Clip:
     lr_frames: int = 0
     lr_sr: int = 0
     params: tp.Mapping[str, tp.Any] | None = None
+    samples: np.ndarray | None = None  # ``[channels, frames]`` of a generated clip
 
 
 @dataclass(frozen=True)
@@ -66,11 +73,27 @@ def _clip(path: Path) -> Clip:
     return Clip(path, i.frames, i.sr, i.channels)
 
 
-def open_source(folder: str | Path, what: str) -> Source:
-    """Index a data folder (``what`` names the recipe key in errors)."""
+def builtin_source(sr: int, channels: int) -> Source:
+    """``builtin:music``: generated music-like clips at ``sr`` with ``channels``."""
+    from upsr.audio import synth
+
+    root = Path("builtin")
+    clips = []
+    for i in range(BUILTIN_CLIPS):
+        x = synth.music_like(BUILTIN_SECONDS, sr, channels=channels, seed=i)
+        clips.append(Clip(root / f"music{i}", x.shape[1], sr, channels, samples=x))
+    return Source(root, tuple(clips))
+
+
+def open_source(folder: str | Path, what: str, sr: int = 48000, channels: int = 1) -> Source:
+    """Index a data folder (``what`` names the recipe key in errors); ``builtin:music`` is
+    generated at ``sr`` with ``channels``."""
+    if str(folder) == BUILTIN:
+        return builtin_source(sr, channels)
     root = Path(folder)
     if not root.is_dir():
-        raise UsageError(f"recipe {what}: {root} is not a folder")
+        raise UsageError(f"recipe {what}: {root} is not a folder of audio (give one with "
+                         f"--set {what}=DIR, or {BUILTIN!r} for generated audio)")
     manifest = root / "manifest.jsonl"
     if manifest.is_file():
         clips = []
@@ -135,8 +158,12 @@ def read_crop(clip: Clip, start_s: float, frames: int, sr: int, channels: int) -
     start = int(round(start_s * clip.sr))
     need = frames if clip.sr == sr else int(math.ceil(frames * clip.sr / sr)) + 1
     n = max(0, min(need, clip.frames - start))
-    x = read(clip.path, start=start, frames=n).samples if n else np.zeros((clip.channels, 0),
-                                                                         np.float32)
+    if clip.samples is not None:
+        x = clip.samples[:, start:start + n]
+    elif n:
+        x = read(clip.path, start=start, frames=n).samples
+    else:
+        x = np.zeros((clip.channels, 0), np.float32)
     if clip.sr != sr and x.shape[1]:
         from upsr.audio.resample import resample
 
@@ -316,4 +343,44 @@ def valid_items(ds: PairDataset, count: int, frames: int) -> list[ValidItem]:
             scale = max(float(np.max(np.abs(hr))), float(np.max(np.abs(lr))), 1e-8)
             hr, lr = hr / scale, lr / scale
         out.append(ValidItem(name, hr.astype(np.float32), lr.astype(np.float32), cutoff))
+    return out
+
+
+def _gmean(values: tp.Iterable[float]) -> float:
+    v = [float(x) for x in values]
+    return float(np.exp(np.mean(np.log(v))))
+
+
+def variant_of(spec: tp.Any, source: Source) -> dict[str, float]:
+    """What degradation a run trains for, as checkpoints record it (``variant`` metadata,
+    read by ``upsr enhance --bitrate-auto``): ``bitrate_kbps`` when MP3 is part of it and
+    ``cutoff_hz`` when a low-pass or a lower rate bounds the band. A set or range of values
+    gives their geometric mean (the choice is by log distance); a ``upsr degrade`` folder
+    gives the mean over its manifest's pairs. Empty when nothing bounds the band."""
+    out: dict[str, float] = {}
+    if source.paired:
+        params = [c.params or {} for c in source.clips]
+        kbps = [float(p["mp3_kbps"]) for p in params if "mp3_kbps" in p]
+        cuts = []
+        for c, p in zip(source.clips, params, strict=True):
+            known = [float(p["lowpass_cutoff_hz"])] if "lowpass_cutoff_hz" in p else []
+            if c.lr_sr and c.lr_sr != c.sr:
+                known.append(c.lr_sr / 2)
+            if known:
+                cuts.append(min(known))
+        if kbps:
+            out["bitrate_kbps"] = round(_gmean(kbps), 1)
+        if cuts:
+            out["cutoff_hz"] = round(_gmean(cuts), 1)
+        return out
+    if spec.mp3 is not None:
+        out["bitrate_kbps"] = round(_gmean(spec.mp3.kbps.values), 1)
+    cuts = []
+    if spec.lowpass is not None:
+        c = spec.lowpass.cutoff_hz
+        cuts.append(_gmean([c.low, c.high]) if not hasattr(c, "values") else _gmean(c.values))
+    if spec.resample is not None:
+        cuts.append(_gmean([v / 2 for v in spec.resample.sr.values]))
+    if cuts:
+        out["cutoff_hz"] = round(min(cuts), 1)
     return out

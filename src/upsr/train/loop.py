@@ -97,6 +97,7 @@ class Run:
     epoch_items: int
     autocast: bool
     diffusion: bool = False
+    variant: dict[str, float] = field(default_factory=dict)  # checkpoint metadata
 
 
 # ----------------------------------------------------------------------------------- set-up
@@ -133,6 +134,45 @@ def _init_weights(model: nn.Module, path: str) -> None:
     checkpoint.load_state_strict(model, load_file(str(path)), f"recipe model.init {path}")
 
 
+def unused_parameters(gen: nn.Module, lr: torch.Tensor) -> list[str]:
+    """Names of the generator's trainable parameters that get no gradient from ``restore``
+    on ``lr: [B, T_lr]`` (AEROMamba with ``official_forward``: its Mamba blocks), found by
+    one forward/backward on a copy (the model, its buffers and the RNG are left as they are)."""
+    probe = copy.deepcopy(gen)
+    rng = torch.get_rng_state()
+    try:
+        probe.restore(lr).float().square().mean().backward()  # type: ignore[operator]
+    finally:
+        torch.set_rng_state(rng)
+    return [n for n, p in probe.named_parameters() if p.requires_grad and p.grad is None]
+
+
+def _freeze_unused(gen: nn.Module, dataset: D.PairDataset) -> None:
+    """Before DDP: parameters no step updates are excluded (``requires_grad = False``), so
+    DDP does not wait for their gradients (which never come) from the second step on."""
+    _, lr = dataset[(0, 0)]
+    dev = next(gen.parameters()).device
+    names = set(unused_parameters(gen, lr.to(dev)))
+    if names:
+        log.info("%d generator tensors get no gradient (e.g. %s); DDP leaves them out",
+                 len(names), sorted(names)[0])
+        for n, p in gen.named_parameters():
+            if n in names:
+                p.requires_grad_(False)
+
+
+def _best_on_disk(path: Path, st: State, key: str) -> None:
+    """On resume: ``best.safetensors`` may hold a better score than the state file saw (it is
+    written at every validation, the state at checkpoints only)."""
+    from upsr import checkpoint
+
+    if not path.is_file():
+        return
+    value = json.loads(checkpoint.read_metadata(path).get("metrics") or "{}").get(key)
+    if value is not None and _better(key, float(value), st.best):
+        st.best = float(value)
+
+
 def default_run_dir(recipe: R.Recipe) -> Path:
     return Path("runs") / f"{recipe.name or 'recipe'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -153,6 +193,10 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
         raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it or "
                          f"another --out")
     recipe_text = R.dump(recipe)
+    if resume:
+        saved = run_dir / "recipe.toml"
+        R.check_resume(saved.read_text(encoding="utf-8") if saved.is_file()
+                       else _saved_recipe(ckpt_dir / STATE_FILE), recipe, str(saved))
     _seed_all(recipe.train.seed)
     gen = models.build(recipe.model.name, **recipe.model.config)
     if recipe.model.init:
@@ -166,9 +210,11 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
         disc.to(d.device).train()
 
     spec = recipe.degrade_spec()
-    source = D.open_source(recipe.data.train, "data.train")
+    rate_ch = dict(sr=recipe.data.sample_rate, channels=recipe.data.channels)
+    source = D.open_source(recipe.data.train, "data.train", **rate_ch)
+    variant = D.variant_of(spec, source)
     if recipe.data.valid:
-        valid_src = D.open_source(recipe.data.valid, "data.valid")
+        valid_src = D.open_source(recipe.data.valid, "data.valid", **rate_ch)
     elif recipe.data.valid_files:
         source, valid_src = D.split(source, recipe.data.valid_files)
     else:
@@ -205,6 +251,7 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
         state.ema = {k: v.detach().clone() for k, v in gen.state_dict().items()}
     if resume:
         load_state(ckpt_dir / STATE_FILE, state, d.device)
+        _best_on_disk(ckpt_dir / "best.safetensors", state, recipe.checkpoint.metric)
     g_train: nn.Module = S.DiffusionLoss(gen) if is_diffusion else _Restore(gen)
     d_train: nn.Module | None = disc
     if d.active:
@@ -214,6 +261,8 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
         if d.device.type == "cuda":  # batch statistics over all ranks (Apollo used sync BN)
             gen = nn.SyncBatchNorm.convert_sync_batchnorm(gen)
             state.generator = gen
+        if not is_diffusion:
+            _freeze_unused(gen, dataset)
         inner = S.DiffusionLoss(gen) if is_diffusion else _Restore(gen)
         g_train = DDP(inner, device_ids=ids)
         d_train = None if disc is None else DDP(disc, device_ids=ids)
@@ -226,7 +275,7 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
     dist_.barrier(d)
     return Run(recipe, recipe_text, run_dir, d, state, g_train, d_train,
                S.GeneratorLoss({} if is_diffusion else recipe.losses).to(d.device), dataset,
-               valid, steps_per_epoch, total, epoch_items, autocast, is_diffusion)
+               valid, steps_per_epoch, total, epoch_items, autocast, is_diffusion, variant)
 
 
 # -------------------------------------------------------------------------------- one step
@@ -380,6 +429,14 @@ def save_state(path: Path, st: State, recipe_text: str) -> None:
         torch.save(blob, tmp)
 
 
+def _saved_recipe(path: Path) -> str:
+    """The recipe text a state file was written with."""
+    try:
+        return str(torch.load(path, map_location="cpu", weights_only=True)["recipe"])
+    except Exception as exc:
+        raise CheckpointError(f"{path}: unreadable training state ({exc})") from None
+
+
 def load_state(path: Path, st: State, device: torch.device) -> None:
     """Restore a state file into ``st`` (weights_only loading: no pickled code runs)."""
     try:
@@ -415,25 +472,39 @@ def _export_model(st: State) -> nn.Module:
     return m
 
 
-def save_checkpoints(run: Run, metrics: dict[str, float] | None) -> None:
-    """Rank 0: state file, ``latest.safetensors``, and ``best`` when ``metrics`` improve."""
+def _better(key: str, value: float, best: float | None) -> bool:
+    sign = -1.0 if key == "si_snr" else 1.0  # SI-SNR: higher is better
+    return best is None or sign * value < sign * best
+
+
+def save_best(run: Run, metrics: dict[str, float]) -> bool:
+    """Rank 0, after every validation: ``best.safetensors`` when ``metrics`` improve on the
+    best so far (by ``checkpoint.metric``). Returns whether it was written."""
+    from upsr import checkpoint
+
+    st = run.state
+    key = run.recipe.checkpoint.metric
+    value = metrics.get(key)
+    if value is None or not math.isfinite(value) or not _better(key, value, st.best):
+        return False
+    st.best = value
+    ckpt = run.run_dir / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    checkpoint.save(ckpt / "best.safetensors", _export_model(st), recipe=run.recipe_text,  # type: ignore[arg-type]
+                    step=st.step, metrics=metrics, variant=run.variant)
+    return True
+
+
+def save_checkpoints(run: Run) -> None:
+    """Rank 0: the state file and ``latest.safetensors``."""
     from upsr import checkpoint
 
     st = run.state
     ckpt = run.run_dir / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
-    model = _export_model(st)
-    if metrics:
-        key = run.recipe.checkpoint.metric
-        value = metrics.get(key)
-        sign = -1.0 if key == "si_snr" else 1.0  # SI-SNR: higher is better
-        if value is not None and (st.best is None or sign * value < sign * st.best):
-            st.best = value
-            checkpoint.save(ckpt / "best.safetensors", model, recipe=run.recipe_text,  # type: ignore[arg-type]
-                            step=st.step, metrics=metrics)
     save_state(ckpt / STATE_FILE, st, run.recipe_text)
-    checkpoint.save(ckpt / "latest.safetensors", model, recipe=run.recipe_text,  # type: ignore[arg-type]
-                    step=st.step, metrics=st.metrics)
+    checkpoint.save(ckpt / "latest.safetensors", _export_model(st), recipe=run.recipe_text,  # type: ignore[arg-type]
+                    step=st.step, metrics=st.metrics, variant=run.variant)
 
 
 # ------------------------------------------------------------------------------ validation
@@ -442,10 +513,11 @@ def save_checkpoints(run: Run, metrics: dict[str, float] | None) -> None:
 @torch.no_grad()
 def validate(run: Run) -> dict[str, float]:
     """LSD, LSD-HF and SI-SNR (``upsr eval``'s metrics) over the held-out items; writes the
-    first ``examples`` as WAVs and a spectrogram PNG (lr resampled, estimate, target)."""
+    first ``examples`` as WAVs and a spectrogram PNG (lr resampled, estimate, target; drawn
+    by :func:`upsr.eval.plots.spectrogram_panels`, as ``upsr eval --plot`` draws them)."""
     from upsr.audio.io import write
     from upsr.eval import metrics as M
-    from upsr.train.plots import write_spectrograms
+    from upsr.eval.plots import spectrogram_panels
 
     if not run.valid:
         return {}
@@ -482,7 +554,9 @@ def validate(run: Run) -> dict[str, float]:
             stem = f"{i}_{item.name.replace('/', '_')}"
             for tag, sig, rate in (("lr", item.lr, lr_sr), ("est", est, sr), ("hr", ref, sr)):
                 write(out_dir / f"{stem}_{tag}.wav", sig, rate, subtype="FLOAT")
-            write_spectrograms(out_dir / f"{stem}.png", [lr_up[0], est[0], ref[0]])
+            panels = [("input (resampled)", lr_up, sr),
+                      (f"estimate, step {run.state.step}", est, sr), ("reference", ref, sr)]
+            spectrogram_panels(out_dir / f"{stem}.png", panels, cutoff_hz=item.cutoff_hz)
     model.train(was_training)
     return {k: float(np.mean(v)) for k, v in rows.items() if v}
 
@@ -609,6 +683,7 @@ def fit(run: Run) -> dict[str, float]:
                         metrics = validate(run)
                         st.metrics = metrics
                         values.update(metrics)
+                        save_best(run, metrics)
                     dist_.barrier(run.dist)
                 if st.step % rc.train.log_every == 0 or do_valid or last:
                     logger.row(values)
@@ -616,7 +691,7 @@ def fit(run: Run) -> dict[str, float]:
                 if do_ckpt:
                     check_replicas(run)
                     if run.dist.main:
-                        save_checkpoints(run, metrics if do_valid else None)
+                        save_checkpoints(run)
                     dist_.barrier(run.dist)
                 if last:
                     break

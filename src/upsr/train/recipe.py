@@ -64,9 +64,11 @@ class ModelSection:
 class DataSection:
     """Where pairs come from and how segments are cut.
 
-    ``train``: a folder of clean audio (degraded on the fly by ``[degrade]``) or the output
-    folder of ``upsr degrade`` (it holds ``manifest.jsonl``). ``valid``: a separate folder of
-    the same kind, or empty to hold out the last ``valid_files`` files (sorted) of ``train``.
+    ``train``: a folder of clean audio (degraded on the fly by ``[degrade]``), the output
+    folder of ``upsr degrade`` (it holds ``manifest.jsonl``), or ``builtin:music`` (generated
+    music-like clips, the tiny recipes' default, see :mod:`upsr.train.data`). ``valid``: a
+    separate folder of the same kind, or empty to hold out the last ``valid_files`` files
+    (sorted) of ``train``.
     ``sample_rate``/``channels``: of the clean (target) side; files are resampled and mixed to
     them. ``epoch_items``: random segments per epoch (0: one per training file).
     ``silence_power``: a crop with ``Σx²/sr`` below it is redrawn (AEROMamba: 1e-3).
@@ -415,6 +417,8 @@ def loads(text: str, overrides: tp.Sequence[str] = (), name: str = "",
 
 
 def _resolve(p: str, base: Path) -> str:
+    if p.startswith("builtin:"):
+        return p
     if not p or Path(p).expanduser().is_absolute():
         return str(Path(p).expanduser()) if p else p
     return str((base / p).resolve())
@@ -424,6 +428,46 @@ def load(path: str | Path, overrides: tp.Sequence[str] = ()) -> Recipe:
     """Read and validate a recipe file; data paths relative to the current directory."""
     p = Path(path)
     return loads(read_text(p), overrides, name=p.stem, base_dir=Path.cwd())
+
+
+# ---------------------------------------------------------------------------------- resume
+
+#: Keys a ``--resume`` may change: how long to train and how often to log, validate, write
+#: checkpoints, and the loader's worker count; none of them changes a training step.
+RESUME_MAY_CHANGE = ("train.steps", "train.epochs", "train.log_every", "valid.every",
+                     "valid.examples", "checkpoint.every", "data.num_workers")
+
+
+def _flat(d: tp.Mapping[str, tp.Any], prefix: str = "") -> dict[str, tp.Any]:
+    out: dict[str, tp.Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def differences(a: Recipe, b: Recipe) -> list[str]:
+    """The dotted keys whose values differ between two recipes (sorted)."""
+    fa, fb = _flat(to_dict(a)), _flat(to_dict(b))
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k, _MISSING) != fb.get(k, _MISSING))
+
+
+_MISSING = object()
+
+
+def check_resume(saved_text: str, recipe: Recipe, where: str) -> None:
+    """UsageError naming the keys when ``recipe`` differs from the run's saved recipe in
+    anything but :data:`RESUME_MAY_CHANGE`."""
+    saved = loads(saved_text, name=recipe.name)
+    bad = [k for k in differences(saved, recipe) if k not in RESUME_MAY_CHANGE]
+    if bad:
+        shown = ", ".join(bad[:6]) + (f" (+{len(bad) - 6} more)" if len(bad) > 6 else "")
+        raise UsageError(f"--resume: the recipe differs from the run's own ({where}) in "
+                         f"{shown}; resume with the same recipe and --set values (only "
+                         f"{', '.join(RESUME_MAY_CHANGE)} may change)")
 
 
 # --------------------------------------------------------------------------------- dumping
