@@ -128,7 +128,8 @@ def test_schedule_buffers():
 
 def test_shared_diffusion_schedule_agrees():
     """The project's shared diffusion module gives the same cosine ᾱ as the official buffers."""
-    diffusion = pytest.importorskip("upsr.nn.diffusion")
+    from upsr.nn import diffusion
+
     t, _ = _fx()
     sched = diffusion.Schedule.cosine(1000, s=0.008)
     ac = torch.as_tensor(sched.alphas_cumprod, dtype=torch.float64)
