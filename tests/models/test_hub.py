@@ -326,15 +326,53 @@ def test_load_model_pulls_and_pull_false_refuses(fake_hub, tmp_path, capsys):
     assert isinstance(upsr.load_model("apollo", pull=False), Apollo)
 
 
-def test_a_source_whose_system_is_missing_is_a_clear_error(run_cli, fake_hub):
-    from upsr import models
+def official_audiosr_container(seed: int = 0) -> bytes:
+    """An official-format AudioSR ``pytorch_model.bin`` with the small test networks: U-Net,
+    first-stage VAE + vocoder, the condition's VAE copy, EMA shadows, the cosine schedule and
+    ``scale_factor`` (what ``LatentDiffusion.state_dict()`` holds, CLAP left out)."""
+    from upsr.models.audiosr.unet import UNet, UNetConfig
+    from upsr.models.audiosr.vae import AutoencoderKL, VAEConfig
+    from upsr.models.audiosr.vocoder import Vocoder, VocoderConfig
+    from upsr.nn.diffusion import Schedule
 
-    if "audiosr" in models.names():
-        pytest.skip("this upsr has the AudioSR model")
+    torch.manual_seed(seed)
+    unet = UNet(UNetConfig.small()).state_dict()
+    vae = AutoencoderKL(VAEConfig.small()).state_dict()
+    voc = Vocoder(VocoderConfig.small()).state_dict()
+    sd = {"model.diffusion_model." + k: v for k, v in unet.items()}
+    for prefix in ("first_stage_model.", "cond_stage_models.0.vae."):
+        sd.update({prefix + k: v.clone() for k, v in vae.items()})
+        sd.update({prefix + "vocoder." + k: v.clone() for k, v in voc.items()})
+    sd.update({"model_ema." + ("diffusion_model." + k).replace(".", ""): v.clone()
+               for k, v in unet.items()})
+    sd["alphas_cumprod"] = torch.as_tensor(Schedule.cosine(1000, s=0.008).alphas_cumprod,
+                                           dtype=torch.float32)
+    sd["scale_factor"] = torch.tensor(0.5)
+    buf = io.BytesIO()
+    torch.save({"state_dict": sd}, buf)
+    return buf.getvalue()
+
+
+def test_pull_audiosr_speech_installs_a_loadable_model(run_cli, fake_hub):
+    import upsr
+    from upsr.models.audiosr.model import AudioSR
+
+    fake_hub.files[("haoheliu/audiosr_speech", "pytorch_model.bin")] = (
+        official_audiosr_container())
     code, _, err = run_cli("models", "pull", "audiosr-speech")
-    assert code == 1 and len(err.strip().splitlines()) == 1
-    assert "'audiosr' model" in err and "nothing downloaded" in err
-    assert fake_hub.log == []
+    assert code == 0, err
+    installed = Path(fake_hub_model_dir()) / "audiosr-speech.safetensors"
+    meta = checkpoint.read_metadata(installed)
+    assert meta["model"] == "audiosr" and "haoheliu/audiosr_speech" in meta["source"]
+    model = upsr.load_model("audiosr-speech", pull=False)
+    assert isinstance(model, AudioSR)
+    assert float(model.config.scale_factor) == 0.5
+
+
+def fake_hub_model_dir() -> str:
+    import os
+
+    return os.environ["UPSR_MODEL_DIR"]
 
 
 def test_unknown_name_and_missing_file_upstream(run_cli, fake_hub):
