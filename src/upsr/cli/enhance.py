@@ -110,16 +110,31 @@ def enhance(
     report: Annotated[Path | None, typer.Option("--report", help="Write a JSON report: per "
                       "file decisions, model, timings.", show_default=False)] = None,
     no_tags: Annotated[bool, typer.Option("--no-tags", help="Do not copy tags.")] = False,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Local worker processes, each "
+                    "with threads/N torch threads.")] = 1,
+    shard: Annotated[str | None, typer.Option("--shard", metavar="K/N", help="Only the files "
+                     "whose relative output path hashes to K of N (0 <= K < N).",
+                     show_default=False)] = None,
+    claim_timeout: Annotated[float, typer.Option("--claim-timeout", help="Seconds after which "
+                             "another worker's unrefreshed claim on a file is taken over.")
+                             ] = 600.0,
     quiet: _common.Quiet = False,
     verbose: _common.Verbose = 0,
 ) -> None:
     """Restore band-limited / MP3-damaged audio; the low band is kept exactly."""
     _common.setup_logging(quiet, verbose)
     from upsr.errors import UsageError
-    from upsr.infer.batch import BatchOptions, check_writable, enhance_files, plan_items
+    from upsr.infer import workers
+    from upsr.infer.batch import BatchOptions, check_writable, plan_items
     from upsr.infer.engine import EnhanceOptions
 
-    where = _device(device)
+    rank = workers.dist_env()
+    where = workers.device_for_rank(_device(device), rank)
+    shard_kn = workers.parse_shard(shard) if shard is not None else None
+    if jobs < 1 or claim_timeout <= 0:
+        raise UsageError("--jobs must be >= 1 and --claim-timeout > 0")
+    if report is not None:
+        report = workers.report_path(report, rank)
     if batch_size is None:
         batch_size = 1 if where == "cpu" else 4
     try:
@@ -142,6 +157,7 @@ def enhance(
     items = plan_items(paths, out, opts.format)
     if not items:
         raise UsageError("no audio files found in " + ", ".join(paths))
+    items = workers.select_shard(items, out, shard_kn)
     if dry_run:
         for it in items:
             state = "exists, skip" if (it.dst != "-" and Path(it.dst).exists()
@@ -189,15 +205,17 @@ def enhance(
 
         bar.start()
     try:
-        done = enhance_files(items, model, opts, on_item=on_item, progress=progress_cb)
+        done = workers.run_workers(items, model, opts, out, jobs=jobs, rank=rank,
+                                   claim_timeout_s=claim_timeout, on_item=on_item,
+                                   progress=progress_cb)
     finally:
         if bar is not None:
             bar.stop()
     if report is not None:
         from upsr.fsutil import atomic_write_text
 
-        atomic_write_text(report, json.dumps({"model": model, "files": [
-            it.record() for it in done]}, indent=2) + "\n")
+        atomic_write_text(report, json.dumps({"model": model, **workers.worker_info(
+            rank, shard_kn, jobs), "files": [it.record() for it in done]}, indent=2) + "\n")
     if not quiet:
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         wall = time.perf_counter() - t0

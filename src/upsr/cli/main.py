@@ -49,6 +49,7 @@ def _register() -> None:
     from upsr.cli import degrade, enhance, example, models
     from upsr.cli import eval as eval_cli
     from upsr.cli import probe as probe_cli
+    from upsr.cli import report as report_cli
     from upsr.cli import train as train_cli
 
     degrade.register(app)
@@ -57,6 +58,7 @@ def _register() -> None:
     models.register(app)
     eval_cli.register(app)
     probe_cli.register(app)
+    report_cli.register(app)
     train_cli.register(app)
 
 

@@ -248,11 +248,13 @@ def _stdin_to_file(tmpdir: Path) -> str:
 
 def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
                   on_item: tp.Callable[[Item], None] | None = None,
-                  progress: tp.Callable[[float], None] | None = None) -> list[Item]:
+                  progress: tp.Callable[[float], None] | None = None,
+                  cache: dict[str, tp.Any] | None = None) -> list[Item]:
     """Restore every pending item; per-file failures are recorded, the batch goes on.
 
     ``on_item`` is called when an item reaches its final status; ``progress`` with seconds of
-    input audio finished.
+    input audio finished. ``cache``: loaded models by reference, kept across calls (the
+    claim-driven workers of ``upsr.infer.workers`` call this once per claimed group).
     """
     import tempfile
 
@@ -261,7 +263,7 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
     from upsr.audio.io import BlockWriter
     from upsr.infer.stream import FileSource
 
-    loaded: dict[str, tp.Any] = {}
+    loaded: dict[str, tp.Any] = {} if cache is None else cache
 
     def get_model(ref: str) -> tp.Any:
         if ref not in loaded:
