@@ -299,3 +299,26 @@ def test_bad_arguments() -> None:
         selective_scan(u, delta, A, torch.randn(1, 5, 10), C)
     with pytest.raises(UsageError, match="z is"):
         selective_scan(u, delta, A, B, C, z=u[..., :3])
+
+
+def test_first_compile_is_announced_once_and_not_when_cached(tmp_path, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from upsr.nn import _scan_numba as K
+
+    def kernel(index_exists: bool, compiled: bool = False):
+        index = tmp_path / ("cached.nbi" if index_exists else "missing.nbi")
+        if index_exists:
+            index.write_bytes(b"")
+        cache = SimpleNamespace(_cache_file=SimpleNamespace(_index_path=str(index)),
+                                _cache_path=str(tmp_path))
+        return SimpleNamespace(signatures=["sig"] if compiled else [], _cache=cache)
+
+    with caplog.at_level(logging.WARNING, logger="upsr"):
+        K.compile_notice(kernel(False), "test-cold")
+        K.compile_notice(kernel(False), "test-cold")      # once per process
+        K.compile_notice(kernel(True), "test-cached")     # cache on disk: loads silently
+        K.compile_notice(kernel(False, True), "test-loaded")  # already in this process
+    notices = [r.getMessage() for r in caplog.records if "compiling" in r.getMessage()]
+    assert len(notices) == 1 and "test-cold" in notices[0] and str(tmp_path) in notices[0]

@@ -32,7 +32,9 @@ Array layouts (all C-contiguous): ``u, delta: [Bsz, Di, L]``; ``A: [Di, N]``;
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +45,8 @@ import torch
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
+
+log = logging.getLogger(__name__)
 
 CHUNK = 64  # steps between stored states: memory B·Di·N·L/CHUNK, recompute one forward
 
@@ -259,6 +263,31 @@ def _backward(u, delta, A, Bt, Ct, D, gate, has_gate, gout, glast, ckpt,
             dD_part[w, d] += dD_loc
 
 
+_announced: set[str] = set()
+
+
+def compile_notice(kernel: Any, what: str) -> None:
+    """Say once, before numba compiles ``kernel`` in this process without a cached copy, that
+    the first call takes a while (it is silent otherwise: ~30 s on a loaded 2-core machine).
+
+    numba caches the machine code (``cache=True``) beside this module, or in the user cache
+    folder where that is read-only (``$NUMBA_CACHE_DIR`` overrides both), so this appears
+    once per install and numba version, not once per run.
+    """
+    if what in _announced:
+        return
+    _announced.add(what)
+    if kernel.signatures:  # compiled or loaded in this process already
+        return
+    cache = getattr(kernel, "_cache", None)
+    index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
+    if index is not None and os.path.exists(index):
+        return  # cached: loading takes well under a second
+    where = getattr(cache, "_cache_path", None)
+    log.warning("compiling the CPU selective-scan %s kernel (first use only, about half a "
+                "minute; cached in %s)", what, where or "memory only: no writable cache folder")
+
+
 def _num_threads() -> int:
     """numba threads = torch's intra-op thread count (bounded by numba's pool)."""
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
@@ -294,6 +323,7 @@ class SelectiveScanCPU(torch.autograd.Function):
             last.zero_()
         else:
             numba.set_num_threads(_num_threads())
+            compile_notice(_forward, "forward")
             _forward(uc.numpy(), dc.numpy(), Ac.numpy(), Bt.numpy(), Ct.numpy(), Dc.numpy(),
                      gc.numpy(), gate is not None, out.numpy(), last.numpy(), ckpt.numpy(),
                      save)
@@ -322,6 +352,7 @@ class SelectiveScanCPU(torch.autograd.Function):
         dD_part = torch.zeros(n_work, di, dtype=torch.float64)
         if length > 0:
             numba.set_num_threads(n_work)
+            compile_notice(_backward, "backward")
             _backward(uc.numpy(), dc.numpy(), Ac.numpy(), Bt.numpy(), Ct.numpy(), Dc.numpy(),
                       gc.numpy(), has_gate, gout.numpy(), glast.numpy(), ckpt.numpy(),
                       du.numpy(), ddelta.numpy(), dgate.numpy(), dA_part.numpy(),
