@@ -263,6 +263,129 @@ def _backward(u, delta, A, Bt, Ct, D, gate, has_gate, gout, glast, ckpt,
             dD_part[w, d] += dD_loc
 
 
+@_njit(parallel=True, nogil=True, fastmath=FASTMATH)
+def _forward_cl(u, delta, A, Bm, Cm, D, gate, gate_offset, has_gate, out, last,
+                block):  # pragma: no cover - compiled
+    """Channel-last forward for inference: ``u, delta, out: [Bsz, L, Di]``, the gate input
+    ``z = gate[..., gate_offset:gate_offset + Di]``, ``Bm, Cm: [Bsz, L, N]``,
+    ``last: [Bsz, Di, N]`` (all C-contiguous). Parallel over (batch, block of ``block``
+    channels); each worker walks time once for its channels, so no [Bsz, Di, L] transposes
+    are ever made."""
+    bsz, length, di = u.shape
+    n_state = A.shape[1]
+    n_blocks = (di + block - 1) // block
+    for job in prange(bsz * n_blocks):
+        b = job // n_blocks
+        d0 = (job % n_blocks) * block
+        d1 = min(di, d0 + block)
+        h = np.zeros((d1 - d0, n_state), dtype=u.dtype)
+        for t in range(length):
+            brow = Bm[b, t]
+            crow = Cm[b, t]
+            for j in range(d1 - d0):
+                d = d0 + j
+                dt = delta[b, t, d]
+                ut = u[b, t, d]
+                du = dt * ut
+                a = A[d]
+                hj = h[j]
+                acc = u.dtype.type(0.0)
+                for n in range(n_state):
+                    hn = exp_ad(dt * a[n]) * hj[n] + du * brow[n]
+                    hj[n] = hn
+                    acc += hn * crow[n]
+                o = acc + D[d] * ut
+                if has_gate:  # SiLU(z) fused: z is read from the in_proj output itself
+                    zt = gate[b, t, gate_offset + d]
+                    o = o * zt / (u.dtype.type(1.0) + exp_ad(-zt))
+                out[b, t, d] = o
+        for j in range(d1 - d0):
+            last[b, d0 + j, :] = h[j]
+
+
+@_njit(parallel=True, nogil=True, fastmath=FASTMATH)
+def _conv_silu_cl(x, weight, bias, out, block):  # pragma: no cover - compiled
+    """``out[b, t, d] = SiLU(bias[d] + Σ_k weight[d, k]·x[b, t-K+1+k, d])`` (zeros before
+    t = 0): the causal depthwise conv and its SiLU in one pass over channel-last ``x: [Bsz, L,
+    ≥Di]`` (the first Di channels are used, so x may be the whole in_proj output), parallel
+    over (batch, block of ``block`` time steps), vectorised over channels."""
+    bsz, length, di = out.shape
+    k = weight.shape[1]
+    n_blocks = (length + block - 1) // block
+    wt = np.ascontiguousarray(weight.T)  # [K, Di]
+    one = out.dtype.type(1.0)
+    for job in prange(bsz * n_blocks):
+        b = job // n_blocks
+        t0 = (job % n_blocks) * block
+        t1 = min(length, t0 + block)
+        acc = np.empty(di, dtype=out.dtype)
+        for t in range(t0, t1):
+            for d in range(di):
+                acc[d] = bias[d]
+            for j in range(k):
+                s = t - k + 1 + j
+                if s >= 0:
+                    xrow = x[b, s]
+                    wrow = wt[j]
+                    for d in range(di):
+                        acc[d] += wrow[d] * xrow[d]
+            orow = out[b, t]
+            for d in range(di):
+                v = acc[d]
+                orow[d] = v / (one + exp_ad(-v))
+
+
+def conv_silu_channel_last(xz: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                           channels: int) -> torch.Tensor:
+    """SiLU of the causal depthwise conv over the first ``channels`` channels of channel-last
+    ``xz: [Bsz, L, ≥channels]`` (C-contiguous) → ``[Bsz, L, channels]``; ``weight: [Di, 1, K]``
+    (nn.Conv1d's layout). Inference only."""
+    bsz, length, _ = xz.shape
+    out = xz.new_empty(bsz, length, channels)
+    if length == 0:
+        return out
+    w = weight.detach()[:, 0, :].contiguous()
+    b = xz.new_zeros(channels) if bias is None else bias.detach().contiguous()
+    threads = _num_threads()
+    block = max(64, -(-length // (4 * threads)))
+    numba.set_num_threads(threads)
+    compile_notice(_conv_silu_cl, "causal conv")
+    _conv_silu_cl(xz.detach().contiguous().numpy(), w.numpy(), b.numpy(), out.numpy(), block)
+    return out
+
+
+def scan_channel_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
+                      Cm: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+                      z_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inference-only selective scan on channel-last tensors (no autograd).
+
+    ``u, delta: [Bsz, L, Di]`` (delta already positive), ``A: [Di, N]``, the gate's input
+    ``z`` at channels ``z_offset .. z_offset+Di`` of ``z: [Bsz, L, ≥Di]`` (so in_proj's whole
+    output can be passed without slicing; SiLU is applied inside),
+    ``Bm, Cm: [Bsz, L, N]``, ``D: [Di]``; all float32 or all float64. Non-contiguous
+    arguments are copied (numba vectorises the loop over states only for C-contiguous
+    arrays: on strided views of x_proj's output the kernel ran 3× slower). Returns
+    ``out = (y + D·u)·SiLU(z): [Bsz, L, Di]`` (contiguous) and ``last: [Bsz, Di, N]``.
+    """
+    bsz, length, di = u.shape
+    n_state = A.shape[1]
+    out = u.new_empty(bsz, length, di)
+    last = u.new_empty(bsz, di, n_state)
+    if length == 0:
+        last.zero_()
+        return out, last
+    threads = _num_threads()
+    block = max(1, -(-di // max(1, -(-threads // bsz))))   # one block per thread and batch row
+    Dc = u.new_zeros(di) if D is None else D.detach().contiguous()
+    g = u.new_zeros(1, 1, 1) if z is None else z.detach()
+    numba.set_num_threads(threads)
+    compile_notice(_forward_cl, "channel-last forward")
+    u, delta, A, Bm, Cm, g = (x.detach().contiguous() for x in (u, delta, A, Bm, Cm, g))
+    _forward_cl(u.numpy(), delta.numpy(), A.numpy(), Bm.numpy(), Cm.numpy(), Dc.numpy(),
+                g.numpy(), z_offset, z is not None, out.numpy(), last.numpy(), block)
+    return out, last
+
+
 _announced: set[str] = set()
 
 
