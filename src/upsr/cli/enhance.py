@@ -40,6 +40,12 @@ class Stereo(str, Enum):
     mid_side = "mid-side"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -80,6 +86,10 @@ def enhance(
                          "to do with full-band files.")] = FullBand.copy,
     device: Annotated[Device, typer.Option("--device", help="Where the model runs.")
                       ] = Device.auto,
+    precision: Annotated[Precision, typer.Option("--precision", help="bf16 autocast where "
+                         "the device computes bf16 natively and the model's measured bf16 "
+                         "error is small (auto), always (bf16) or never (fp32).")
+                         ] = Precision.auto,
     fmt: Annotated[Fmt | None, typer.Option("--format", help="Output format (default: FLAC "
                    "for FLAC/lossy inputs, WAV otherwise).", show_default=False)] = None,
     bit_depth: Annotated[Depth | None, typer.Option("--bit-depth", help="Output bit depth "
@@ -150,7 +160,7 @@ def enhance(
                         bit_depth=bit_depth.value if bit_depth else None, overwrite=overwrite,
                         bitrate_auto=bitrate_auto, full_band=full_band.value, cutoff_hz=cutoff,
                         cutoff_method=cutoff_method.value.replace("-", "_"),
-                        copy_tags=not no_tags, device=where)
+                        copy_tags=not no_tags, device=where, precision=precision.value)
     from upsr import models
 
     models.load_model(model)  # fail before any work on a bad --model

@@ -39,6 +39,7 @@ class BatchOptions:
     cutoff_method: str = "rolloff"   # "rolloff" (0.985, AudioSR) | "band_edge"
     copy_tags: bool = True
     device: str = "cpu"
+    precision: str = "fp32"          # "auto" | "fp32" | "bf16" (upsr.infer.precision)
 
 
 @dataclass
@@ -339,7 +340,10 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
 
         for ref, jobs in jobs_by_model.items():
             model = get_model(ref)
-            runner = Runner(model, device=opts.device, autocast=opts.device.startswith("cuda"))
+            from upsr.infer.precision import resolve
+
+            runner = Runner(model, device=opts.device,
+                            precision=resolve(opts.precision, model, opts.device))
 
             def on_done(job: Job, exc: BaseException | None) -> None:
                 item = job.key

@@ -172,8 +172,9 @@ class Runner:
 
     model: tp.Any
     device: str = "cpu"
-    autocast: bool = False
+    autocast: bool = False       # bf16 on CUDA (kept for callers; ``precision`` is general)
     sample_rate: int | None = None
+    precision: str = "fp32"      # resolved: "fp32" | "bf16" (upsr.infer.precision)
     calls: int = field(default=0, init=False)
 
     def __call__(self, rows: list[np.ndarray], cutoffs: list[float | None]) -> list[np.ndarray]:
@@ -185,12 +186,11 @@ class Runner:
             kwargs["cutoff_hz"] = (None if any(c is None for c in cutoffs)
                                    else torch.tensor(cutoffs, dtype=torch.float64))
             kwargs["sample_rate"] = self.sample_rate
-        with torch.inference_mode():
-            if self.autocast and self.device.startswith("cuda"):
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    y = self.model.restore(x, **kwargs)
-            else:
-                y = self.model.restore(x, **kwargs)
+        from upsr.infer.precision import autocast
+
+        bf16 = self.precision == "bf16" or (self.autocast and self.device.startswith("cuda"))
+        with torch.inference_mode(), autocast("bf16" if bf16 else "fp32", self.device):
+            y = self.model.restore(x, **kwargs)
         self.calls += 1
         out = y.float().cpu().numpy()
         if not np.all(np.isfinite(out)):
@@ -289,13 +289,14 @@ def run_jobs(jobs: Iterable[Job], runner: Runner, batch_size: int, max_open: int
 
 def enhance_array(x: np.ndarray, sr: int, model: tp.Any, cutoff_hz: float | None = None,
                   detect_cutoff: bool = True, options: EnhanceOptions | None = None,
-                  device: str = "cpu") -> tuple[np.ndarray, int]:
+                  device: str = "cpu", precision: str = "fp32") -> tuple[np.ndarray, int]:
     """Restore ``x [C, T]`` (or ``[T]``) at ``sr``; returns ``(y [C, T'], output rate)``.
 
     The same code path as ``upsr enhance`` on a file: chunking, low-band splice, rates.
     ``model``: a loaded model or a name/path for :func:`upsr.load_model`.
     ``cutoff_hz`` None with ``detect_cutoff`` uses the 0.985 roll-off of ``x`` (Nyquist when
-    none is found, as AudioSR).
+    none is found, as AudioSR). ``precision``: ``fp32``, ``bf16`` or ``auto``
+    (:mod:`upsr.infer.precision`).
     """
     from upsr.infer.stream import ArraySource
 
@@ -317,7 +318,10 @@ def enhance_array(x: np.ndarray, sr: int, model: tp.Any, cutoff_hz: float | None
     job = Job("array", restore_stream(ArraySource(arr, sr), model, pieces.append, cutoff_hz,
                                       opts), cutoff_hz, r.model_out)
     errors: list[BaseException] = []
-    run_jobs([job], Runner(model, device=device), opts.batch_size,
+    from upsr.infer.precision import resolve
+
+    run_jobs([job], Runner(model, device=device, precision=resolve(precision, model, device)),
+             opts.batch_size,
              on_done=lambda _j, e: errors.append(e) if e else None)
     if errors:
         raise errors[0]

@@ -362,15 +362,17 @@ def scan_channel_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm:
     ``u, delta: [Bsz, L, Di]`` (delta already positive), ``A: [Di, N]``, the gate's input
     ``z`` at channels ``z_offset .. z_offset+Di`` of ``z: [Bsz, L, ≥Di]`` (so in_proj's whole
     output can be passed without slicing; SiLU is applied inside),
-    ``Bm, Cm: [Bsz, L, N]``, ``D: [Di]``; all float32 or all float64. Non-contiguous
+    ``Bm, Cm: [Bsz, L, N]``, ``D: [Di]``; computed in float32 (float64 if ``u`` is; bf16
+    arguments from autocast are converted: the state stays float32). Non-contiguous
     arguments are copied (numba vectorises the loop over states only for C-contiguous
     arrays: on strided views of x_proj's output the kernel ran 3× slower). Returns
     ``out = (y + D·u)·SiLU(z): [Bsz, L, Di]`` (contiguous) and ``last: [Bsz, Di, N]``.
     """
     bsz, length, di = u.shape
     n_state = A.shape[1]
-    out = u.new_empty(bsz, length, di)
-    last = u.new_empty(bsz, di, n_state)
+    cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
+    out = u.new_empty(bsz, length, di, dtype=cdt)
+    last = u.new_empty(bsz, di, n_state, dtype=cdt)
     if length == 0:
         last.zero_()
         return out, last
@@ -380,7 +382,8 @@ def scan_channel_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm:
     g = u.new_zeros(1, 1, 1) if z is None else z.detach()
     numba.set_num_threads(threads)
     compile_notice(_forward_cl, "channel-last forward")
-    u, delta, A, Bm, Cm, g = (x.detach().contiguous() for x in (u, delta, A, Bm, Cm, g))
+    u, delta, A, Bm, Cm, g, Dc = (x.detach().to(cdt).contiguous()
+                                  for x in (u, delta, A, Bm, Cm, g, Dc))
     _forward_cl(u.numpy(), delta.numpy(), A.numpy(), Bm.numpy(), Cm.numpy(), Dc.numpy(),
                 g.numpy(), z_offset, z is not None, out.numpy(), last.numpy(), block)
     return out, last
