@@ -386,10 +386,18 @@ def test_first_compile_is_announced_once_and_not_when_cached(tmp_path, caplog):
                                 _cache_path=str(tmp_path))
         return SimpleNamespace(signatures=["sig"] if compiled else [], _cache=cache)
 
-    with caplog.at_level(logging.WARNING, logger="upsr"):
-        K.compile_notice(kernel(False), "test-cold")
-        K.compile_notice(kernel(False), "test-cold")      # once per process
-        K.compile_notice(kernel(True), "test-cached")     # cache on disk: loads silently
-        K.compile_notice(kernel(False, True), "test-loaded")  # already in this process
+    import pytest as _pytest
+
+    mp = _pytest.MonkeyPatch()
+    mp.setattr(K, "_announced", set())
+    try:
+        with caplog.at_level(logging.WARNING, logger="upsr"):
+            K.compile_notice(kernel(True), "test-cached")      # cache on disk: loads silently
+            K.compile_notice(kernel(False, True), "test-loaded")  # already in this process
+            K.compile_notice(kernel(False), "test-cold")
+            K.compile_notice(kernel(False), "test-cold-2")    # one line per process
+        assert K._announced == {"test-cold"}
+    finally:
+        mp.undo()
     notices = [r.getMessage() for r in caplog.records if "compiling" in r.getMessage()]
-    assert len(notices) == 1 and "test-cold" in notices[0] and str(tmp_path) in notices[0]
+    assert len(notices) == 1 and str(tmp_path) in notices[0]

@@ -393,25 +393,23 @@ _announced: set[str] = set()
 
 
 def compile_notice(kernel: Any, what: str) -> None:
-    """Say once, before numba compiles ``kernel`` in this process without a cached copy, that
-    the first call takes a while (it is silent otherwise: ~30 s on a loaded 2-core machine).
+    """Say once per process, before numba compiles ``kernel`` without a cached copy, that the
+    first call takes a while (silent otherwise: ~30 s on a loaded 2-core machine).
 
     numba caches the machine code (``cache=True``) beside this module, or in the user cache
     folder where that is read-only (``$NUMBA_CACHE_DIR`` overrides both), so this appears
     once per install and numba version, not once per run.
     """
-    if what in _announced:
-        return
-    _announced.add(what)
-    if kernel.signatures:  # compiled or loaded in this process already
+    if _announced or kernel.signatures:  # said already, or compiled/loaded in this process
         return
     cache = getattr(kernel, "_cache", None)
     index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
     if index is not None and os.path.exists(index):
         return  # cached: loading takes well under a second
+    _announced.add(what)
     where = getattr(cache, "_cache_path", None)
-    log.warning("compiling the CPU selective-scan %s kernel (first use only, about half a "
-                "minute; cached in %s)", what, where or "memory only: no writable cache folder")
+    log.warning("compiling the CPU Mamba kernels (first use only, about half a minute; "
+                "cached in %s)", where or "memory only: no writable cache folder")
 
 
 def _num_threads() -> int:
