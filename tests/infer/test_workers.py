@@ -134,11 +134,9 @@ def _race_worker(src: str, out: str, report: str) -> None:
 
 
 def test_two_processes_racing_on_one_tree_do_every_file_once(tmp_path):
-    import multiprocessing as mp
-
     src = _tree(tmp_path / "in", n=6, seconds=0.3)
     out = tmp_path / "out"
-    ctx = mp.get_context("fork")   # two real processes, started without re-importing torch
+    ctx = workers.worker_context()   # two real processes, as --jobs starts them
     procs = [ctx.Process(target=_race_worker, args=(str(src), str(out),
                                                     str(tmp_path / f"r{i}.json")))
              for i in range(2)]

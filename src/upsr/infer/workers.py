@@ -8,7 +8,7 @@
   found done (``done-elsewhere``) or, once its claim goes stale, taken over and done here;
 - ``shard=(k, n)`` keeps the items whose output path relative to the output folder hashes to
   ``k`` modulo ``n`` (stable: adding files never moves others between shards);
-- ``jobs > 1`` starts that many local worker processes (forked on Linux CPU runs, spawned
+- ``jobs > 1`` starts that many local worker processes (from a fork server on Linux, spawned
   elsewhere; each with ``threads // jobs`` torch threads) that take items from one queue;
 - under ``torchrun`` or ``srun`` (``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` or
   ``SLURM_NTASKS``/``SLURM_PROCID``/``SLURM_LOCALID``) each rank uses its own GPU
@@ -237,6 +237,20 @@ def _child(threads: int, model_ref: str, opts: BatchOptions, timeout_s: float, g
                     poll_s=poll_s)
 
 
+def worker_context() -> tp.Any:
+    """Linux: a fork server that has imported torch and upsr once and never ran a parallel
+    region (forking this process instead can hang the child in OpenMP/numba thread pools, and
+    CUDA cannot be forked); spawn elsewhere."""
+    import multiprocessing as mp
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "upsr.infer.workers"])
+        return ctx
+    return mp.get_context("spawn")
+
+
 def default_threads() -> int:
     import torch
 
@@ -248,15 +262,9 @@ def run_pool(items: list[Item], model_ref: str, opts: BatchOptions, jobs: int,
              group: int = 1, poll_s: float = POLL_S, threads: int | None = None) -> None:
     """``jobs`` spawned worker processes over one queue. Items a killed child left unreported
     are done here afterwards (their claims are stale: same host, dead pid)."""
-    import multiprocessing as mp
     import queue as queue_mod
 
-    # fork where it is safe (CPU, Linux): the children start at once with torch and the model
-    # code already imported; spawn elsewhere (CUDA cannot be forked; macOS forks badly)
-    import sys
-
-    fork = opts.device == "cpu" and sys.platform.startswith("linux")
-    ctx: tp.Any = mp.get_context("fork" if fork else "spawn")
+    ctx = worker_context()
     tasks, results = ctx.Queue(), ctx.Queue()
     for i in range(len(items)):
         tasks.put(i)
@@ -337,4 +345,4 @@ def run_workers(items: list[Item], model_ref: str, opts: BatchOptions, out: str,
 
 __all__ = ["Rank", "device_for_rank", "dist_env", "in_shard", "parse_shard", "report_path",
            "rotate", "run_claimed", "worker_info", "run_pool", "run_workers", "select_shard",
-           "shard_key"]
+           "shard_key", "worker_context"]
