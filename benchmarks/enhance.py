@@ -2,12 +2,15 @@
 
     python benchmarks/enhance.py                     # 1 h stereo 44.1 kHz with sbr
     python benchmarks/enhance.py --minutes 10 --models apollo,wave-u-mamba,aeromamba
+    python benchmarks/enhance.py --minutes 2 --models tiny-aeromamba --files 8 --jobs 1,2
 
 Each run is a fresh ``upsr enhance`` process (so peak RSS is the tool's own, imports included),
 timed end to end; neural models use random weights saved to a temporary checkpoint. The input
 is band-limited music-like audio written block-wise (the generator never holds the hour).
 Prints a table: model, audio minutes, wall seconds (median of --repeat runs), x real time,
-real-time factor, peak RSS.
+real-time factor, peak RSS. ``tiny-aeromamba`` is recipes/tiny/aeromamba.toml's network (a few
+thousand parameters: what the engine itself costs); ``--files N`` splits the audio into N files
+(for ``--jobs``); ``--jobs 1,2`` and ``--precision fp32,bf16`` add rows per value.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+# small configurations by name: (registry name, build overrides)
+SMALL = {"tiny-aeromamba": ("aeromamba", {"channels": 4, "growth": 1, "n_fft": 128,
+                                          "hop_length": 64, "d_state": 4, "dconv_depth": 1})}
 
 
 def make_input(path: Path, minutes: float, sr: int = 44100, cutoff: float = 11000.0) -> None:
@@ -61,13 +68,17 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--chunk-s", default="10")
+    ap.add_argument("--files", type=int, default=1)
+    ap.add_argument("--jobs", default="1")
+    ap.add_argument("--precision", default="")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     rows = []
     with tempfile.TemporaryDirectory(prefix="upsr-bench-") as tmp:
-        src = Path(tmp) / "in" / "long.wav"
-        src.parent.mkdir()
-        make_input(src, a.minutes)
+        src_dir = Path(tmp) / "in"
+        src_dir.mkdir()
+        for i in range(a.files):
+            make_input(src_dir / f"part{i}.wav", a.minutes / a.files)
         for name in a.models.split(","):
             model = name
             if name != "sbr":
@@ -76,23 +87,33 @@ def main() -> None:
                 from upsr import checkpoint, models
 
                 torch.manual_seed(0)
+                reg, over = SMALL.get(name, (name, {}))
                 model = str(Path(tmp) / f"{name}.safetensors")
-                checkpoint.save(model, models.build(name))
-            walls, rss = [], []
-            for i in range(a.repeat):
-                out = Path(tmp) / f"out-{name}-{i}"
-                w, r = run_once(["enhance", str(src), "-o", str(out), "-q", "--model", model,
-                                 "--device", "cpu", "--chunk-s", a.chunk_s])
-                walls.append(w)
-                rss.append(r)
-            wall = statistics.median(walls)
-            audio_s = a.minutes * 60
-            rows.append((name, a.minutes, wall, audio_s / wall, wall / audio_s, max(rss)))
+                checkpoint.save(model, models.build(reg, **over))
+            for jobs in a.jobs.split(","):
+                for prec in (a.precision.split(",") if a.precision else [""]):
+                    walls, rss = [], []
+                    for i in range(a.repeat):
+                        out = Path(tmp) / f"out-{name}-{jobs}-{prec}-{i}"
+                        extra = ["--jobs", jobs] if jobs != "1" else []
+                        extra += ["--precision", prec] if prec else []
+                        w, r = run_once(["enhance", str(src_dir), "-o", str(out), "-q",
+                                         "--model", model, "--device", "cpu", "--chunk-s",
+                                         a.chunk_s, *extra])
+                        walls.append(w)
+                        rss.append(r)
+                    wall = statistics.median(walls)
+                    audio_s = a.minutes * 60
+                    label = name + (f" j{jobs}" if jobs != "1" else "") + (
+                        f" {prec}" if prec else "")
+                    rows.append((label, a.minutes, wall, audio_s / wall, wall / audio_s,
+                                 max(rss)))
     print(f"\nupsr enhance, {a.minutes:g} min stereo 44.1 kHz, {os.cpu_count()} CPUs, "
           f"torch threads {a.threads}, median of {a.repeat}")
-    print(f"{'model':<14}{'minutes':>8}{'wall s':>10}{'x real':>9}{'RTF':>8}{'peak RSS MiB':>14}")
+    print(f"{'model':<24}{'minutes':>8}{'wall s':>10}{'x real':>9}{'RTF':>8}"
+          f"{'peak RSS MiB':>14}")
     for name, minutes, wall, speed, rtf, rss in rows:
-        print(f"{name:<14}{minutes:>8g}{wall:>10.1f}{speed:>9.2f}{rtf:>8.3f}{rss:>14.0f}")
+        print(f"{name:<24}{minutes:>8g}{wall:>10.1f}{speed:>9.2f}{rtf:>8.3f}{rss:>14.0f}")
 
 
 if __name__ == "__main__":

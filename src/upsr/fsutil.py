@@ -11,10 +11,20 @@ from pathlib import Path
 TMP_PREFIX = ".upsr-tmp-"
 
 
-def tmp_prefix() -> str:
-    """Prefix for this process's temporary files: ``.upsr-tmp-<pid>-``. The pid lets a later
-    run tell the leftovers of a killed process (``kill -9``, power loss) from live files."""
-    return f"{TMP_PREFIX}{os.getpid()}-"
+def host_tag(host: str | None = None) -> str:
+    """8 hex digits naming a host (of ``socket.gethostname()``) in temporary file names."""
+    import socket
+    import zlib
+
+    return f"{zlib.crc32((host or socket.gethostname()).encode()):08x}"
+
+
+def tmp_prefix(pid: int | None = None, host: str | None = None) -> str:
+    """Prefix for this process's temporary files: ``.upsr-tmp-<pid>@<host tag>-``. The pid
+    lets a later run tell the leftovers of a killed process (``kill -9``, power loss) from live
+    files; the host tag keeps workers on other machines sharing the folder from taking each
+    other's live files for leftovers."""
+    return f"{TMP_PREFIX}{os.getpid() if pid is None else pid}@{host_tag(host)}-"
 
 
 def umask() -> int:
@@ -48,7 +58,9 @@ def remove_stale(folder: str | os.PathLike[str]) -> list[Path]:
     for f in d.iterdir():
         if not f.name.startswith(TMP_PREFIX) or not f.is_file():
             continue
-        pid_text = f.name[len(TMP_PREFIX):].split("-", 1)[0]
+        pid_text, _, tag = f.name[len(TMP_PREFIX):].split("-", 1)[0].partition("@")
+        if tag and tag != host_tag():
+            continue  # another machine's: only its own runs (or a claim takeover) remove it
         if pid_text.isdigit() and int(pid_text) != os.getpid() and not _alive(int(pid_text)):
             with contextlib.suppress(OSError):
                 f.unlink()

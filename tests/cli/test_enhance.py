@@ -239,7 +239,7 @@ def test_kill_9_leftovers_are_cleaned_and_rerun_completes(tmp_path):
     time.sleep(0.5)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
-        if list(out.glob(f".upsr-tmp-{proc.pid}-*")):
+        if list(out.glob(f".upsr-tmp-{proc.pid}@*")):
             break
         time.sleep(0.05)
     if proc.poll() is None:

@@ -215,3 +215,21 @@ def test_bad_input_is_a_usage_error() -> None:
         Mamba(8, dt_init="fancy")
     with pytest.raises(UsageError, match="no recurrent step"):
         BiMamba(8).step(torch.zeros(1, 1, 8), None, None)
+
+
+@pytest.mark.parametrize("conv_bias,length", [(True, 257), (False, 3)])
+def test_channel_last_inference_path_equals_the_general_path(conv_bias: bool,
+                                                             length: int) -> None:
+    """Without autograd on CPU, Mamba runs the transpose-free numba path (conv+SiLU kernel,
+    channel-last scan with the gate fused); it must compute what the autograd path does,
+    also for sequences shorter than the conv kernel."""
+    torch.manual_seed(4)
+    m = Mamba(24, d_state=8, d_conv=4, conv_bias=conv_bias).eval()
+    with torch.no_grad():
+        m.D.normal_()
+    h = torch.randn(2, length, 24)
+    general = m(h)                       # grad enabled: the [B, Di, L] path
+    assert general.requires_grad
+    with torch.inference_mode():
+        fast = m(h)
+    assert rel_l2(fast, general.detach()) < 1e-5

@@ -207,7 +207,7 @@ def test_auto_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     cuda = torch.device("cuda")
     monkeypatch.setattr(scan, "_cuda_scan_fn", lambda: None)
     assert scan.resolve_backend("auto", cpu) == "cpu"
-    assert scan.resolve_backend("auto", cuda) == "ref"  # CUDA without mamba_ssm: torch loop
+    assert scan.resolve_backend("auto", cuda) == "chunked"  # CUDA without mamba_ssm
     with pytest.raises(UsageError, match=r"upsr\[cuda\]"):
         scan.resolve_backend("cuda", cpu)
     with pytest.raises(UsageError, match="unknown"):
@@ -218,7 +218,78 @@ def test_auto_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     assert scan.resolve_backend("auto", cuda) == "cuda"
     assert scan.resolve_backend("auto", cpu) == "cpu"
     monkeypatch.setattr(scan, "_cpu_scan_fn", lambda: None)  # numba missing
-    assert scan.resolve_backend("auto", cpu) == "ref"
+    assert scan.resolve_backend("auto", cpu) == "chunked"
+
+
+def test_gpu_without_mamba_ssm_warns_once_and_is_not_a_step_loop(monkeypatch, caplog) -> None:
+    import logging
+
+    monkeypatch.setattr(scan, "_cuda_scan_fn", lambda: None)
+    scan._warn_no_fast_scan.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="upsr"):
+        for dev in ("cuda", "cuda", "mps"):
+            assert scan.resolve_backend("auto", torch.device(dev)) == "chunked"
+    msgs = [r.getMessage() for r in caplog.records if "chunked" in r.getMessage()]
+    assert len(msgs) == 2 and "cuda" in msgs[0] and "mps" in msgs[1]   # once per device type
+    # the chunked path runs a Python loop over chunks, never over time steps
+    calls = []
+    real_stack = torch.stack
+
+    def counting_stack(*a, **k):
+        calls.append(1)
+        return real_stack(*a, **k)
+
+    u, delta, A, B, C = _random(1, 4, 3, 640, seed=5)
+    monkeypatch.setattr(torch, "stack", counting_stack)
+    scan.scan_chunked(u, delta.abs(), A, scan.as_groups(B, "B", 1, 4, 640),
+                      scan.as_groups(C, "C", 1, 4, 640))
+    assert len(calls) == 1      # one stack of 640 / CHUNK_T chunk start states
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_chunked_scan_matches_float64_reference(grouped: bool) -> None:
+    """The chunked torch scan (forced, on CPU) against the numpy per-step reference in
+    float64, with lengths that are and are not multiples of the chunk, strong decay and a
+    time-invariant B; gradients against the per-step torch reference."""
+    g = torch.Generator().manual_seed(3)
+    bsz, di, n = 2, 6, 5
+    for length in (1, 31, 32, 97):
+        u = torch.randn(bsz, di, length, dtype=torch.float64, generator=g)
+        delta = torch.randn(bsz, di, length, dtype=torch.float64, generator=g)
+        A = -torch.rand(di, n, dtype=torch.float64, generator=g) * 30
+        B = (torch.randn(bsz, 2, n, length, dtype=torch.float64, generator=g) if grouped
+             else torch.randn(di, n, dtype=torch.float64, generator=g))
+        C = torch.randn(bsz, n, length, dtype=torch.float64, generator=g)
+        D = torch.randn(di, dtype=torch.float64, generator=g)
+        z = torch.randn(bsz, di, length, dtype=torch.float64, generator=g)
+        bias = torch.randn(di, dtype=torch.float64, generator=g)
+        out, last = selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True,
+                                   return_last_state=True, backend="chunked")
+        Bn = B.numpy() if not grouped else np.repeat(B.numpy(), di // 2, axis=1)
+        if grouped:   # numpy_scan takes [Di, N] or [Bsz, N, L]: run per channel group
+            ref = np.empty((bsz, di, length))
+            h_ref = np.empty((bsz, di, n))
+            for d in range(di):
+                y_d, h_d = numpy_scan(u[:, d:d + 1], delta[:, d:d + 1], A[d:d + 1],
+                                      Bn[:, d], C, D[d:d + 1], z[:, d:d + 1],
+                                      bias[d:d + 1], softplus=True)
+                ref[:, d], h_ref[:, d] = y_d[:, 0], h_d[:, 0]
+        else:
+            ref, h_ref = numpy_scan(u, delta, A, Bn, C, D, z, bias, softplus=True)
+        assert rel_l2(out, ref) < 1e-12, length
+        assert rel_l2(last, h_ref) < 1e-12, length
+    args = [x.detach().clone().requires_grad_() for x in (u, delta, A, B, C, D, z, bias)]
+    grads = {}
+    for backend in ("chunked", "ref"):
+        for a in args:
+            a.grad = None
+        w = torch.randn(bsz, di, length, dtype=torch.float64, generator=torch.Generator()
+                        .manual_seed(1))
+        (selective_scan(*args[:7], args[7], delta_softplus=True, backend=backend) * w
+         ).sum().backward()
+        grads[backend] = [a.grad.clone() for a in args]
+    for gc, gr in zip(grads["chunked"], grads["ref"]):
+        assert rel_l2(gc, gr) < 1e-10
 
 
 def test_cuda_backend_forwards_every_argument(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -299,3 +370,34 @@ def test_bad_arguments() -> None:
         selective_scan(u, delta, A, torch.randn(1, 5, 10), C)
     with pytest.raises(UsageError, match="z is"):
         selective_scan(u, delta, A, B, C, z=u[..., :3])
+
+
+def test_first_compile_is_announced_once_and_not_when_cached(tmp_path, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from upsr.nn import _scan_numba as K
+
+    def kernel(index_exists: bool, compiled: bool = False):
+        index = tmp_path / ("cached.nbi" if index_exists else "missing.nbi")
+        if index_exists:
+            index.write_bytes(b"")
+        cache = SimpleNamespace(_cache_file=SimpleNamespace(_index_path=str(index)),
+                                _cache_path=str(tmp_path))
+        return SimpleNamespace(signatures=["sig"] if compiled else [], _cache=cache)
+
+    import pytest as _pytest
+
+    mp = _pytest.MonkeyPatch()
+    mp.setattr(K, "_announced", set())
+    try:
+        with caplog.at_level(logging.WARNING, logger="upsr"):
+            K.compile_notice(kernel(True), "test-cached")      # cache on disk: loads silently
+            K.compile_notice(kernel(False, True), "test-loaded")  # already in this process
+            K.compile_notice(kernel(False), "test-cold")
+            K.compile_notice(kernel(False), "test-cold-2")    # one line per process
+        assert K._announced == {"test-cold"}
+    finally:
+        mp.undo()
+    notices = [r.getMessage() for r in caplog.records if "compiling" in r.getMessage()]
+    assert len(notices) == 1 and str(tmp_path) in notices[0]

@@ -42,6 +42,12 @@ class Stereo(str, Enum):
     mid_side = "mid-side"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
@@ -88,6 +94,10 @@ def enhance(
                          "to do with full-band files.")] = FullBand.copy,
     device: Annotated[Device, typer.Option("--device", help="Where the model runs.")
                       ] = Device.auto,
+    precision: Annotated[Precision, typer.Option("--precision", help="bf16 autocast where "
+                         "the device computes bf16 natively and the model's measured bf16 "
+                         "error is small (auto), always (bf16) or never (fp32).")
+                         ] = Precision.auto,
     fmt: Annotated[Fmt | None, typer.Option("--format", help="Output format (default: FLAC "
                    "for FLAC/lossy inputs, WAV otherwise).", show_default=False)] = None,
     bit_depth: Annotated[Depth | None, typer.Option("--bit-depth", help="Output bit depth "
@@ -141,21 +151,35 @@ def enhance(
     guidance: Annotated[float | None, typer.Option("--guidance", metavar="SCALE", help="Diffusion "
                         "models with classifier-free guidance: its scale (config 'guidance').",
                         show_default=False)] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Local worker processes, each "
+                    "with threads/N torch threads.")] = 1,
+    shard: Annotated[str | None, typer.Option("--shard", metavar="K/N", help="Only the files "
+                     "whose relative output path hashes to K of N (0 <= K < N).",
+                     show_default=False)] = None,
+    claim_timeout: Annotated[float, typer.Option("--claim-timeout", help="Seconds after which "
+                             "another worker's unrefreshed claim on a file is taken over.")
+                             ] = 600.0,
     quiet: _common.Quiet = False,
     verbose: _common.Verbose = 0,
 ) -> None:
     """Restore band-limited / MP3-damaged audio; the low band is kept exactly."""
     _common.setup_logging(quiet, verbose)
     from upsr.errors import UsageError
-    from upsr.infer.batch import BatchOptions, enhance_files, plan_items
+    from upsr.infer import workers
+    from upsr.infer.batch import BatchOptions, plan_items
     from upsr.infer.engine import EnhanceOptions
 
     _common.require_inputs(paths)
     if out != "-":
         _common.check_output_dir(out, "-o")
+    rank = workers.dist_env()
+    where = workers.device_for_rank(_device(device), rank)
+    shard_kn = workers.parse_shard(shard) if shard is not None else None
+    if jobs < 1 or claim_timeout <= 0:
+        raise UsageError("--jobs must be >= 1 and --claim-timeout > 0")
     if report is not None:
+        report = workers.report_path(report, rank)
         _common.check_output_file(report, "--report")
-    where = _device(device)
     if batch_size is None:
         batch_size = 1 if where == "cpu" else 4
     try:
@@ -177,7 +201,7 @@ def enhance(
                         bit_depth=bit_depth.value if bit_depth else None, overwrite=overwrite,
                         bitrate_auto=bitrate_auto, full_band=full_band.value, cutoff_hz=cutoff,
                         cutoff_method=cutoff_method.value.replace("-", "_"),
-                        copy_tags=not no_tags, device=where,
+                        copy_tags=not no_tags, device=where, precision=precision.value,
                         model_overrides=tuple(overrides.items()))
     from upsr import models
     from upsr.models import hub
@@ -194,6 +218,7 @@ def enhance(
         items = plan_items(paths, out, opts.format)
     if not items:
         raise UsageError("no audio files found in " + ", ".join(paths))
+    items = workers.select_shard(items, out, shard_kn)
     if dry_run:
         _print_plan(items, opts)
         return
@@ -211,9 +236,11 @@ def enhance(
 
     bar = _AudioProgress() if _common.show_progress(quiet) else None
     try:
-        done = enhance_files(items, model, opts, on_item=on_item if bar is None else
-                             bar.wrap(on_item), progress=bar.advance if bar else None,
-                             on_planned=bar.start if bar else None)
+        done = workers.run_workers(items, model, opts, out, jobs=jobs, rank=rank,
+                                   claim_timeout_s=claim_timeout,
+                                   on_item=on_item if bar is None else bar.wrap(on_item),
+                                   progress=bar.advance if bar else None,
+                                   on_planned=bar.start if bar else None)
     finally:
         if bar is not None:
             bar.stop()
@@ -226,8 +253,8 @@ def enhance(
 
             enhance_report(report, records, model, run_meta())
         else:
-            atomic_write_text(report, json.dumps({"model": model, "files": records},
-                                                 indent=2) + "\n")
+            atomic_write_text(report, json.dumps({"model": model, **workers.worker_info(
+                rank, shard_kn, jobs), "files": records}, indent=2) + "\n")
     if not quiet:
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         wall = time.perf_counter() - t0
@@ -287,11 +314,18 @@ class _AudioProgress:
                             TimeRemainingColumn(), console=_common.stderr_console(),
                             transient=True)
         self.total: tp.Any = None
+        self.planned_s = 0.0
         self.tasks: dict[int, tp.Any] = {}
 
     def start(self, planned: list) -> None:
-        self.total = self.bar.add_task("enhance", total=sum(it.audio_s for it in planned))
-        self.bar.start()
+        """Add ``planned`` to the total (called once per engine call: claimed workers plan
+        their files group by group)."""
+        self.planned_s += sum(it.audio_s for it in planned)
+        if self.total is None:
+            self.total = self.bar.add_task("enhance", total=self.planned_s)
+            self.bar.start()
+        else:
+            self.bar.update(self.total, total=self.planned_s)
 
     def advance(self, item, seconds: float) -> None:
         if self.total is None:

@@ -53,6 +53,7 @@ def _register() -> None:
     from upsr.cli import degrade, enhance, example, models
     from upsr.cli import eval as eval_cli
     from upsr.cli import probe as probe_cli
+    from upsr.cli import report as report_cli
     from upsr.cli import train as train_cli
 
     degrade.register(app)
@@ -61,6 +62,7 @@ def _register() -> None:
     models.register(app)
     eval_cli.register(app)
     probe_cli.register(app)
+    report_cli.register(app)
     train_cli.register(app)
     _add_verbosity(app)
 

@@ -40,6 +40,7 @@ class BatchOptions:
     copy_tags: bool = True
     device: str = "cpu"
     model_overrides: tuple[tuple[str, tp.Any], ...] = ()  # config overrides (--steps, --seed…)
+    precision: str = "fp32"          # "auto" | "fp32" | "bf16" (upsr.infer.precision)
 
 
 @dataclass
@@ -386,12 +387,15 @@ def _timed(gen: tp.Generator[list[np.ndarray], list[np.ndarray], None], item: It
 def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
                   on_item: tp.Callable[[Item], None] | None = None,
                   progress: tp.Callable[[Item, float], None] | None = None,
-                  on_planned: tp.Callable[[list[Item]], None] | None = None) -> list[Item]:
+                  on_planned: tp.Callable[[list[Item]], None] | None = None,
+                  cache: dict[str, tp.Any] | None = None) -> list[Item]:
     """Restore every pending item; per-file failures are recorded, the batch goes on.
 
     ``on_item`` is called when an item reaches its final status; ``progress(item, seconds)``
     with seconds of audio written for that item (as they are written); ``on_planned`` once
-    with the items that will be restored, before the first is.
+    with the items that will be restored, before the first is. ``cache``: loaded models by
+    reference, kept across calls (the claim-driven workers of ``upsr.infer.workers`` call
+    this once per claimed group).
     """
     import tempfile
 
@@ -399,7 +403,7 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
     from upsr.audio.io import BlockWriter
     from upsr.infer.stream import FileSource
 
-    loaded: dict[str, tp.Any] = {}
+    loaded: dict[str, tp.Any] = {} if cache is None else cache
 
     def get_model(ref: str) -> tp.Any:
         if ref not in loaded:
@@ -461,8 +465,10 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
 
         for ref, jobs in jobs_by_model.items():
             model = get_model(ref)
+            from upsr.infer.precision import resolve
+
             runner = _TimedRunner(model, device=opts.device,
-                                  autocast=opts.device.startswith("cuda"))
+                                  precision=resolve(opts.precision, model, opts.device))
             runner.clock = clock
 
             def on_done(job: Job, exc: BaseException | None) -> None:

@@ -392,8 +392,9 @@ class Runner:
 
     model: Model
     device: str = "cpu"
-    autocast: bool = False
+    autocast: bool = False       # bf16 on CUDA (kept for callers; ``precision`` is general)
     sample_rate: int | None = None
+    precision: str = "fp32"      # resolved: "fp32" | "bf16" (upsr.infer.precision)
     calls: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -421,13 +422,12 @@ class Runner:
         use = getattr(self.model, "use_statistics", None) if stats else None
         if use is not None:
             use(stats)
+        from upsr.infer.precision import autocast
+
+        bf16 = self.precision == "bf16" or (self.autocast and self.device.startswith("cuda"))
         try:
-            with torch.inference_mode():
-                if self.autocast and self.device.startswith("cuda"):
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
-                        y = self.model.restore(x, **kwargs)
-                else:
-                    y = self.model.restore(x, **kwargs)
+            with torch.inference_mode(), autocast("bf16" if bf16 else "fp32", self.device):
+                y = self.model.restore(x, **kwargs)
         finally:
             if use is not None:
                 use(None)
@@ -567,7 +567,8 @@ def run_jobs(jobs: Iterable[Job], runner: Runner, batch_size: int, max_open: int
 def enhance_array(x: np.ndarray, sr: int, model: Model | str, cutoff_hz: float | None = None,
                   detect_cutoff: bool = True, options: EnhanceOptions | None = None,
                   device: str = "cpu", cutoff_method: str = "band_edge",
-                  stats: LimiterStats | None = None) -> tuple[np.ndarray, int]:
+                  stats: LimiterStats | None = None, precision: str = "fp32"
+                  ) -> tuple[np.ndarray, int]:
     """Restore ``x [C, T]`` (or ``[T]``) at ``sr``; returns ``(y [C, T'], output rate)``.
 
     The same code path as ``upsr enhance`` on a file: chunking, low-band splice, rates.
@@ -575,7 +576,8 @@ def enhance_array(x: np.ndarray, sr: int, model: Model | str, cutoff_hz: float |
     ``device`` (in place, as ``nn.Module.to``). ``cutoff_hz`` None with ``detect_cutoff``
     uses the band ``x`` really has (:func:`upsr.audio.analysis.effective_cutoff_hz` with
     ``cutoff_method``: ``"band_edge"``, the -70 dB edge, or AudioSR's ``"rolloff"``); Nyquist
-    (no splice, nothing to add) for silence or full-band input.
+    (no splice, nothing to add) for silence or full-band input. ``precision``: ``fp32``,
+    ``bf16`` or ``auto`` (:mod:`upsr.infer.precision`).
     """
     from upsr.infer.stream import ArraySource
 
@@ -594,7 +596,9 @@ def enhance_array(x: np.ndarray, sr: int, model: Model | str, cutoff_hz: float |
         method: tp.Any = cutoff_method
         cutoff_hz = analysis.effective_cutoff_hz(arr, sr, method=method)
     r = plan_rates(model, sr, arr.shape[-1], opts.out_sr)
-    runner = Runner(model, device=device)
+    from upsr.infer.precision import resolve
+
+    runner = Runner(model, device=device, precision=resolve(precision, model, device))
     model = runner.model
     pieces: list[np.ndarray] = []
     job = Job("array", restore_stream(ArraySource(arr, sr), model, pieces.append, cutoff_hz,

@@ -32,7 +32,9 @@ Array layouts (all C-contiguous): ``u, delta: [Bsz, Di, L]``; ``A: [Di, N]``;
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +45,8 @@ import torch
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic, overload
+
+log = logging.getLogger(__name__)
 
 CHUNK = 64  # steps between stored states: memory B·Di·N·L/CHUNK, recompute one forward
 
@@ -259,6 +263,155 @@ def _backward(u, delta, A, Bt, Ct, D, gate, has_gate, gout, glast, ckpt,
             dD_part[w, d] += dD_loc
 
 
+@_njit(parallel=True, nogil=True, fastmath=FASTMATH)
+def _forward_cl(u, delta, A, Bm, Cm, D, gate, gate_offset, has_gate, out, last,
+                block):  # pragma: no cover - compiled
+    """Channel-last forward for inference: ``u, delta, out: [Bsz, L, Di]``, the gate input
+    ``z = gate[..., gate_offset:gate_offset + Di]``, ``Bm, Cm: [Bsz, L, N]``,
+    ``last: [Bsz, Di, N]`` (all C-contiguous). Parallel over (batch, block of ``block``
+    channels); each worker walks time once for its channels, so no [Bsz, Di, L] transposes
+    are ever made."""
+    bsz, length, di = u.shape
+    n_state = A.shape[1]
+    n_blocks = (di + block - 1) // block
+    for job in prange(bsz * n_blocks):
+        b = job // n_blocks
+        d0 = (job % n_blocks) * block
+        d1 = min(di, d0 + block)
+        h = np.zeros((d1 - d0, n_state), dtype=u.dtype)
+        for t in range(length):
+            brow = Bm[b, t]
+            crow = Cm[b, t]
+            for j in range(d1 - d0):
+                d = d0 + j
+                dt = delta[b, t, d]
+                ut = u[b, t, d]
+                du = dt * ut
+                a = A[d]
+                hj = h[j]
+                acc = u.dtype.type(0.0)
+                for n in range(n_state):
+                    hn = exp_ad(dt * a[n]) * hj[n] + du * brow[n]
+                    hj[n] = hn
+                    acc += hn * crow[n]
+                o = acc + D[d] * ut
+                if has_gate:  # SiLU(z) fused: z is read from the in_proj output itself
+                    zt = gate[b, t, gate_offset + d]
+                    o = o * zt / (u.dtype.type(1.0) + exp_ad(-zt))
+                out[b, t, d] = o
+        for j in range(d1 - d0):
+            last[b, d0 + j, :] = h[j]
+
+
+@_njit(parallel=True, nogil=True, fastmath=FASTMATH)
+def _conv_silu_cl(x, weight, bias, out, block):  # pragma: no cover - compiled
+    """``out[b, t, d] = SiLU(bias[d] + Σ_k weight[d, k]·x[b, t-K+1+k, d])`` (zeros before
+    t = 0): the causal depthwise conv and its SiLU in one pass over channel-last ``x: [Bsz, L,
+    ≥Di]`` (the first Di channels are used, so x may be the whole in_proj output), parallel
+    over (batch, block of ``block`` time steps), vectorised over channels."""
+    bsz, length, di = out.shape
+    k = weight.shape[1]
+    n_blocks = (length + block - 1) // block
+    wt = np.ascontiguousarray(weight.T)  # [K, Di]
+    one = out.dtype.type(1.0)
+    for job in prange(bsz * n_blocks):
+        b = job // n_blocks
+        t0 = (job % n_blocks) * block
+        t1 = min(length, t0 + block)
+        acc = np.empty(di, dtype=out.dtype)
+        for t in range(t0, t1):
+            for d in range(di):
+                acc[d] = bias[d]
+            for j in range(k):
+                s = t - k + 1 + j
+                if s >= 0:
+                    xrow = x[b, s]
+                    wrow = wt[j]
+                    for d in range(di):
+                        acc[d] += wrow[d] * xrow[d]
+            orow = out[b, t]
+            for d in range(di):
+                v = acc[d]
+                orow[d] = v / (one + exp_ad(-v))
+
+
+def conv_silu_channel_last(xz: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                           channels: int) -> torch.Tensor:
+    """SiLU of the causal depthwise conv over the first ``channels`` channels of channel-last
+    ``xz: [Bsz, L, ≥channels]`` (C-contiguous) → ``[Bsz, L, channels]``; ``weight: [Di, 1, K]``
+    (nn.Conv1d's layout). Inference only."""
+    bsz, length, _ = xz.shape
+    out = xz.new_empty(bsz, length, channels)
+    if length == 0:
+        return out
+    w = weight.detach()[:, 0, :].contiguous()
+    b = xz.new_zeros(channels) if bias is None else bias.detach().contiguous()
+    threads = _num_threads()
+    block = max(64, -(-length // (4 * threads)))
+    numba.set_num_threads(threads)
+    compile_notice(_conv_silu_cl, "causal conv")
+    _conv_silu_cl(xz.detach().contiguous().numpy(), w.numpy(), b.numpy(), out.numpy(), block)
+    return out
+
+
+def scan_channel_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
+                      Cm: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+                      z_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inference-only selective scan on channel-last tensors (no autograd).
+
+    ``u, delta: [Bsz, L, Di]`` (delta already positive), ``A: [Di, N]``, the gate's input
+    ``z`` at channels ``z_offset .. z_offset+Di`` of ``z: [Bsz, L, ≥Di]`` (so in_proj's whole
+    output can be passed without slicing; SiLU is applied inside),
+    ``Bm, Cm: [Bsz, L, N]``, ``D: [Di]``; computed in float32 (float64 if ``u`` is; bf16
+    arguments from autocast are converted: the state stays float32). Non-contiguous
+    arguments are copied (numba vectorises the loop over states only for C-contiguous
+    arrays: on strided views of x_proj's output the kernel ran 3× slower). Returns
+    ``out = (y + D·u)·SiLU(z): [Bsz, L, Di]`` (contiguous) and ``last: [Bsz, Di, N]``.
+    """
+    bsz, length, di = u.shape
+    n_state = A.shape[1]
+    cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
+    out = u.new_empty(bsz, length, di, dtype=cdt)
+    last = u.new_empty(bsz, di, n_state, dtype=cdt)
+    if length == 0:
+        last.zero_()
+        return out, last
+    threads = _num_threads()
+    block = max(1, -(-di // max(1, -(-threads // bsz))))   # one block per thread and batch row
+    Dc = u.new_zeros(di) if D is None else D.detach().contiguous()
+    g = u.new_zeros(1, 1, 1) if z is None else z.detach()
+    numba.set_num_threads(threads)
+    compile_notice(_forward_cl, "channel-last forward")
+    u, delta, A, Bm, Cm, g, Dc = (x.detach().to(cdt).contiguous()
+                                  for x in (u, delta, A, Bm, Cm, g, Dc))
+    _forward_cl(u.numpy(), delta.numpy(), A.numpy(), Bm.numpy(), Cm.numpy(), Dc.numpy(),
+                g.numpy(), z_offset, z is not None, out.numpy(), last.numpy(), block)
+    return out, last
+
+
+_announced: set[str] = set()
+
+
+def compile_notice(kernel: Any, what: str) -> None:
+    """Say once per process, before numba compiles ``kernel`` without a cached copy, that the
+    first call takes a while (silent otherwise: ~30 s on a loaded 2-core machine).
+
+    numba caches the machine code (``cache=True``) beside this module, or in the user cache
+    folder where that is read-only (``$NUMBA_CACHE_DIR`` overrides both), so this appears
+    once per install and numba version, not once per run.
+    """
+    if _announced or kernel.signatures:  # said already, or compiled/loaded in this process
+        return
+    cache = getattr(kernel, "_cache", None)
+    index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
+    if index is not None and os.path.exists(index):
+        return  # cached: loading takes well under a second
+    _announced.add(what)
+    where = getattr(cache, "_cache_path", None)
+    log.warning("compiling the CPU Mamba kernels (first use only, about half a minute; "
+                "cached in %s)", where or "memory only: no writable cache folder")
+
+
 def _num_threads() -> int:
     """numba threads = torch's intra-op thread count (bounded by numba's pool)."""
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
@@ -294,6 +447,7 @@ class SelectiveScanCPU(torch.autograd.Function):
             last.zero_()
         else:
             numba.set_num_threads(_num_threads())
+            compile_notice(_forward, "forward")
             _forward(uc.numpy(), dc.numpy(), Ac.numpy(), Bt.numpy(), Ct.numpy(), Dc.numpy(),
                      gc.numpy(), gate is not None, out.numpy(), last.numpy(), ckpt.numpy(),
                      save)
@@ -322,6 +476,7 @@ class SelectiveScanCPU(torch.autograd.Function):
         dD_part = torch.zeros(n_work, di, dtype=torch.float64)
         if length > 0:
             numba.set_num_threads(n_work)
+            compile_notice(_backward, "backward")
             _backward(uc.numpy(), dc.numpy(), Ac.numpy(), Bt.numpy(), Ct.numpy(), Dc.numpy(),
                       gc.numpy(), has_gate, gout.numpy(), glast.numpy(), ckpt.numpy(),
                       du.numpy(), ddelta.numpy(), dgate.numpy(), dA_part.numpy(),

@@ -189,10 +189,41 @@ class Mamba(nn.Module):
             raise UsageError(f"Mamba: input must be [B, L, {self.d_model}], got "
                              f"{list(hidden_states.shape)}")
         backend = resolve_backend(self.backend, hidden_states.device)
+        if (backend == "cpu" and hidden_states.dtype != torch.float64
+                and not self._needs_grad(hidden_states)):
+            return self._forward_channel_last(hidden_states)
         xz = self.in_proj(hidden_states).transpose(1, 2)  # [B, 2·Di, L]
         x, z = xz.chunk(2, dim=1)
         y = self._ssm(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, backend)
         return self.out_proj(y.transpose(1, 2))
+
+    def _needs_grad(self, hidden_states: torch.Tensor) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        return hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())
+
+    def _forward_channel_last(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Inference on CPU without a single transpose: the causal conv + SiLU (one numba pass)
+        reads in_proj's output ``[B, L, 2·Di]`` in place, the projections and the numba scan
+        (:func:`upsr.nn._scan_numba.scan_channel_last`, SiLU(z) gate fused, z read from the
+        same in_proj output) work on ``[B, L, ·]``, and the scan's output goes straight into
+        out_proj. Same math as :meth:`forward`'s general path, in float32 (the scan state
+        included) also under bf16 autocast for everything after in_proj; float64 inputs take
+        the general path."""
+        from upsr.nn._scan_numba import conv_silu_channel_last, scan_channel_last
+
+        xz = self.in_proj(hidden_states)  # [B, L, 2·Di]
+        xzf = xz.float().contiguous()
+        x = conv_silu_channel_last(xzf, self.conv1d.weight.float(),
+                                   None if self.conv1d.bias is None else self.conv1d.bias.float(),
+                                   self.d_inner)
+        x_dbl = F.linear(x, self.x_proj.weight.float())  # [B, L, R+2N]
+        dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(F.linear(dt, self.dt_proj.weight.float(),
+                                    self.dt_proj.bias.float()))  # [B, L, Di]
+        A = -torch.exp(self.A_log.float())
+        y, _ = scan_channel_last(x, delta, A, Bm, Cm, self.D.float(), xzf, self.d_inner)
+        return self.out_proj(y.to(xz.dtype))
 
     # -- recurrent (streaming) mode ------------------------------------------------------------
 

@@ -17,11 +17,16 @@ Backends (``backend=``):
   input is on a CUDA device and the package imports (the ``upsr[cuda]`` extra);
 - ``"cpu"``: numba kernels parallel over (batch, channel), forward and backward
   (:mod:`upsr.nn._scan_numba`), with the ``D`` skip and the gate multiplication fused in;
+- ``"chunked"``: plain torch, parallel over time inside chunks of ``CHUNK_T`` steps (the
+  segment-sum form: ``h_t = Σ_{s≤t} exp(S_t − S_s)·Δ_s B_s u_s`` with ``S`` the running sum of
+  ``Δ·A`` inside the chunk, so every exponent is ≤ 0 and nothing overflows), then one short
+  loop over chunks carrying the state: a Python loop over L/CHUNK_T chunks, not over L steps.
+  The path for GPUs without mamba_ssm (and MPS), and for CPUs without numba;
 - ``"ref"``: a plain per-step loop in torch, vectorised over (batch, channel, state), used by
-  tests as the independent reference and as the fallback on devices with neither of the above.
+  tests as the independent reference.
 
-``"auto"`` picks ``cuda`` for CUDA tensors when mamba_ssm imports, ``cpu`` for CPU tensors, and
-``ref`` otherwise.
+``"auto"`` picks ``cuda`` for CUDA tensors when mamba_ssm imports, ``cpu`` for CPU tensors
+when numba imports, and ``chunked`` otherwise (with a one-time warning on CUDA).
 
 Precision: the recurrence runs in float32 for float16/bfloat16/float32 inputs, as mamba_ssm's
 reference does; float64 inputs stay in float64 (mamba_ssm would downcast them), which is what
@@ -47,7 +52,9 @@ from upsr.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "cuda", "cpu", "ref")
+BACKENDS = ("auto", "cuda", "cpu", "chunked", "ref")
+CHUNK_T = 32                # steps per chunk of the chunked scan
+CHUNK_ELEMENTS = 1 << 25    # at most this many [.., T, T, N] weights at once (128 MiB fp32)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -111,6 +118,68 @@ def scan_ref(
     return y, h
 
 
+def scan_chunked(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B4: torch.Tensor, C4: torch.Tensor,
+    chunk: int = CHUNK_T,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recurrence of :func:`scan_ref`, parallel over time within chunks (module doc).
+
+    Same arguments and results as :func:`scan_ref` (``y`` without ``D`` or gate, last state
+    ``h``); differentiable by autograd. Memory: ``Bsz·Di·chunk²·N`` per group of chunks, at most
+    ``CHUNK_ELEMENTS`` elements.
+    """
+    bsz, di, length = u.shape
+    n = A.shape[1]
+    if length == 0:
+        return u.new_zeros(bsz, di, 0), u.new_zeros(bsz, di, n)
+    T = max(1, min(chunk, length))
+    n_chunks = -(-length // T)
+    pad = n_chunks * T - length
+    # [Bsz, Di, L, N] layouts (time before state); padded steps have Δ = 0: no decay, no input
+    Bc = per_channel(B4, di).transpose(2, 3).expand(bsz, di, -1, n)
+    Cc = per_channel(C4, di).transpose(2, 3).expand(bsz, di, -1, n)
+    if Bc.shape[2] == 1:
+        Bc = Bc.expand(bsz, di, length, n)
+    if Cc.shape[2] == 1:
+        Cc = Cc.expand(bsz, di, length, n)
+    if pad:
+        u, delta = F.pad(u, (0, pad)), F.pad(delta, (0, pad))
+        Bc = F.pad(Bc, (0, 0, 0, pad))
+        Cc = F.pad(Cc, (0, 0, 0, pad))
+    shape = (bsz, di, n_chunks, T)
+    dA = (delta[..., None] * A[:, None, :]).reshape(*shape, n)          # Δ_t·A ≤ 0
+    cum = dA.cumsum(3)                                                   # S_t within its chunk
+    x = ((delta * u)[..., None] * Bc).reshape(*shape, n)                 # Δ_s B_s u_s
+    Cr = Cc.reshape(*shape, n)
+    causal = torch.ones(T, T, dtype=torch.bool, device=u.device).tril()  # [t, s]: s ≤ t
+    per_group = max(1, CHUNK_ELEMENTS // max(1, bsz * di * T * T * n))
+    h_in = []
+    for c0 in range(0, n_chunks, per_group):
+        cs = cum[:, :, c0:c0 + per_group]                               # [B, D, g, T, N]
+        seg = cs[:, :, :, :, None, :] - cs[:, :, :, None, :, :]          # [B, D, g, t, s, N]
+        w = torch.exp(seg.masked_fill(~causal[:, :, None], float("-inf")))
+        h_in.append(torch.einsum("bdgtsn,bdgsn->bdgtn", w, x[:, :, c0:c0 + per_group]))
+    h_intra = torch.cat(h_in, dim=2)                                     # zero start state
+    decay = torch.exp(cum)                                               # S_t: decay from start
+    # carry the state across chunks: h_start[c+1] = exp(S_end[c])·h_start[c] + h_intra_end[c]
+    starts = []
+    h = u.new_zeros(bsz, di, n)
+    for c in range(n_chunks):
+        starts.append(h)
+        h = decay[:, :, c, -1] * h + h_intra[:, :, c, -1]
+    h0 = torch.stack(starts, dim=2)                                      # [B, D, n_chunks, N]
+    states = h_intra + decay * h0[:, :, :, None, :]
+    y = (states * Cr).sum(-1).reshape(bsz, di, n_chunks * T)[..., :length]
+    last = states.reshape(bsz, di, n_chunks * T, n)[:, :, length - 1]
+    return y, last
+
+
+@functools.cache
+def _warn_no_fast_scan(device_type: str) -> None:
+    log.warning("selective scan on %s without mamba_ssm's kernel: using the chunked torch scan "
+                "(pip install 'upsr[cuda]' for the fused kernel)", device_type)
+
+
 @functools.cache
 def _cuda_scan_fn() -> Callable[..., Any] | None:
     """mamba_ssm's ``selective_scan_fn``, or None where the package does not import.
@@ -133,7 +202,7 @@ def _cpu_scan_fn() -> Callable[..., Any] | None:
         from upsr.nn._scan_numba import SelectiveScanCPU
     except ImportError as exc:
         log.warning("numba is not importable (%s); the CPU selective scan falls back to the "
-                    "slow per-step reference", exc)
+                    "chunked torch scan", exc)
         return None
     return SelectiveScanCPU.apply  # type: ignore[no-any-return]
 
@@ -148,7 +217,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             return "cuda"
         if device.type == "cpu" and _cpu_scan_fn() is not None:
             return "cpu"
-        return "ref"
+        if device.type != "cpu":
+            _warn_no_fast_scan(device.type)
+        return "chunked"
     if backend == "cuda" and _cuda_scan_fn() is None:
         raise UsageError("selective-scan backend 'cuda' needs mamba_ssm with its CUDA kernels "
                          "(pip install 'upsr[cuda]')")
@@ -218,7 +289,8 @@ def selective_scan(
         assert fn is not None
         out, last = fn(uc, dc, A.to(cdt), B4.to(cdt), C4.to(cdt), cast(D), gate)
     else:
-        y, last = scan_ref(uc, dc, A.to(cdt), B4.to(cdt), C4.to(cdt))
+        inner = scan_chunked if name == "chunked" else scan_ref
+        y, last = inner(uc, dc, A.to(cdt), B4.to(cdt), C4.to(cdt))
         out = y if D is None else y + uc * D.to(cdt)[:, None]
         if gate is not None:
             out = out * gate

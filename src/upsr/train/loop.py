@@ -266,9 +266,13 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
         inner = S.DiffusionLoss(gen) if is_diffusion else _Restore(gen)
         g_train = DDP(inner, device_ids=ids)
         d_train = None if disc is None else DDP(disc, device_ids=ids)
-    autocast = d.device.type == "cuda" and recipe.train.precision in ("auto", "bf16")
-    if d.device.type == "cpu" and recipe.train.precision == "bf16":
-        log.warning("train.precision bf16 applies on CUDA only; CPU trains in float32")
+    from upsr.infer.precision import device_has_native_bf16
+
+    want, native = recipe.train.precision, device_has_native_bf16(d.device.type)
+    autocast = native and (want == "bf16" or (want == "auto" and d.device.type == "cuda"))
+    if want == "bf16" and not native:
+        log.warning("train.precision bf16: %s has no native bf16; training in float32",
+                    d.device.type)
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "recipe.toml", recipe_text)

@@ -158,7 +158,8 @@ class ScheduleSection:
 class TrainSection:
     """``steps``: optimiser steps to train (0: ``epochs`` decides); ``ema``: decay of an
     exponential moving average of the generator (0: off; checkpoints then hold the EMA
-    weights); ``precision``: ``auto`` = bf16 autocast on CUDA, float32 on CPU."""
+    weights); ``precision``: ``auto`` = bf16 autocast on CUDA, float32 on CPU; ``bf16`` also
+    on a CPU with native bf16 (avx512_bf16/AMX), float32 with a warning elsewhere."""
 
     steps: int = field(default=0, metadata=_min(0))
     epochs: int = field(default=0, metadata=_min(0))

@@ -1,0 +1,126 @@
+"""Which arithmetic a model runs in: float32, or bfloat16 autocast where it pays and is safe.
+
+``--precision auto|fp32|bf16`` (``upsr enhance``) and ``train.precision`` (recipes):
+
+- ``fp32``: float32 everywhere;
+- ``bf16``: ``torch.autocast(dtype=torch.bfloat16)`` around the model (matmuls, convolutions
+  and linear layers run in bf16; the Mamba selective scan casts its inputs back and keeps its
+  state in float32, :mod:`upsr.nn.scan`). On a CPU without native bf16 instructions this only
+  costs time, so it falls back to float32 with a warning;
+- ``auto``: bf16 where the device has native bf16 (CUDA; a CPU with ``avx512_bf16`` or AMX) *and*
+  the model's measured bf16 error is within bounds (``BF16_ERRORS``: bf16 moves the model's LSD
+  against the true full-band audio by less than ``LSD_BOUND``, and its output differs from
+  float32's by less than ``REL_L2_BOUND`` relative L2); float32 elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import typing as tp
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16")
+LSD_BOUND = 0.01   # how far bf16 may move a model's LSD against the true audio (auto)
+REL_L2_BOUND = 0.02   # and the most its output may differ from float32's, relative L2
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class Bf16Error:
+    """bf16-vs-float32 difference of one model's output (``benchmarks/bf16_error.py``)."""
+
+    lsd: float      # |LSD(ref, y_bf16) - LSD(ref, y_fp32)|, log10 power (upsr eval's LSD)
+    rel_l2: float   # ||y_bf16 - y_fp32|| / ||y_fp32||
+
+
+# Measured with benchmarks/bf16_error.py on real music (hyperrogue's hr3-caves.ogg, a Debian
+# package: a 10 s excerpt, mono, resampled to each model's input rate and low-passed as its
+# recipe degrades), published configurations with seeded random weights, torch 2.13 CPU
+# (avx512_bf16). Trained weights may differ; rerun the script on a checkpoint to check it.
+BF16_ERRORS: dict[str, Bf16Error] = {
+    # paper mode dLSD 0.0062 / rel 3.35e-3; released forward (Mamba skipped) 0.0064 / 3.36e-3
+    "aeromamba": Bf16Error(lsd=0.0064, rel_l2=3.4e-3),
+    # 4 s excerpt (a 10 s one takes too long on the shared machine)
+    "apollo": Bf16Error(lsd=0.0002, rel_l2=1.09e-2),
+    # above LSD_BOUND: auto keeps Wave-U-Mamba in float32 (bf16 only when asked for)
+    "wave-u-mamba": Bf16Error(lsd=0.0206, rel_l2=4.35e-3),
+}
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none: macOS, Windows)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (avx512_bf16 or AMX): from /proc/cpuinfo, else
+    from oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``)."""
+    flags = cpu_flags()
+    if flags:
+        return any(f in flags for f in CPU_BF16_FLAGS)
+    try:
+        import torch
+
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - an op missing in this build means "no"
+        return False
+
+
+def device_has_native_bf16(device: str) -> bool:
+    if device.startswith("cuda"):
+        import torch
+
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device == "cpu":
+        return cpu_has_native_bf16()
+    return False
+
+
+def uses_torch(model: tp.Any) -> bool:
+    """Models without torch parameters (``sbr``) have nothing to autocast."""
+    params = getattr(model, "parameters", None)
+    return callable(params) and any(True for _ in params())
+
+
+def resolve(precision: str, model: tp.Any, device: str) -> str:
+    """``"fp32"`` or ``"bf16"``: what ``precision`` means for ``model`` on ``device``."""
+    if precision not in PRECISIONS:
+        from upsr.errors import UsageError
+
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32" or not uses_torch(model):
+        return "fp32"
+    native = device_has_native_bf16(device)
+    if precision == "bf16":
+        if not native:
+            log.warning("bf16: %s has no native bf16 arithmetic; running in float32", device)
+            return "fp32"
+        return "bf16"
+    err = BF16_ERRORS.get(getattr(model, "name", ""))
+    ok = err is not None and err.lsd < LSD_BOUND and err.rel_l2 < REL_L2_BOUND
+    return "bf16" if native and ok else "fp32"
+
+
+def autocast(precision: str, device: str) -> contextlib.AbstractContextManager[tp.Any]:
+    """The autocast context for a resolved precision (a no-op for ``fp32``)."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+
+
+__all__ = ["BF16_ERRORS", "Bf16Error", "LSD_BOUND", "PRECISIONS", "REL_L2_BOUND", "autocast",
+           "cpu_has_native_bf16", "device_has_native_bf16", "resolve"]
