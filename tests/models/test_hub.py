@@ -195,7 +195,7 @@ def test_pull_installs_with_metadata_then_enhance_restores(run_cli, fake_hub, kn
 
     x = _lowpassed(tmp_path / "in.wav")
     code, _, err = run_cli("enhance", tmp_path / "in.wav", "--model", "apollo", "-o",
-                           tmp_path / "out", "--no-lf-replace")
+                           tmp_path / "out", "--no-lf-replace", "--precision", "fp32")
     assert code == 0, err
     y, sr = sf.read(str(tmp_path / "out" / "in.wav"), dtype="float32", always_2d=True)
     assert sr == 44100 and y.shape[0] == x.shape[1]
