@@ -9,7 +9,7 @@ and checkpoint cadence, and the seed (DESIGN.md, "Training"). Sections and keys:
                      num_workers, epoch_items, silence_power, normalize, peak, stems_prob,
                      stems_max, stems_gain_db
     [degrade]        lowpass, mp3, resample     (the ``upsr degrade`` grammar; folder data only)
-    [discriminator]  kind, adversarial, reduction, feature_matching, options = {...}
+    [discriminator]  kind, adversarial, reduction, feature_matching, options = {...}, start
     [losses]         <loss name> = weight       (see :data:`LOSS_NAMES`)
     [optim.generator], [optim.discriminator]   name, lr, betas, eps, weight_decay, grad_clip
     [schedule]       kind, unit, step_size, gamma, warmup
