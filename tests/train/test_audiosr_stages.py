@@ -110,3 +110,18 @@ def test_published_numbers_in_the_stage_recipes():
         ("exponential", "epoch", 0.999)
     assert (voc.discriminator.kind, voc.discriminator.adversarial) == ("hifigan", "lsgan")
     assert voc.data.batch_size == 16 and round(voc.data.segment_s * 48000) == 32 * 480
+
+
+def test_patch_discriminator_size_and_shapes():
+    from upsr.nn.discriminators import PatchDiscriminator
+
+    d = PatchDiscriminator()  # LDM's NLayerDiscriminator(input_nc=1, ndf=64, n_layers=3)
+    widths = [1, 64, 128, 256, 512]
+    convs = sum(a * b * 16 for a, b in zip(widths[:-1], widths[1:])) + 64  # 4×4; bias 1st
+    expected = convs + 2 * (128 + 256 + 512) + 512 * 16 + 1  # BatchNorm affine; logit conv
+    assert sum(p.numel() for p in d.parameters()) == expected == 2_763_585
+    logits, feats = d(torch.zeros(2, 1, 64, 256))
+    # stride 2, 2, 2 (k4 p1: /2), then k4 s1 p1 twice (−1 each)
+    assert logits[0].shape == (2, 1, 6, 30) and [f.shape[1] for f in feats[0]] == widths[1:]
+    with pytest.raises(ValueError, match="image batch"):
+        d(torch.zeros(2, 1, 480))
