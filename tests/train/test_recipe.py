@@ -27,8 +27,9 @@ steps = 3
 
 def test_every_trainable_system_has_a_full_and_a_tiny_recipe():
     names = {p.stem for p in ALL}
-    assert names == {"aeromamba", "apollo", "wave_u_mamba", "mambawave", "audiosr"}
-    assert len(ALL) == 10
+    assert names == {"aeromamba", "apollo", "wave_u_mamba", "mambawave", "audiosr",
+                     "audiosr_vae", "audiosr_vocoder"}
+    assert len(ALL) == 14
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: f"{p.parent.name}/{p.stem}")

@@ -301,3 +301,48 @@ class MultiFrequencyDiscriminator(nn.Module):
             logits.append(logit)
             feats.append(fmap)
         return logits, feats
+
+
+class PatchDiscriminator(nn.Module):
+    """The PatchGAN image discriminator of pix2pix (Isola et al., CVPR 2017) as LDM's
+    ``NLayerDiscriminator`` trains the AutoencoderKL (Rombach et al., 2022; AudioLDM/AudioSR's
+    mel VAE): conv 4×4 stride 2 + LeakyReLU 0.2, ``n_layers − 1`` × (conv stride 2, BatchNorm,
+    LeakyReLU) with widths ``ndf · min(2ⁿ, 8)``, one more at stride 1, then a 4×4 conv to one
+    logit channel; convolutions N(0, 0.02), BatchNorm weights N(1, 0.02) (LDM's
+    ``weights_init``). Input: an image batch ``x: [B, in_channels, H, W]`` (a mel:
+    ``[B, 1, frames, mels]``), not a waveform. Returns one logit map and the activations after
+    every LeakyReLU, as the waveform discriminators here do."""
+
+    def __init__(self, in_channels: int = 1, ndf: int = 64, n_layers: int = 3) -> None:
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1 (got {n_layers})")
+        self.in_channels = in_channels
+        layers: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_channels, ndf, 4, 2, 1),
+                                                 nn.LeakyReLU(0.2))]
+        prev = 1
+        for n in range(1, n_layers + 1):
+            mult = min(2 ** n, 8)
+            stride = 2 if n < n_layers else 1
+            layers.append(nn.Sequential(
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False),
+                nn.BatchNorm2d(ndf * mult), nn.LeakyReLU(0.2)))
+            prev = mult
+        self.layers = nn.ModuleList(layers)
+        self.conv_post = nn.Conv2d(ndf * prev, 1, 4, 1, 1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> DiscOutput:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"PatchDiscriminator expects an image batch "
+                             f"[B, {self.in_channels}, H, W], got {tuple(x.shape)}")
+        feats = []
+        for layer in self.layers:
+            x = layer(x)
+            feats.append(x)
+        return [self.conv_post(x)], [feats]

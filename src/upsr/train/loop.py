@@ -41,6 +41,7 @@ from torch import nn
 
 from upsr.errors import CheckpointError, UsageError
 from upsr.fsutil import atomic_path, atomic_write_text
+from upsr.train import audiosr_stages as stages
 from upsr.train import data as D
 from upsr.train import distributed as dist_
 from upsr.train import recipe as R
@@ -98,6 +99,7 @@ class Run:
     autocast: bool
     diffusion: bool = False
     variant: dict[str, float] = field(default_factory=dict)  # checkpoint metadata
+    stage: str | None = None  # AudioSR's "vae"/"vocoder" fine-tuning (upsr.train.audiosr_stages)
 
 
 # ----------------------------------------------------------------------------------- set-up
@@ -202,7 +204,8 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
     if recipe.model.init:
         _init_weights(gen, recipe.model.init)
     S.check_recipe_model(recipe, gen)
-    is_diffusion = bool(getattr(gen, "diffusion", False))
+    stage = stages.stage_of(gen)
+    is_diffusion = bool(getattr(gen, "diffusion", False)) and stage is None
     disc = None if is_diffusion else S.build_discriminator(recipe.discriminator,
                                                            recipe.data.channels)
     gen.to(d.device).train()
@@ -219,7 +222,7 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
         source, valid_src = D.split(source, recipe.data.valid_files)
     else:
         valid_src = None
-    if not source.paired and spec.is_identity:
+    if not source.paired and spec.is_identity and stage is None:
         log.warning("no [degrade] given: the model learns the identity")
     if not source.paired:
         spec.check_rate(recipe.data.sample_rate)
@@ -252,7 +255,7 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
     if resume:
         load_state(ckpt_dir / STATE_FILE, state, d.device)
         _best_on_disk(ckpt_dir / "best.safetensors", state, recipe.checkpoint.metric)
-    g_train: nn.Module = S.DiffusionLoss(gen) if is_diffusion else _Restore(gen)
+    g_train: nn.Module = _trained_module(gen, is_diffusion, stage)
     d_train: nn.Module | None = disc
     if d.active:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -261,10 +264,9 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
         if d.device.type == "cuda":  # batch statistics over all ranks (Apollo used sync BN)
             gen = nn.SyncBatchNorm.convert_sync_batchnorm(gen)
             state.generator = gen
-        if not is_diffusion:
+        if not is_diffusion and stage is None:
             _freeze_unused(gen, dataset)
-        inner = S.DiffusionLoss(gen) if is_diffusion else _Restore(gen)
-        g_train = DDP(inner, device_ids=ids)
+        g_train = DDP(_trained_module(gen, is_diffusion, stage), device_ids=ids)
         d_train = None if disc is None else DDP(disc, device_ids=ids)
     from upsr.infer.precision import device_has_native_bf16
 
@@ -278,8 +280,16 @@ def prepare(recipe: R.Recipe, run_dir: Path | None, *, resume: bool = False,
         atomic_write_text(run_dir / "recipe.toml", recipe_text)
     dist_.barrier(d)
     return Run(recipe, recipe_text, run_dir, d, state, g_train, d_train,
-               S.GeneratorLoss({} if is_diffusion else recipe.losses).to(d.device), dataset,
-               valid, steps_per_epoch, total, epoch_items, autocast, is_diffusion, variant)
+               S.GeneratorLoss({} if is_diffusion or stage else recipe.losses).to(d.device),
+               dataset, valid, steps_per_epoch, total, epoch_items, autocast, is_diffusion,
+               variant, stage)
+
+
+def _trained_module(gen: nn.Module, is_diffusion: bool, stage: str | None) -> nn.Module:
+    """What DDP wraps: the diffusion loss, a first-stage forward, or ``restore``."""
+    if stage is not None:
+        return stages.StageForward(gen)
+    return S.DiffusionLoss(gen) if is_diffusion else _Restore(gen)
 
 
 # -------------------------------------------------------------------------------- one step
@@ -303,13 +313,15 @@ def train_step(run: Run, hr: torch.Tensor, lr: torch.Tensor) -> dict[str, float]
     (diffusion systems: one step on the diffusion loss)."""
     if run.diffusion:
         return diffusion_step(run, hr, lr)
+    if run.stage is not None:
+        return stages.train_step(run, hr)
     rc, st = run.recipe, run.state
     dev = run.dist.device
     hr, lr = hr.to(dev, non_blocking=True), lr.to(dev, non_blocking=True)
     B, C, T = hr.shape
     w_adv = rc.losses.get("adversarial", 0.0)
     w_fm = rc.losses.get("feature_matching", 0.0)
-    use_d = w_adv > 0 or w_fm > 0
+    use_d = (w_adv > 0 or w_fm > 0) and st.step >= rc.discriminator.start
     d_loss_fn, g_loss_fn, fm_fn = S.adversarial_losses(rc.discriminator)
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=run.autocast)
     with amp:
@@ -658,6 +670,8 @@ def fit(run: Run) -> dict[str, float]:
                "lsd", "lsd_hf", "si_snr"]
     if run.diffusion:
         columns = ["loss_g", "grad_norm_g", "lsd", "lsd_hf", "lsd_nuwave", "snr", "si_snr"]
+    if run.stage == "vae":
+        columns.insert(2 + len(rc.losses), "adaptive_weight")
     columns = list(dict.fromkeys(columns))
     logger = Logger(run, columns)
     audio_per_step = (rc.data.batch_size * run.dist.world * run.dataset.frames

@@ -9,7 +9,7 @@ and checkpoint cadence, and the seed (DESIGN.md, "Training"). Sections and keys:
                      num_workers, epoch_items, silence_power, normalize, peak, stems_prob,
                      stems_max, stems_gain_db
     [degrade]        lowpass, mp3, resample     (the ``upsr degrade`` grammar; folder data only)
-    [discriminator]  kind, adversarial, reduction, feature_matching, options = {...}
+    [discriminator]  kind, adversarial, reduction, feature_matching, options = {...}, start
     [losses]         <loss name> = weight       (see :data:`LOSS_NAMES`)
     [optim.generator], [optim.discriminator]   name, lr, betas, eps, weight_decay, grad_clip
     [schedule]       kind, unit, step_size, gamma, warmup
@@ -39,7 +39,8 @@ from upsr.errors import UsageError
 
 #: Reconstruction-loss names a ``[losses]`` table may weight (see :mod:`upsr.train.systems`).
 LOSS_NAMES = ("stft_aero", "stft_wave_u_mamba", "mel", "freq_mae", "l1",
-              "adversarial", "feature_matching", "diffusion")
+              "adversarial", "feature_matching", "diffusion",
+              "reconstruction", "kl", "mel_log")  # the last three: AudioSR's VAE/vocoder stages
 
 
 def _choices(*values: str) -> dict[str, tp.Any]:
@@ -110,14 +111,17 @@ class DegradeSection:
 @dataclass(frozen=True)
 class DiscriminatorSection:
     """``kind``: ``melgan`` (AEROMamba's MelGAN MSD), ``hifigan`` (MPD + MSD, Wave-U-Mamba),
-    ``multi_frequency`` (Apollo); ``options``: keyword arguments of its constructor(s)."""
+    ``multi_frequency`` (Apollo), ``patch`` (PatchGAN on mels: AudioSR's VAE stage);
+    ``options``: keyword arguments of its constructor(s); ``start``: steps trained without the
+    discriminator before it and the adversarial terms join (LDM's ``disc_start``)."""
 
     kind: str = field(default="hifigan",
-                      metadata=_choices("melgan", "hifigan", "multi_frequency"))
+                      metadata=_choices("melgan", "hifigan", "multi_frequency", "patch"))
     adversarial: str = field(default="lsgan", metadata=_choices("lsgan", "hinge"))
     reduction: str = field(default="sum", metadata=_choices("sum", "mean"))
     feature_matching: str = field(default="l1", metadata=_choices("l1", "relative"))
     options: dict[str, tp.Any] = field(default_factory=dict)
+    start: int = field(default=0, metadata=_min(0))
 
 
 @dataclass(frozen=True)
@@ -334,12 +338,21 @@ def _check(r: Recipe) -> None:
         raise UsageError("recipe model.name: 'sbr' is DSP and has nothing to train")
     spec = models.spec(r.model.name)
     make_config(spec.cls.config_cls, dict(r.model.config), what="recipe model.config")
+    stage = r.model.config.get("stage", "diffusion") if spec.name == "audiosr" else "diffusion"
     if not r.data.train:
         raise UsageError("recipe data.train: missing (a folder of clean audio or a "
                          "'upsr degrade' output folder)")
     r.degrade_spec()  # grammar errors name the degrade key
     if r.train.steps == 0 and r.train.epochs == 0:
         raise UsageError("recipe train.steps / train.epochs: give at least one (> 0)")
+    if stage != "diffusion":
+        from upsr.train.audiosr_stages import check_recipe
+
+        check_recipe(r, stage)
+        return
+    if r.discriminator.kind == "patch" or r.losses.keys() & {"reconstruction", "kl", "mel_log"}:
+        raise UsageError("recipe: discriminator.kind 'patch' and losses reconstruction, kl, "
+                         "mel_log belong to AudioSR's vae/vocoder stages (model.config.stage)")
     if not r.losses:
         raise UsageError(f"recipe [losses]: give at least one weight (names: "
                          f"{', '.join(LOSS_NAMES)})")

@@ -62,6 +62,7 @@ _DISCRIMINATORS: dict[str, tp.Callable[..., nn.Module]] = {
     "melgan": D.MelGANMultiScaleDiscriminator,
     "hifigan": HiFiGANDiscriminator,
     "multi_frequency": D.MultiFrequencyDiscriminator,
+    "patch": D.PatchDiscriminator,  # mel images: AudioSR's VAE stage only
 }
 
 

@@ -45,6 +45,7 @@ from upsr.models.base import Restorer
 
 POSTPROCESS = ("none", "official")
 NOISE = ("positional", "official")
+STAGES = ("diffusion", "vae", "vocoder")  # the part `upsr train` trains
 FULL_BAND_HZ = 0.98 * P.SR / 2  # a cut-off at or above this leaves nothing to restore
 
 
@@ -62,6 +63,9 @@ class AudioSRConfig:
     ``segment_s``: inputs are zero-padded to a multiple of this (5.12 s = 512 frames, the
     official value; smaller multiples of the latent stride serve tests and tiny training);
     ``noise``: ``positional`` (chunk-consistent) or ``official`` (the official draw order).
+    ``stage``: what ``upsr train`` trains (the rest is frozen): ``diffusion`` (the U-Net),
+    ``vae`` or ``vocoder`` (fine-tuning stages, :mod:`upsr.train.audiosr_stages`); inference
+    ignores it.
     """
 
     vae: dict[str, tp.Any] = field(default_factory=dict)
@@ -79,8 +83,11 @@ class AudioSRConfig:
     context_s: float = 0.25
     segment_s: float = P.SEGMENT_S
     noise: str = "positional"
+    stage: str = "diffusion"
 
     def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)} (got {self.stage!r})")
         for name in ("vae", "vocoder", "unet"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a table of {name} config keys")
@@ -128,7 +135,7 @@ class AudioSR(Restorer):
     out_rate = 48000
     uses_cutoff = True
     channels = "mono"
-    diffusion = True  # upsr train: the diffusion trainer calls training_loss
+    diffusion = True  # upsr train: the diffusion trainer calls training_loss (stage diffusion)
     uses_offsets = True  # the engine passes each row's start (positional noise)
 
     def __init__(self, config: AudioSRConfig) -> None:
@@ -235,20 +242,30 @@ class AudioSR(Restorer):
 
     # ------------------------------------------------------------------------ training
 
+    @property
+    def stage(self) -> str:
+        return str(self.config.stage)
+
+    def frozen_parts(self) -> list[torch.nn.Module]:
+        """The parts ``config.stage`` does not train."""
+        trained = {"diffusion": self.unet, "vae": self.vae, "vocoder": self.vocoder}[self.stage]
+        return [p for p in (self.vae, self.vocoder, self.unet) if p is not trained]
+
     def freeze_for_training(self) -> None:
-        """The diffusion stage trains the U-Net only: the VAE and the vocoder (the first stage,
-        imported or trained before) get no gradient and stay in eval mode (no VAE dropout)
-        whatever ``train()`` says. Called at construction."""
+        """Only the stage's part trains: the diffusion stage the U-Net (the VAE and vocoder,
+        imported or stage-trained before, frozen), the ``vae``/``vocoder`` stages their part.
+        Frozen parts get no gradient and stay in eval mode (no VAE dropout) whatever
+        ``train()`` says. Called at construction."""
         self._frozen = True
-        for part in (self.vae, self.vocoder):
+        for part in self.frozen_parts():
             part.requires_grad_(False)
             part.eval()
 
     def train(self, mode: bool = True) -> AudioSR:
         super().train(mode)
         if getattr(self, "_frozen", False):
-            self.vae.eval()
-            self.vocoder.eval()
+            for part in self.frozen_parts():
+                part.eval()
         return self
 
     def training_loss(self, hr: torch.Tensor, lr: torch.Tensor,
