@@ -187,3 +187,25 @@ def test_checkpoints_carry_the_variant_that_bitrate_auto_picks(tiny_data, tmp_pa
     for kbps, want in ((48, 32), (112, 128)):
         item = Item(src="a.mp3", dst="b.wav", bitrate_kbps=kbps)
         assert pick_variant(base, "apollo", item) == str(models_dir / f"apollo-{want}.safetensors")
+
+
+def test_ema_averages_trained_tensors_and_copies_frozen_ones_exactly():
+    from upsr.train.loop import _ema_update
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 64))
+    model[0].requires_grad_(False)
+    ema = {k: v.clone() for k, v in model.state_dict().items()}
+    start = {k: v.clone() for k, v in ema.items()}
+    with torch.no_grad():
+        model[1].weight.add_(1.0)
+    decay = 0.9999
+    _ema_update(ema, model, decay)
+    # the plain float32 average of two equal tensors is not always equal to them (rounding):
+    frozen_w = start["0.weight"]
+    naive = frozen_w.clone().mul_(decay).add_(frozen_w, alpha=1 - decay)
+    assert not torch.equal(naive, frozen_w)
+    assert torch.equal(ema["0.weight"], frozen_w) and torch.equal(ema["0.bias"], start["0.bias"])
+    want = decay * start["1.weight"].double() + (1 - decay) * model[1].weight.double()
+    assert torch.allclose(ema["1.weight"].double(), want, atol=1e-6)
+    assert not torch.equal(ema["1.weight"], start["1.weight"])

@@ -403,8 +403,12 @@ def diffusion_step(run: Run, hr: torch.Tensor, lr: torch.Tensor) -> dict[str, fl
 
 @torch.no_grad()
 def _ema_update(ema: dict[str, torch.Tensor], model: nn.Module, decay: float) -> None:
+    """``ema ← decay·ema + (1 − decay)·θ`` for trained floating tensors and buffers; frozen
+    parameters (AudioSR's VAE and vocoder in its diffusion stage) and integer buffers are
+    copied, since the average of two equal floats is not always bit-equal to them."""
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     for k, v in model.state_dict().items():
-        if v.dtype.is_floating_point:
+        if v.dtype.is_floating_point and k not in frozen:
             ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
         else:
             ema[k].copy_(v)
