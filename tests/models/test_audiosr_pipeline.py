@@ -198,3 +198,17 @@ def test_timestep_embedding():
     t, _ = _fx()
     for dim in (32, 128):
         assert rel_l2(timestep_embedding(t["temb.t"], dim), t[f"temb.out_{dim}"]) <= TOL
+
+
+def test_mel_basis_cached_under_inference_mode_still_trains():
+    """The cached filterbank is built once; when enhance builds it (inference mode), training
+    must still be able to take gradients through the mel front end."""
+    from upsr.models.audiosr import pipeline as P
+
+    P._MEL_CACHE.clear()
+    with torch.inference_mode():
+        P.mel_spectrogram(torch.zeros(1, 4800))
+    y = torch.randn(1, 4800, requires_grad=True)
+    mel, _ = P.mel_spectrogram(y)
+    mel.sum().backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all()

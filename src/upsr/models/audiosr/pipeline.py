@@ -58,7 +58,10 @@ def mel_basis(device: torch.device | str = "cpu") -> torch.Tensor:
         from upsr.nn.mel import mel_filterbank
 
         fb = mel_filterbank(SR, N_FFT, N_MELS, FMIN_HZ, FMAX_HZ, dtype=np.float32)
-        _MEL_CACHE[key] = torch.from_numpy(fb).to(device)
+        # a normal tensor even when first built under inference_mode (enhance), so that
+        # training (the vocoder stage's mel loss) can use the cached basis later
+        with torch.inference_mode(False):
+            _MEL_CACHE[key] = torch.from_numpy(fb).to(device)
     return _MEL_CACHE[key]
 
 
