@@ -690,7 +690,9 @@ def fit(run: Run) -> dict[str, float]:
                 st.step += 1
                 if rc.schedule.unit == "step" or st.step % run.steps_per_epoch == 0:
                     st.sched_g.step()
-                    if st.sched_d is not None:
+                    # the discriminator's schedule starts with its first step
+                    # (``discriminator.start``), as torch expects optimiser before scheduler
+                    if st.sched_d is not None and st.step > rc.discriminator.start:
                         st.sched_d.step()
                 rate = (st.step - n0) / max(time.perf_counter() - t0, 1e-9)
                 values.update(step=st.step, epoch=epoch, lr_g=st.opt_g.param_groups[0]["lr"],
