@@ -277,6 +277,31 @@ def test_bitrate_auto_picks_the_nearest_variant(run_cli, tmp_path, monkeypatch):
     assert {"sbr-4k", "sbr-11k", "apollo", "sbr"} <= names
 
 
+def test_bitrate_auto_with_only_variants_installed_needs_no_plain_checkpoint(
+        run_cli, tmp_path, monkeypatch):
+    """`--model apollo --bitrate-auto` with only apollo-4k/apollo-11k installed (no plain
+    apollo.safetensors) restores offline with the nearest variant instead of asking for a pull."""
+    from upsr import checkpoint, models
+
+    mdir = tmp_path / "models"
+    for cutoff in (4000, 11000):
+        m = models.build("apollo", feature_dim=16, layer=1)
+        checkpoint.save(mdir / f"apollo-{cutoff // 1000}k.safetensors", m,
+                        variant={"cutoff_hz": cutoff})
+    monkeypatch.setenv("UPSR_MODEL_DIR", str(mdir))
+    _write(tmp_path / "in" / "x.wav", synth.brickwall(
+        synth.tilted_noise(1.0, 44100, channels=1, seed=2), 44100, 4200), 44100)
+    code, _, err = run_cli("enhance", tmp_path / "in", "-o", tmp_path / "o", "--bitrate-auto",
+                           "--model", "apollo", "--offline", "--report", tmp_path / "r.json")
+    assert code == 0, err
+    rec = json.loads((tmp_path / "r.json").read_text())["files"][0]
+    assert rec["status"] == "done" and Path(rec["model"]).name == "apollo-4k.safetensors"
+    # without --bitrate-auto the plain checkpoint is still required (offline: an error)
+    code, _, err = run_cli("enhance", tmp_path / "in", "-o", tmp_path / "o2", "--model",
+                           "apollo", "--offline")
+    assert code == 1 and "apollo" in err
+
+
 def test_bitrate_auto_sees_the_band_limit_of_long_files(run_cli, tmp_path, monkeypatch):
     from upsr.infer import batch
 

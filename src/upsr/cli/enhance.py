@@ -204,14 +204,16 @@ def enhance(
                         copy_tags=not no_tags, device=where, precision=precision.value,
                         model_overrides=tuple(overrides.items()))
     from upsr import models
+    from upsr.infer.batch import family_ref
     from upsr.models import hub
 
-    pending = hub.pending_pull(model) if dry_run and not offline else None
+    first = family_ref(model, bitrate_auto)  # --bitrate-auto: installed variants suffice
+    pending = hub.pending_pull(first) if dry_run and not offline else None
     if pending is not None:  # a dry run downloads nothing; it says that the run will
         print(f"upsr: {pending.name} is not installed: the run downloads it from "
               f"{pending.where} first", file=sys.stderr)
     else:  # fail (or fetch weights) before any work on a bad --model/option
-        models.load_model(model, pull=not offline, **overrides)
+        models.load_model(first, pull=not offline, **overrides)
     from upsr.audio.quiet import captured
 
     with captured():

@@ -202,12 +202,12 @@ def decide(item: Item, path: str, info: tp.Any, opts: BatchOptions) -> None:
             item.status = "skipped-full-band" if opts.full_band == "skip" else "copied"
 
 
-def pick_variant(family_model: tp.Any, family_path: str, item: Item) -> str:
-    """With --bitrate-auto: the installed checkpoint of the model's family trained for the
-    nearest bitrate (or, without a bitrate, the nearest cutoff); the given model otherwise."""
+def installed_variants(family: str) -> list[tuple[str, dict[str, float]]]:
+    """Installed checkpoints of the system ``family`` that carry variant metadata
+    (``bitrate_kbps``/``cutoff_hz``, written by ``models import --variant`` and ``train``)."""
     from upsr import checkpoint, models
 
-    best: tuple[float, str] | None = None
+    out: list[tuple[str, dict[str, float]]] = []
     for d in models.model_dirs():
         if not d.is_dir():
             continue
@@ -216,17 +216,47 @@ def pick_variant(family_model: tp.Any, family_path: str, item: Item) -> str:
                 meta = checkpoint.read_metadata(f)
             except UpsrError:
                 continue
-            if models.canonical(meta["model"]) != family_model.name:
-                continue
             var = json.loads(meta.get("variant") or "{}")
-            if item.bitrate_kbps is not None and "bitrate_kbps" in var:
-                dist = abs(np.log2(float(var["bitrate_kbps"]) / item.bitrate_kbps))
-            elif item.cutoff_hz and "cutoff_hz" in var:
-                dist = abs(np.log2(float(var["cutoff_hz"]) / item.cutoff_hz))
-            else:
-                continue
-            if best is None or dist < best[0]:
-                best = (dist, str(f))
+            if var and models.canonical(meta.get("model", "")) == models.canonical(family):
+                out.append((str(f), var))
+    return out
+
+
+def family_ref(model_ref: str, bitrate_auto: bool) -> str:
+    """The model to load first: ``model_ref``, except that ``--bitrate-auto`` with a system
+    name whose plain checkpoint is not installed, but whose variants are (e.g. only
+    ``apollo-64k`` and ``apollo-128k``), uses a variant instead of pulling the plain one."""
+    from upsr import models
+
+    if not bitrate_auto or models.looks_like_path(model_ref):
+        return model_ref
+    try:
+        needs = models.spec(model_ref).cls.needs_weights
+    except UpsrError:
+        return model_ref  # an installed name that is not a system name
+    if not needs or models.find_checkpoint(model_ref) is not None:
+        return model_ref
+    variants = installed_variants(model_ref)
+    return variants[0][0] if variants else model_ref
+
+
+def pick_variant(family_model: tp.Any, family_path: str, item: Item,
+                 variants: list[tuple[str, dict[str, float]]] | None = None) -> str:
+    """With --bitrate-auto: the installed checkpoint of the model's family trained for the
+    nearest bitrate (or, without a bitrate, the nearest cutoff); ``family_path`` otherwise.
+    ``family_model``: the loaded model or its system name; ``variants``: from
+    :func:`installed_variants` (looked up when None)."""
+    name = family_model if isinstance(family_model, str) else family_model.name
+    best: tuple[float, str] | None = None
+    for path, var in installed_variants(name) if variants is None else variants:
+        if item.bitrate_kbps is not None and "bitrate_kbps" in var:
+            dist = abs(np.log2(float(var["bitrate_kbps"]) / item.bitrate_kbps))
+        elif item.cutoff_hz and "cutoff_hz" in var:
+            dist = abs(np.log2(float(var["cutoff_hz"]) / item.cutoff_hz))
+        else:
+            continue
+        if best is None or dist < best[0]:
+            best = (dist, path)
     return best[1] if best else family_path
 
 
@@ -413,7 +443,9 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
             loaded[ref] = m
         return loaded[ref]
 
-    base = get_model(model_ref)
+    first = family_ref(model_ref, opts.bitrate_auto)
+    base = get_model(first)  # fail (or pull) before any work
+    variants = installed_variants(base.name) if opts.bitrate_auto else []
     done: list[Item] = []
 
     def finish(item: Item, status: str, error: str | None = None) -> None:
@@ -438,7 +470,8 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
                 continue
             try:
                 info, src = ready.info, ready.src
-                ref = pick_variant(base, model_ref, item) if opts.bitrate_auto else model_ref
+                ref = (pick_variant(base, first, item, variants) if opts.bitrate_auto
+                       else model_ref)
                 model = get_model(ref)
                 item.model = ref
                 rates = plan_rates(model, info.sr, info.frames, opts.engine.out_sr)
