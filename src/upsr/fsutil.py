@@ -39,10 +39,11 @@ def default_file_mode() -> int:
     return 0o666 & ~umask()
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:  # exists, owned by someone else
         return True
@@ -61,7 +62,7 @@ def remove_stale(folder: str | os.PathLike[str]) -> list[Path]:
         pid_text, _, tag = f.name[len(TMP_PREFIX):].split("-", 1)[0].partition("@")
         if tag and tag != host_tag():
             continue  # another machine's: only its own runs (or a claim takeover) remove it
-        if pid_text.isdigit() and int(pid_text) != os.getpid() and not _alive(int(pid_text)):
+        if pid_text.isdigit() and int(pid_text) != os.getpid() and not pid_alive(int(pid_text)):
             with contextlib.suppress(OSError):
                 f.unlink()
                 removed.append(f)

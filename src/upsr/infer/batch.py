@@ -414,18 +414,29 @@ def _timed(gen: tp.Generator[list[np.ndarray], list[np.ndarray], None], item: It
         gen.close()
 
 
+def remove_stale_outputs(items: list[Item]) -> None:
+    """Delete the temporary files that killed earlier runs left in the items' output folders
+    (one listing per folder)."""
+    from upsr.fsutil import remove_stale
+
+    for folder in sorted({str(Path(it.dst).parent) for it in items if it.dst != "-"}):
+        remove_stale(folder)
+
+
 def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
                   on_item: tp.Callable[[Item], None] | None = None,
                   progress: tp.Callable[[Item, float], None] | None = None,
                   on_planned: tp.Callable[[list[Item]], None] | None = None,
-                  cache: dict[str, tp.Any] | None = None) -> list[Item]:
+                  cache: dict[str, tp.Any] | None = None,
+                  clean_stale: bool = True) -> list[Item]:
     """Restore every pending item; per-file failures are recorded, the batch goes on.
 
     ``on_item`` is called when an item reaches its final status; ``progress(item, seconds)``
     with seconds of audio written for that item (as they are written); ``on_planned`` once
     with the items that will be restored, before the first is. ``cache``: loaded models by
     reference, kept across calls (the claim-driven workers of ``upsr.infer.workers`` call
-    this once per claimed group).
+    this once per claimed group, after cleaning each output folder once: ``clean_stale``
+    False).
     """
     import tempfile
 
@@ -454,10 +465,8 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
         if on_item:
             on_item(item)
 
-    from upsr.fsutil import remove_stale
-
-    for folder in sorted({str(Path(it.dst).parent) for it in items if it.dst != "-"}):
-        remove_stale(folder)  # leftovers of a killed earlier run
+    if clean_stale:
+        remove_stale_outputs(items)
     clock = _Clock()
     with tempfile.TemporaryDirectory(prefix="upsr-") as tmp:
         jobs_by_model: dict[str, list[Job]] = {}

@@ -27,6 +27,8 @@ import typing as tp
 from dataclasses import dataclass
 from pathlib import Path
 
+from upsr.fsutil import pid_alive
+
 CLAIM_SUFFIX = ".upsr-claim"
 TAKEOVER_SUFFIX = ".takeover"
 TAKEOVER_STALE_S = 60.0   # a takeover marker older than this belongs to a dead taker
@@ -40,19 +42,6 @@ def claim_path(target: str | os.PathLike[str]) -> Path:
 
 def host_name() -> str:
     return socket.gethostname()
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OverflowError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from upsr.errors import UsageError
-from upsr.infer.batch import BatchOptions, Item, enhance_files
+from upsr.infer.batch import BatchOptions, Item, enhance_files, remove_stale_outputs
 from upsr.infer.claims import Claims
 
 Callback = tp.Callable[[Item], None]
@@ -174,7 +174,7 @@ def run_claimed(items: tp.Iterable[Item], model_ref: str, opts: BatchOptions, cl
         claims.taken_over.clear()
         try:
             enhance_files(list(batch), model_ref, opts, on_item=emit, progress=progress,
-                          on_planned=on_planned, cache=cache)
+                          on_planned=on_planned, cache=cache, clean_stale=False)
         finally:
             for t in targets:
                 claims.release(t)
@@ -340,6 +340,7 @@ def run_workers(items: list[Item], model_ref: str, opts: BatchOptions, out: str,
         if on_item:
             on_item(it)
 
+    remove_stale_outputs(mine)  # once per run (the claimed groups do not list folders again)
     group = max(1, opts.engine.batch_size) if opts.device != "cpu" else 1
     if jobs > 1 and len(mine) > 1:
         run_pool(mine, model_ref, opts, min(jobs, len(mine)), claim_timeout_s, emit, progress,
