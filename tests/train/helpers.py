@@ -38,3 +38,14 @@ def read_log(run_dir: Path) -> list[dict[str, str]]:
 
 def mean(rows: list[dict[str, str]], key: str) -> float:
     return float(np.mean([float(r[key]) for r in rows]))
+
+
+def enhances_at_48k(run_cli, ckpt: Path, tmp_path: Path) -> None:
+    """``upsr enhance --model ckpt`` restores 0.25 s of 16 kHz noise into 0.25 s at 48 kHz
+    with finite samples (an AudioSR checkpoint a training run wrote)."""
+    x = (np.random.default_rng(0).standard_normal((4000, 1)) * 0.05).astype(np.float32)
+    sf.write(str(tmp_path / "x.wav"), x, 16000, subtype="FLOAT")
+    code, _, err = run_cli("enhance", tmp_path / "x.wav", "-o", tmp_path / "o", "--model", ckpt)
+    assert code == 0, err
+    y, sr = sf.read(str(tmp_path / "o" / "x.wav"), always_2d=True)
+    assert sr == 48000 and y.shape == (12000, 1) and np.isfinite(y).all()

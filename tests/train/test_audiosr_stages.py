@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from upsr.errors import UsageError
 from upsr.train import loop
 from upsr.train import recipe as R
 
-from .helpers import RECIPES, read_log
+from .helpers import RECIPES, enhances_at_48k, read_log
 
 PARTS = {"vae": "vae.", "vocoder": "vocoder."}
 
@@ -67,12 +66,7 @@ def test_tiny_audiosr_stage(stage, tmp_path, run_cli):
     assert changed
 
     ckpt = tmp_path / "run" / "checkpoints" / "latest.safetensors"
-    x = (np.random.default_rng(0).standard_normal((4000, 1)) * 0.05).astype(np.float32)
-    sf.write(str(tmp_path / "x.wav"), x, 16000, subtype="FLOAT")
-    code, _, err = run_cli("enhance", tmp_path / "x.wav", "-o", tmp_path / "o", "--model", ckpt)
-    assert code == 0, err
-    y, sr = sf.read(str(tmp_path / "o" / "x.wav"), always_2d=True)
-    assert sr == 48000 and y.shape == (12000, 1) and np.isfinite(y).all()
+    enhances_at_48k(run_cli, ckpt, tmp_path)
 
     # the diffusion stage starts from it: the whole model, the fine-tuned part included
     diff = AudioSR(AudioSRConfig(**R.load(RECIPES / "tiny" / "audiosr.toml").model.config))

@@ -11,7 +11,7 @@ import torch
 from upsr.train import loop
 from upsr.train import recipe as R
 
-from .helpers import RECIPES, read_log
+from .helpers import RECIPES, enhances_at_48k, read_log
 
 
 def test_tiny_audiosr_diffusion_stage(tiny_data, tmp_path, run_cli):
@@ -55,12 +55,7 @@ def test_tiny_audiosr_diffusion_stage(tiny_data, tmp_path, run_cli):
     assert any(not torch.equal(v, init.state_dict()[k])
                for k, v in gen.state_dict().items() if k.startswith("unet."))
     ckpt = tmp_path / "run" / "checkpoints" / "latest.safetensors"
-    x = (np.random.default_rng(0).standard_normal((4000, 1)) * 0.05).astype(np.float32)
-    sf.write(str(tmp_path / "x.wav"), x, 16000, subtype="FLOAT")
-    code, _, err = run_cli("enhance", tmp_path / "x.wav", "-o", tmp_path / "o", "--model", ckpt)
-    assert code == 0, err
-    y, sr = sf.read(str(tmp_path / "o" / "x.wav"), always_2d=True)
-    assert sr == 48000 and y.shape == (12000, 1) and np.isfinite(y).all()
+    enhances_at_48k(run_cli, ckpt, tmp_path)
 
 
 def test_published_numbers_in_the_audiosr_recipe():
