@@ -55,3 +55,21 @@ def test_float_bit_depth_with_flac_is_a_one_line_error(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "FLAC cannot store float" in lines[0], res.stderr
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_mid_side_processing_is_limited_in_left_right(tmp_path):
+    """With ``--stereo mid-side`` the ceiling applies to the written left/right samples: a
+    loud left channel over a silent right one must not clip (its mid and side are half as
+    loud, so a check on mid/side alone would let it through)."""
+    import dataclasses
+
+    x = _loud(tmp_path)
+    stereo = np.stack([x[0], np.zeros_like(x[0])])
+    io.write(tmp_path / "st.flac", stereo, 44100, subtype="PCM_24")
+    opts = BatchOptions()
+    opts = dataclasses.replace(opts, engine=dataclasses.replace(opts.engine, stereo="mid-side"))
+    items = plan_items([str(tmp_path / "st.flac")], str(tmp_path / "out"), None)
+    item = enhance_files(items, "sbr", opts)[0]
+    assert item.status == "done", item.error
+    y, _ = sf.read(item.dst, always_2d=True)
+    assert np.abs(y).max() < 1.0 and item.limiter_events >= 1

@@ -235,6 +235,12 @@ def restore_stream(source: Source, model: Model, sink: Callable[[np.ndarray], No
     r = plan_rates(model, source.sr, source.frames, opts.out_sr)
     C = source.channels
     ms = opts.stereo == "mid-side" and C == 2
+
+    def over(y: np.ndarray) -> bool:
+        """Whether the samples to be written (left/right, also when ``y`` is mid/side) pass
+        the ceiling: mid and side are half as loud as a channel that carries them alone."""
+        return _peak(_left_right(y) if ms else y) > float(opts.ceiling or 0.0)
+
     fwd = _mid_side if ms else None
     # the splice's cross-fade starts at the cutoff, so everything below it is the input's
     splice_hz = None if cutoff_hz is None else float(cutoff_hz) + 0.5 * opts.transition_hz
@@ -287,10 +293,10 @@ def restore_stream(source: Source, model: Model, sink: Callable[[np.ndarray], No
                 ref = reference.get(c.lo * rr, c.hi * rr)
                 y = _splice(lf_replace, y, ref, r.model_out, float(splice_hz),  # type: ignore
                             opts.transition_hz)
-                if opts.ceiling is not None and _peak(y) > opts.ceiling:
+                if opts.ceiling is not None and over(y):
                     kept_band = _splice(lf_replace, np.zeros_like(ref), ref, r.model_out,
                                         float(splice_hz), opts.transition_hz)  # type: ignore
-            if opts.ceiling is not None and _peak(y) > opts.ceiling:
+            if opts.ceiling is not None and over(y):
                 if kept_band is not None:
                     k = kept_band
                 elif r.ratio == 1:  # no splice: all of the input is known, the rest added
