@@ -11,7 +11,12 @@ Per model, for ``--seconds`` of audio (default 10 s) at the model's input rate:
 - fraction of measured matmul throughput: (counted FLOPs / wall time) / the GFLOP/s of a
   1024×1024 float32 ``torch.mm`` with the same thread count.
 
-Usage: ``python benchmarks/models_cpu.py [NAME ...] [--seconds 10] [--runs 5] [--threads 2]``.
+With ``--precision bf16`` the timed forwards (and the memory child) run under
+``upsr.infer.precision.autocast("bf16", "cpu")``, as ``upsr enhance --precision bf16`` does; the
+table then also gives the relative L2 difference of the bf16 output from the float32 one.
+
+Usage: ``python benchmarks/models_cpu.py [NAME ...] [--seconds 10] [--runs 5] [--threads 2]
+[--precision fp32|bf16]``.
 Add a model by adding an entry to ``MODELS`` (a function returning the model and its input rate).
 """
 
@@ -82,21 +87,28 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _peak_memory_child(name: str, seconds: float, threads: int) -> None:
+def _autocast(precision: str) -> tp.ContextManager[tp.Any]:
+    from upsr.infer.precision import autocast
+
+    return autocast(precision, "cpu")
+
+
+def _peak_memory_child(name: str, seconds: float, threads: int, precision: str) -> None:
     """Run in a fresh process: print the RSS high-water mark one cold forward adds (bytes)."""
     torch.set_num_threads(threads)
     model, sr = MODELS[name]()
     x = _signal(seconds, sr)
     before = _rss_bytes()
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(precision):
         model.restore(x)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     print(json.dumps({"peak_bytes": max(0, peak - before)}))
 
 
-def peak_memory(name: str, seconds: float, threads: int) -> int:
+def peak_memory(name: str, seconds: float, threads: int, precision: str) -> int:
     out = subprocess.run([sys.executable, __file__, "--memory-child", name,
-                          "--seconds", str(seconds), "--threads", str(threads)],
+                          "--seconds", str(seconds), "--threads", str(threads),
+                          "--precision", precision],
                          check=True, capture_output=True, text=True).stdout
     return int(json.loads(out.strip().splitlines()[-1])["peak_bytes"])
 
@@ -149,11 +161,17 @@ def scan_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def bench(name: str, seconds: float, runs: int, threads: int, mm_gflops: float) -> dict:
+def bench(name: str, seconds: float, runs: int, threads: int, mm_gflops: float,
+          precision: str = "fp32") -> dict:
     model, sr = MODELS[name]()
     x = _signal(seconds, sr)
-    with torch.inference_mode():
-        model.restore(x)  # type: ignore[operator]  # warm-up
+    rel_l2 = float("nan")
+    with torch.inference_mode(), _autocast(precision):
+        y = model.restore(x)  # type: ignore[operator]  # warm-up
+        if precision != "fp32":
+            with torch.autocast("cpu", enabled=False):
+                y32 = model.restore(x)  # type: ignore[operator]
+            rel_l2 = float((y.float() - y32).norm() / y32.norm())
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
@@ -165,7 +183,8 @@ def bench(name: str, seconds: float, runs: int, threads: int, mm_gflops: float) 
         "model": name,
         "rtf": wall / seconds,
         "wall_s": wall,
-        "peak_mib": peak_memory(name, seconds, threads) / 2**20,
+        "peak_mib": peak_memory(name, seconds, threads, precision) / 2**20,
+        "rel_l2": rel_l2,
         "gflop_per_audio_s": flops / seconds / 1e9,
         "matmul_fraction": flops / wall / 1e9 / mm_gflops,
     }
@@ -177,10 +196,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_child:
-        _peak_memory_child(args.memory_child, args.seconds, args.threads)
+        _peak_memory_child(args.memory_child, args.seconds, args.threads, args.precision)
         return
     torch.set_num_threads(args.threads)
     names = args.names or list(MODELS)
@@ -188,14 +208,15 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         ap.error(f"unknown model {unknown[0]!r} (known: {', '.join(MODELS)})")
     mm = matmul_gflops()
-    print(f"threads {args.threads}, {args.seconds:g} s of audio, median of {args.runs}; "
-          f"matmul {mm:.1f} GFLOP/s")
+    print(f"threads {args.threads}, {args.seconds:g} s of audio, median of {args.runs}, "
+          f"{args.precision}; matmul (fp32) {mm:.1f} GFLOP/s")
     print(f"{'model':<20} {'RTF':>8} {'wall s':>8} {'peak MiB':>9} {'GFLOP/s audio':>14} "
-          f"{'of matmul':>10}")
+          f"{'of matmul':>10} {'rel L2 vs fp32':>15}")
     for name in names:
-        r = bench(name, args.seconds, args.runs, args.threads, mm)
+        r = bench(name, args.seconds, args.runs, args.threads, mm, args.precision)
         print(f"{r['model']:<20} {r['rtf']:>8.3f} {r['wall_s']:>8.2f} {r['peak_mib']:>9.0f} "
-              f"{r['gflop_per_audio_s']:>14.2f} {r['matmul_fraction']:>10.1%}")
+              f"{r['gflop_per_audio_s']:>14.2f} {r['matmul_fraction']:>10.1%} "
+              f"{r['rel_l2']:>15.2e}", flush=True)
 
 
 if __name__ == "__main__":
