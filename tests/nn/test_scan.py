@@ -477,3 +477,45 @@ def test_vectorised_softplus_matches_float64() -> None:
     deep = apply(np.array([-87.5, -100.0, -1e4], np.float32))
     assert np.all((deep >= 0) & (deep < 1.7e-38))
     assert np.isnan(apply(np.array([np.nan], np.float32))[0])
+
+
+def test_vectorised_exp2_matches_float64() -> None:
+    """The scan's float32 ``2**x`` (exp(Δ·A) = 2**(Δ·A·log2 e)) is within 2.5 ulp over
+    [-126, 127], exactly 1 at 0 and for tiny arguments (a state with Δ ≈ 0 must not grow),
+    0 below -126.5, inf above 127.5, NaN for NaN."""
+    import numba
+
+    from upsr.nn._scan_numba import exp2_ad
+
+    @numba.njit
+    def apply(v):  # pragma: no cover - compiled
+        out = np.empty_like(v)
+        for i in range(v.shape[0]):
+            out[i] = exp2_ad(v[i])
+        return out
+
+    v = np.concatenate([np.linspace(-126, 127, 100001),
+                        np.linspace(-1e-3, 1e-3, 1001)]).astype(np.float32)
+    want = np.exp2(v.astype(np.float64))
+    ulps = np.abs(apply(v) - want) / np.spacing(want.astype(np.float32))
+    assert ulps.max() <= 2.5, (ulps.max(), v[ulps.argmax()])
+    edge = apply(np.array([0.0, -1e-30, 1e-30, -127.0, -500.0, 128.0, 500.0, np.nan],
+                          np.float32))
+    assert list(edge[:5]) == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert np.isinf(edge[5]) and np.isinf(edge[6]) and np.isnan(edge[7])
+
+
+def test_numba_pool_launch_keeps_torchs_thread_count() -> None:
+    """numba's OpenMP layer shares libgomp with torch: launching its pool set the process-wide
+    thread count to all cores, undoing ``torch.set_num_threads(1)`` at the first Mamba call.
+    In a fresh process (the pool launches once per process)."""
+    import subprocess
+    import sys
+
+    code = ("import numba, torch; torch.set_num_threads(1)\n"
+            "from upsr.nn._scan_numba import _num_threads\n"
+            "numba.set_num_threads(_num_threads())  # what every kernel wrapper does\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "1"
