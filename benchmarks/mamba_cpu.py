@@ -44,6 +44,10 @@ timings at 16/32/64 channels per job: 146/219/411 ns per step), so 2 threads (2 
 channels) can give about ×1.9, not ×2. With the scan ~3× faster, the three torch
 GEMMs (≈45 % of the block's CPU time in cProfile) are now the largest part.
 
+Same script at 2 threads, 3 rounds (load 9-11), CPU ms / wall ms: Mamba block 247/598,
+211/515, 214/537 (base) vs 154/379, 147/381, 119/242 (new); BiMamba 609/1518, 596/1501,
+665/1677 vs 243/612, 216/532, 207/424.
+
 ``benchmarks/mamba_cpu.py --length 24000 --runs 5 --ref-runs 1`` at 2 threads, alternating
 base/new (load 5.5-6.6; wall seconds, unreliable as said): Mamba block forward at L=48000
 0.439 / 0.531 s (base) vs 0.244 / 0.314 s (new); BiMamba 0.41 / 0.45 s (new only).
