@@ -12,7 +12,56 @@ Default size: B=1, Di=64, N=16, L=24000 = one Wave-U-Mamba layer (d_model 32) on
 audio after its first 2× pooling. Prints a table of medians; run on an idle machine for
 clean numbers (every run here shares 2 cores with other jobs).
 
-    python benchmarks/mamba_cpu.py [--runs 5] [--ref-runs 3] [--length 24000] [--compile]
+    python benchmarks/mamba_cpu.py [--runs 5] [--ref-runs 3] [--length 24000] [--compile] [--stages]
+
+Measured 2026-12-01 on this 2-core AMD EPYC (AVX-512) while 4 other engineers ran jobs
+(load average 5.5-12): wall times were inflated 3-10× and swung by 10× between identical runs,
+so the A/B below uses CPU seconds (``time.process_time``) at 1 thread, base and new code
+alternating in separate processes, 3 rounds × median of 7 (medians of the 3 rounds shown).
+
+Inference forward of Mamba(d_model=32) on [1, 48000, 32] (Di=64, N=16), CPU ms, 1 thread:
+
+=============================  =====  =====
+stage                          base   new
+=============================  =====  =====
+in_proj (torch GEMM)            13.6   11.6
+causal conv + SiLU (numba)       5.4    5.1
+x_proj (torch GEMM)              6.3    4.7
+dt_proj + softplus (torch)       8.2     —  (fused into the scan)
+scan + D skip + gate (numba)    73.2   25.0
+out_proj (torch GEMM)            3.5    4.0
+whole Mamba block              155.3   68.7
+whole BiMamba block            313.4  116.1
+=============================  =====  =====
+
+Where the scan time went: the old kernel ran one channel at a time, its 16 states in one
+vector with a horizontal sum per step; the new one runs channels innermost (state [N, block],
+B_t/C_t broadcast, no horizontal sums), computes exp(Δ·A) as 2**(Δ·A·log2 e) (fewer
+instructions than exp's Cody–Waite reduction) and reads channel rows through slices (offset
+indices had compiled to gathers). Synthetic timing of the kernel alone: ≈0.4 ns per state
+update at 64 channels per job, plus a fixed ≈200 ns per time step and job (from single-thread
+timings at 16/32/64 channels per job: 146/219/411 ns per step), so 2 threads (2 jobs of 32
+channels) can give about ×1.9, not ×2. With the scan ~3× faster, the three torch
+GEMMs (≈45 % of the block's CPU time in cProfile) are now the largest part.
+
+Same script at 2 threads, 3 rounds (load 9-11), CPU ms / wall ms: Mamba block 247/598,
+211/515, 214/537 (base) vs 154/379, 147/381, 119/242 (new); BiMamba 609/1518, 596/1501,
+665/1677 vs 243/612, 216/532, 207/424.
+
+``benchmarks/mamba_cpu.py --length 24000 --runs 5 --ref-runs 1`` at 2 threads, alternating
+base/new (load 5.5-6.6; wall seconds, unreliable as said): Mamba block forward at L=48000
+0.439 / 0.531 s (base) vs 0.244 / 0.314 s (new); BiMamba 0.41 / 0.45 s (new only).
+
+torch.compile (inductor, 2 threads, same load): on the default block the numba calls are graph
+breaks; first call 18.0 s (compile), then 0.374 s per call vs 0.304 s eager — no gain, not
+adopted. On the pure-torch ``backend="chunked"`` block at L=4800: eager 6.99 s, compiled
+0.167 s after a 38.1 s compile — 40× better than eager chunked but slower than the numba path
+on 10× the length (0.24-0.31 s at L=48000 above), so it only matters for CPUs without numba.
+
+First Mamba inference call in a new process with an empty NUMBA_CACHE_DIR (import + JIT,
+``Mamba(8)`` forward, 2 runs each alternating): base 6.3 / 6.1 CPU s (14.1 / 15.2 s wall),
+new 8.0 / 8.3 CPU s (19.5 / 21.0 s wall); cached 2.1-2.2 CPU s for both: the fused kernel
+costs ≈2 CPU s more to compile once.
 """
 
 from __future__ import annotations
@@ -27,7 +76,7 @@ import torch
 import torch.nn.functional as F
 from _timing import median_time
 
-from upsr.nn import Mamba, selective_scan
+from upsr.nn import BiMamba, Mamba, selective_scan
 
 
 def reference_scan(u, delta, A, B, C, D, z, delta_bias):
@@ -78,17 +127,53 @@ def fwd_bwd(fn, args, weight):
     return run
 
 
-def compile_times() -> tuple[float, float]:
-    """First-call time in a fresh process: cold (empty numba cache) and warm (cache filled)."""
-    code = ("import time,torch;t=time.perf_counter();from upsr.nn import selective_scan;"
-            "x=torch.randn(1,4,100,requires_grad=True);"
-            "selective_scan(x,x,-torch.ones(4,16),torch.randn(1,16,100),torch.randn(1,16,100),"
-            "backend='cpu').sum().backward();print(time.perf_counter()-t)")
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        out = [float(subprocess.run([sys.executable, "-c", code], env=env, check=True,
-                                    capture_output=True, text=True).stdout) for _ in range(2)]
-    return out[0], out[1]
+def compile_times() -> list[tuple[str, float, float]]:
+    """First-call time in a fresh process, cold (empty numba cache) and warm (cache filled):
+    the training kernels (scan fwd+bwd) and the inference path (Mamba and BiMamba forward)."""
+    head = ("import time,torch;t=time.perf_counter();"
+            "from upsr.nn import BiMamba,Mamba,selective_scan;")
+    cases = [
+        ("training scan fwd+bwd",
+         "x=torch.randn(1,4,100,requires_grad=True);selective_scan(x,x,-torch.ones(4,16),"
+         "torch.randn(1,16,100),torch.randn(1,16,100),backend='cpu').sum().backward();"),
+        ("inference Mamba+BiMamba",
+         "h=torch.randn(1,100,8)\nwith torch.no_grad(): Mamba(8)(h); BiMamba(8)(h)\n"),
+    ]
+    out = []
+    for name, body in cases:
+        code = head + body + "\nprint(time.perf_counter()-t)"
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+            t = [float(subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                      capture_output=True, text=True).stdout) for _ in range(2)]
+        out.append((name, t[0], t[1]))
+    return out
+
+
+def stage_times(length: int, runs: int) -> list[tuple[str, float]]:
+    """Median seconds of each stage of the Mamba(32) inference forward (channel-last path)."""
+    from upsr.nn._scan_numba import conv_silu_channel_last, mamba_scan_channel_last
+
+    m = Mamba(32).eval()
+    h = torch.randn(1, length, 32)
+    with torch.inference_mode():
+        xz = m.in_proj(h)
+        x = conv_silu_channel_last(xz, m.conv1d.weight, m.conv1d.bias, m.d_inner)
+        xd = F.linear(x, m.x_proj.weight)
+        A = -torch.exp(m.A_log)
+        y, _ = mamba_scan_channel_last(x, xd, m.dt_proj.weight, m.dt_proj.bias, A, m.D, xz,
+                                       m.d_inner)
+        stages = [
+            ("in_proj (torch GEMM)", lambda: m.in_proj(h)),
+            ("causal conv + SiLU (numba)", lambda: conv_silu_channel_last(
+                xz, m.conv1d.weight, m.conv1d.bias, m.d_inner)),
+            ("x_proj (torch GEMM)", lambda: F.linear(x, m.x_proj.weight)),
+            ("dt_proj+softplus+scan+gate (numba)", lambda: mamba_scan_channel_last(
+                x, xd, m.dt_proj.weight, m.dt_proj.bias, A, m.D, xz, m.d_inner)),
+            ("out_proj (torch GEMM)", lambda: m.out_proj(y)),
+            ("whole block", lambda: m(h)),
+        ]
+        return [(name, median_time(fn, runs)) for name, fn in stages]
 
 
 def main() -> None:
@@ -98,6 +183,8 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=24000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="also time first-call JIT compile")
+    ap.add_argument("--stages", action="store_true",
+                    help="also time each stage of the Mamba block's inference forward")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     bsz, di, n, length = 1, 64, 16, args.length
@@ -125,23 +212,31 @@ def main() -> None:
 
     print("\nMamba(d_model=32) block (Di=64, N=16), B=1, per second of audio:")
     m = Mamba(32)
-    print(f"{'steps/s of audio':>18}{'forward (s)':>13}{'fwd+bwd (s)':>13}")
+    bi = BiMamba(32).eval()
+    print(f"{'steps/s of audio':>18}{'forward (s)':>13}{'fwd+bwd (s)':>13}{'BiMamba fwd (s)':>17}")
     for steps in (24000, 48000):
         h = torch.randn(1, steps, 32)
         hg = h.clone().requires_grad_()
         t_f = median_time(fwd(m, [h]), args.runs)
+        t_bi = median_time(fwd(bi, [h]), args.runs)
 
         def train_step(hg=hg):
             m.zero_grad()
             m(hg).square().mean().backward()
 
         t_fb = median_time(train_step, args.runs)
-        print(f"{steps:>18}{t_f:13.4f}{t_fb:13.4f}")
+        print(f"{steps:>18}{t_f:13.4f}{t_fb:13.4f}{t_bi:17.4f}")
+
+    if args.stages:
+        print("\nMamba(d_model=32) inference forward by stage, L=48000:")
+        for name, t in stage_times(48000, args.runs):
+            print(f"  {name:38}{t * 1e3:9.2f} ms")
 
     if args.compile:
-        cold, warm = compile_times()
-        print(f"\nfirst call in a new process (import + JIT fwd+bwd): cold cache {cold:.1f} s, "
-              f"cached {warm:.1f} s")
+        for name, cold, warm in compile_times():
+            print(f"\nfirst call in a new process ({name}, import + JIT): cold cache "
+                  f"{cold:.1f} s, cached {warm:.1f} s", end="")
+        print()
 
 
 if __name__ == "__main__":

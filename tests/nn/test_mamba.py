@@ -233,3 +233,62 @@ def test_channel_last_inference_path_equals_the_general_path(conv_bias: bool,
     with torch.inference_mode():
         fast = m(h)
     assert rel_l2(fast, general.detach()) < 1e-5
+
+
+def _fast_vs_float64(cls: type, d_model: int, bsz: int, length: int, seed: int,
+                     autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(channel-last inference output, float64 output of the same block on the ``ref``
+    backend: the per-step torch loop, autograd path)."""
+    torch.manual_seed(seed)
+    m = cls(d_model, d_state=8, d_conv=4).eval()
+    _randomise(m, seed)
+    with torch.no_grad():  # realistic Δ: softplus(bias) ≈ 0.01-0.1, some far larger / smaller
+        for name, p in m.named_parameters():
+            if name.startswith("dt_proj") and name.endswith("bias"):
+                p.copy_(torch.randn(p.shape) * 2 - 3)
+    h = torch.randn(bsz, length, d_model)
+    ref = cls(d_model, d_state=8, d_conv=4, backend="ref").double()
+    ref.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        want = ref(h.double())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        got = m(h)
+    return got, want
+
+
+@pytest.mark.parametrize("cls", [Mamba, BiMamba])
+@pytest.mark.parametrize("d_model,bsz,length", [(24, 1, 0), (24, 2, 1), (20, 3, 3),
+                                                (24, 1, 131), (20, 2, 257)])
+def test_inference_path_equals_float64_reference(cls: type, d_model: int, bsz: int,
+                                                 length: int) -> None:
+    """Mamba and BiMamba inference on CPU (channel-last kernels: conv+SiLU, Δ projection and
+    softplus, scan, gate; BiMamba's backward branch as an anti-causal conv and a reversed scan)
+    equals the float64 per-step reference to 1e-5 — empty and 1-step sequences, lengths shorter
+    than the conv and not multiples of any block, batch > 1, Di = 40 and 48 (channel blocks
+    not multiples of the vector width)."""
+    got, want = _fast_vs_float64(cls, d_model, bsz, length, seed=length + bsz)
+    assert got.dtype == torch.float32 and got.shape == (bsz, length, d_model)
+    assert not got.requires_grad
+    assert rel_l2(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("cls", [Mamba, BiMamba])
+def test_inference_path_under_bf16_autocast(cls: type) -> None:
+    """Under bf16 autocast the projections run in bf16, the kernels (state included) in
+    float32: the output stays within bf16 rounding of the float64 reference."""
+    got, want = _fast_vs_float64(cls, 24, 2, 200, seed=9, autocast=True)
+    assert got.dtype == torch.bfloat16 and torch.isfinite(got.float()).all()
+    assert rel_l2(got.float(), want) < 3e-2
+
+
+def test_bimamba_inference_equals_its_general_path() -> None:
+    """The transpose/flip-free BiMamba inference path equals its own autograd path (float32)."""
+    torch.manual_seed(11)
+    bi = BiMamba(16, d_state=14).eval()
+    _randomise(bi, 12)
+    h = torch.randn(2, 333, 16)
+    general = bi(h)
+    assert general.requires_grad
+    with torch.no_grad():
+        fast = bi(h)
+    assert rel_l2(fast, general.detach()) < 1e-5

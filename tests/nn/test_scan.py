@@ -401,3 +401,121 @@ def test_first_compile_is_announced_once_and_not_when_cached(tmp_path, caplog):
         mp.undo()
     notices = [r.getMessage() for r in caplog.records if "compiling" in r.getMessage()]
     assert len(notices) == 1 and str(tmp_path) in notices[0]
+
+
+def _numpy_mamba_branch(x, xdbl, wdt, bdt, A, D, z, reverse):
+    """float64 numpy reference of one channel-last Mamba branch: Δ from the low-rank
+    projection and softplus, then :func:`numpy_scan` in the [B, Di, L] layout."""
+    rank, n = wdt.shape[1], A.shape[1]
+    x, xdbl, z = (np.asarray(a, np.float64) for a in (x, xdbl, z))
+    if reverse:
+        x, xdbl, z = x[:, ::-1], xdbl[:, ::-1], z[:, ::-1]
+    delta = np.einsum("blr,dr->bdl", xdbl[..., :rank], np.asarray(wdt, np.float64))
+    B = xdbl[..., rank:rank + n].transpose(0, 2, 1)
+    C = xdbl[..., rank + n:].transpose(0, 2, 1)
+    y, h = numpy_scan(x.transpose(0, 2, 1), delta, A, B, C, D, z.transpose(0, 2, 1), bdt,
+                      softplus=True)
+    y = y.transpose(0, 2, 1)
+    return (y[:, ::-1] if reverse else y), h
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_mamba_scan_channel_last_matches_float64(reverse: bool) -> None:
+    """The fused inference kernel (Δ = softplus(low-rank projection + bias) inside, gate read
+    at an offset of in_proj's output, reversed time, accumulation into ``out``) against numpy
+    float64; pre-softplus Δ spans [-40, 40] (softplus' threshold 20, exp underflow) and
+    Δ·|A| reaches ~80 per step; Di = 37 (channel blocks with a remainder), L = 301."""
+    from upsr.nn._scan_numba import mamba_scan_channel_last
+
+    g = torch.Generator().manual_seed(7)
+    bsz, length, di, n, rank = 2, 301, 37, 5, 3
+    x = torch.randn(bsz, length, di, generator=g)
+    xdbl = torch.randn(bsz, length, rank + 2 * n, generator=g)
+    xdbl[..., :rank] *= 3
+    wdt = torch.randn(di, rank, generator=g) * 2
+    bdt = torch.randn(di, generator=g) * 4 - 3
+    A = -(torch.rand(di, n, generator=g) * 19.75 + 0.25)
+    D = torch.randn(di, generator=g)
+    xz = torch.randn(bsz, length, 2 * di, generator=g)
+    want, h = _numpy_mamba_branch(x, xdbl, wdt, bdt, A.double(), D, xz[..., di:], reverse)
+    pre = np.einsum("blr,dr->bdl", xdbl[..., :rank].double().numpy(), wdt.double().numpy())
+    pre = pre + bdt.double().numpy()[:, None]
+    assert pre.min() < -30 and pre.max() > 25  # both softplus regimes are exercised
+    got, last = mamba_scan_channel_last(x, xdbl, wdt, bdt, A, D, xz, di, reverse=reverse)
+    assert got.dtype == torch.float32 and got.is_contiguous()
+    assert rel_l2(got, want) < 1e-5 and rel_l2(last, h) < 1e-5
+    base = torch.randn(bsz, length, di, generator=g)
+    summed, _ = mamba_scan_channel_last(x, xdbl, wdt, bdt, A, D, xz, di, reverse=reverse,
+                                        out=base.clone())
+    assert rel_l2(summed, want + base.double().numpy()) < 1e-5
+    empty, last0 = mamba_scan_channel_last(x[:, :0], xdbl[:, :0], wdt, bdt, A, D, xz[:, :0],
+                                           di)
+    assert empty.shape == (bsz, 0, di) and torch.equal(last0, torch.zeros(bsz, di, n))
+
+
+def test_vectorised_softplus_matches_float64() -> None:
+    """The kernels' float32 softplus (vectorisable exp and log1p) is within 5 ulp of the exact
+    value over [-87, 80], including tiny results (log1p's relative precision); below that
+    (exact result < 1.7e-38) it flushes to 0 as its exp does; NaN stays NaN."""
+    import numba
+
+    from upsr.nn._scan_numba import softplus_ad
+
+    @numba.njit
+    def apply(v):  # pragma: no cover - compiled
+        out = np.empty_like(v)
+        for i in range(v.shape[0]):
+            out[i] = softplus_ad(v[i])
+        return out
+
+    v = np.concatenate([np.linspace(-87, 80, 20001), np.linspace(-1e-3, 1e-3, 101),
+                        [19.99, 20.0, 20.01]]).astype(np.float32)
+    got = apply(v).astype(np.float64)
+    want = np.logaddexp(0.0, v.astype(np.float64))
+    ulps = np.abs(got - want) / np.spacing(want.astype(np.float32))
+    assert ulps.max() <= 5, (ulps.max(), v[ulps.argmax()])
+    deep = apply(np.array([-87.5, -100.0, -1e4], np.float32))
+    assert np.all((deep >= 0) & (deep < 1.7e-38))
+    assert np.isnan(apply(np.array([np.nan], np.float32))[0])
+
+
+def test_vectorised_exp2_matches_float64() -> None:
+    """The scan's float32 ``2**x`` (exp(Δ·A) = 2**(Δ·A·log2 e)) is within 2.5 ulp over
+    [-126, 127], exactly 1 at 0 and for tiny arguments (a state with Δ ≈ 0 must not grow),
+    0 below -126.5, inf above 127.5, NaN for NaN."""
+    import numba
+
+    from upsr.nn._scan_numba import exp2_ad
+
+    @numba.njit
+    def apply(v):  # pragma: no cover - compiled
+        out = np.empty_like(v)
+        for i in range(v.shape[0]):
+            out[i] = exp2_ad(v[i])
+        return out
+
+    v = np.concatenate([np.linspace(-126, 127, 100001),
+                        np.linspace(-1e-3, 1e-3, 1001)]).astype(np.float32)
+    want = np.exp2(v.astype(np.float64))
+    ulps = np.abs(apply(v) - want) / np.spacing(want.astype(np.float32))
+    assert ulps.max() <= 2.5, (ulps.max(), v[ulps.argmax()])
+    edge = apply(np.array([0.0, -1e-30, 1e-30, -127.0, -500.0, 128.0, 500.0, np.nan],
+                          np.float32))
+    assert list(edge[:5]) == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert np.isinf(edge[5]) and np.isinf(edge[6]) and np.isnan(edge[7])
+
+
+def test_numba_pool_launch_keeps_torchs_thread_count() -> None:
+    """numba's OpenMP layer shares libgomp with torch: launching its pool set the process-wide
+    thread count to all cores, undoing ``torch.set_num_threads(1)`` at the first Mamba call.
+    In a fresh process (the pool launches once per process)."""
+    import subprocess
+    import sys
+
+    code = ("import numba, torch; torch.set_num_threads(1)\n"
+            "from upsr.nn._scan_numba import _num_threads\n"
+            "numba.set_num_threads(_num_threads())  # what every kernel wrapper does\n"
+            "print(torch.get_num_threads())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "1"

@@ -22,8 +22,15 @@ also makes the result deterministic for a given thread count.
 
 The ``D·u`` skip and the multiplication by the gate ``SiLU(z)`` are fused into both kernels (the
 backward recomputes ``y_l = ⟨h_l, C_l⟩`` for the gate's gradient), saving several passes over
-``[Bsz, Di, L]`` tensors. The transcendental parts (softplus of Δ, SiLU of z) stay in torch,
-whose vectorised exp is far cheaper than scalar libm calls inside the kernel.
+``[Bsz, Di, L]`` tensors. In these autograd kernels the transcendental parts (softplus of Δ, SiLU
+of z) stay in torch.
+
+Inference (no autograd) has channel-last kernels instead, used by :class:`upsr.nn.Mamba` and
+:class:`upsr.nn.BiMamba`: :func:`conv_silu_channel_last` (causal or anti-causal depthwise conv +
+SiLU on in_proj's output in place) and :func:`mamba_scan_channel_last` (Δ's low-rank projection,
+softplus, the scan, D skip and SiLU gate in one pass, forwards or backwards in time). Their
+loops run over channels innermost, so LLVM vectorises the state update across channels with
+B_t, C_t broadcast; softplus and SiLU use the vectorisable :func:`_expf` / :func:`_log1pf`.
 
 Array layouts (all C-contiguous): ``u, delta: [Bsz, Di, L]``; ``A: [Di, N]``;
 ``Bt, Ct: [Bb, G, Lb, N]`` (time last-but-one so the inner loop over N is contiguous; ``Bb`` is
@@ -93,7 +100,7 @@ def exp_ad(x):  # type: ignore[no-untyped-def]  # numba matches this signature e
     return math.exp(x)
 
 
-@_njit(fastmath=FASTMATH)
+@_njit(fastmath=FASTMATH - {"reassoc"})
 def _expf(x):  # pragma: no cover - compiled
     """float32 exp that LLVM can vectorise (libm's expf is an opaque call; numba has no SVML).
 
@@ -101,7 +108,9 @@ def _expf(x):  # pragma: no cover - compiled
     float32 and a lo correction), a degree-6 Taylor polynomial for ``exp(r)`` (truncation
     < 1.2e-7 relative), and ``2**k`` built from its exponent bits. Below -87.3 the result is 0
     (libm gives a denormal < 1.2e-38 there), above log(FLT_MAX) inf (between 88.37 and 88.72
-    it saturates near 2.4e38); NaN stays NaN. Max relative error ≈ 2 ulp.
+    it saturates near 2.4e38); NaN stays NaN. Max error 2.6 ulp (measured over [-87, 80]).
+    Compiled without 'reassoc' (the flags are per instruction and survive inlining):
+    reassociating ``xc - k·hi - k·lo`` loses the point of the split (5 ulp).
     """
     f = np.float32
     xc = min(max(x, f(-87.3)), f(88.37))  # 2**k stays a normal float32
@@ -130,6 +139,114 @@ def _exp_ad_overload(x):  # type: ignore[no-untyped-def]
     if isinstance(x, types.Float) and x.bitwidth == 32:
         return lambda x: _expf(x)
     return lambda x: math.exp(x)
+
+
+def exp2_ad(x):  # type: ignore[no-untyped-def]  # numba matches this signature exactly
+    """``2**x`` for the discretisation ``exp(Δ·A) = 2**(Δ·A·log2(e))``: float32 gets a
+    vectorisable version."""
+    return 2.0**x
+
+
+@_njit(fastmath=FASTMATH - {"reassoc"})
+def _exp2f(x):  # pragma: no cover - compiled
+    """float32 ``2**x`` that LLVM vectorises, cheaper than :func:`_expf` (the scan's hot loop
+    evaluates one per state update): ``x = k + r``, ``k = round(x)``, ``|r| ≤ ½`` exactly
+    (no ln2 split needed), ``2**r`` by a degree-5 polynomial with constant term exactly 1
+    (so ``2**0 == 1``: a state with Δ ≈ 0 must not grow by an ulp per step) fitted to minimise
+    the relative error on [-½, ½] (9.1e-8), ``2**k`` from its exponent bits. Below -126.5 the
+    result is 0 (flushed denormals), above 127.5 inf (``2**k`` with k = 128 is inf's bit
+    pattern); NaN stays NaN. Max error 2 ulp (measured over [-126, 127]). mamba_ssm's CUDA
+    kernel computes the discretisation the same way (exp2f of Δ·A·log2 e).
+    """
+    f = np.float32
+    xc = min(max(x, f(-127.0)), f(128.0))
+    k = np.floor(xc + f(0.5))
+    r = xc - k
+    p = f(0.0013264727)
+    p = p * r + f(0.009671513)
+    p = p * r + f(0.055507336)
+    p = p * r + f(0.24022242)
+    p = p * r + f(0.69314700)
+    p = p * r + f(1.0)
+    out = p * _bits_as_f32((np.int32(k) + 127) << 23)
+    if x != x:
+        out = x
+    return out
+
+
+@overload(exp2_ad, jit_options={"fastmath": FASTMATH})
+def _exp2_ad_overload(x):  # type: ignore[no-untyped-def]
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x: _exp2f(x)
+    return lambda x: math.exp(x * 0.6931471805599453)
+
+
+@intrinsic
+def _f32_as_bits(typingctx: Any, x: Any) -> Any:
+    """The bits of a float32 as an int32 (an LLVM bitcast: it vectorises)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(x), codegen
+
+
+@_njit(fastmath=FASTMATH - {"reassoc"}, error_model="numpy")
+def _log1pf(y):  # pragma: no cover - compiled
+    """float32 ``log1p(y)`` for ``y ≥ 0`` that LLVM can vectorise (no libm call).
+
+    ``s = 1 + y = 2**e·m`` with ``m ∈ [√½, √2)`` from the exponent bits; ``log m = 2·atanh(f)``,
+    ``f = (m-1)/(m+1)``, ``|f| ≤ 0.172``, as the odd series to ``f⁹/9`` (truncation < 3e-9
+    relative); ``log s = e·ln2 + log m`` with ln2 split hi/lo. The rounding of ``1 + y`` is
+    undone by Goldberg's correction ``log1p(y) = log(s)·y/(s-1)`` (exact ``y`` where
+    ``s == 1``), so small ``y`` keep full relative precision. NaN stays NaN. Compiled without
+    'reassoc' (fast-math flags are per instruction, so this holds where it is inlined too):
+    reassociation would fold ``(1 + y) - 1`` to ``y`` and undo the correction.
+    """
+    f = np.float32
+    s = f(1.0) + y
+    bits = _f32_as_bits(s)
+    ef = f(np.int32(bits >> 23)) - f(127.0)  # int32 → float32: one vector conversion
+    m = _bits_as_f32((bits & 0x7FFFFF) | 0x3F800000)  # [1, 2)
+    if m > f(1.4142135623730951):
+        m = m * f(0.5)
+        ef = ef + f(1.0)
+    g = (m - f(1.0)) / (m + f(1.0))
+    g2 = g * g
+    p = f(1.0 / 9.0)
+    p = p * g2 + f(1.0 / 7.0)
+    p = p * g2 + f(1.0 / 5.0)
+    p = p * g2 + f(1.0 / 3.0)
+    p = p * g2 + f(1.0)
+    log_s = ef * f(0.693145751953125) + (ef * f(1.428606765330187e-06) + f(2.0) * g * p)
+    sm1 = s - f(1.0)
+    out = log_s * (y / sm1)
+    if sm1 == f(0.0):
+        out = y
+    return out
+
+
+def softplus_ad(x):  # type: ignore[no-untyped-def]  # numba matches this signature exactly
+    """``softplus(x) = log1p(exp(x))``, ``x`` itself above 20 (torch's default threshold)."""
+    return x if x > 20.0 else math.log1p(math.exp(x))
+
+
+@_njit(fastmath=FASTMATH, error_model="numpy")
+def _softplusf(x):  # pragma: no cover - compiled
+    """float32 softplus from :func:`_expf` and :func:`_log1pf` (both vectorisable)."""
+    out = _log1pf(_expf(x))
+    if x > np.float32(20.0):
+        out = x
+    return out
+
+
+@overload(softplus_ad, jit_options={"fastmath": FASTMATH})
+def _softplus_ad_overload(x):  # type: ignore[no-untyped-def]
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        return lambda x: _softplusf(x)
+    return lambda x: x if x > 20.0 else math.log1p(math.exp(x))
 
 
 @_njit(parallel=True, nogil=True, fastmath=FASTMATH)
@@ -263,52 +380,93 @@ def _backward(u, delta, A, Bt, Ct, D, gate, has_gate, gout, glast, ckpt,
             dD_part[w, d] += dD_loc
 
 
-@_njit(parallel=True, nogil=True, fastmath=FASTMATH)
-def _forward_cl(u, delta, A, Bm, Cm, D, gate, gate_offset, has_gate, out, last,
-                block):  # pragma: no cover - compiled
-    """Channel-last forward for inference: ``u, delta, out: [Bsz, L, Di]``, the gate input
-    ``z = gate[..., gate_offset:gate_offset + Di]``, ``Bm, Cm: [Bsz, L, N]``,
-    ``last: [Bsz, Di, N]`` (all C-contiguous). Parallel over (batch, block of ``block``
-    channels); each worker walks time once for its channels, so no [Bsz, Di, L] transposes
-    are ever made."""
-    bsz, length, di = u.shape
-    n_state = A.shape[1]
+@_njit(parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+def _mamba_scan_cl(x, xdbl, dt_rank, wdt_t, bdt, a_t, D, gate, gate_offset, has_gate,
+                   reverse, accumulate, out, last, block):  # pragma: no cover - compiled
+    """Channel-last inference scan of a Mamba branch, Δ computed inside.
+
+    ``x: [Bsz, L, Di]`` (the SiLU(conv) output = the scan's ``u``), ``xdbl: [Bsz, L, R+2N]``
+    (x_proj's output: the low-rank Δ, then B, then C; read in place, no slicing),
+    ``wdt_t: [R, Di]`` (dt_proj.weight transposed), ``bdt: [Di]`` (dt_proj.bias),
+    ``a_t: [N, Di]`` (A·log2(e), transposed: ``exp(Δ·A)`` is computed as ``2**(Δ·a_t)``),
+    ``D: [Di]``, the gate input ``z = gate[...,
+    gate_offset:gate_offset + Di]`` (SiLU applied here), ``out: [Bsz, L, Di]``,
+    ``last: [Bsz, Di, N]``. ``Δ = softplus(bdt + wdt_t^T·xdbl[:R])`` (torch's threshold 20).
+    With ``reverse`` time runs from L-1 down to 0 (the backward branch of a bidirectional
+    block, without flipping anything); with ``accumulate`` the result is added to ``out``.
+
+    Parallel over (batch, block of ``block`` channels). Every loop over channels is innermost
+    and contiguous, with time-step scalars (B_t[n], C_t[n]) broadcast, so LLVM vectorises the
+    state update over channels: no horizontal sum over states, no strided access. The state
+    lives in ``h: [N, block]``.
+    """
+    bsz, length, di = out.shape
+    n_state = a_t.shape[0]
     n_blocks = (di + block - 1) // block
+    one = out.dtype.type(1.0)
     for job in prange(bsz * n_blocks):
         b = job // n_blocks
         d0 = (job % n_blocks) * block
-        d1 = min(di, d0 + block)
-        h = np.zeros((d1 - d0, n_state), dtype=u.dtype)
-        for t in range(length):
-            brow = Bm[b, t]
-            crow = Cm[b, t]
-            for j in range(d1 - d0):
-                d = d0 + j
-                dt = delta[b, t, d]
-                ut = u[b, t, d]
-                du = dt * ut
-                a = A[d]
-                hj = h[j]
-                acc = u.dtype.type(0.0)
-                for n in range(n_state):
-                    hn = exp_ad(dt * a[n]) * hj[n] + du * brow[n]
-                    hj[n] = hn
-                    acc += hn * crow[n]
-                o = acc + D[d] * ut
-                if has_gate:  # SiLU(z) fused: z is read from the in_proj output itself
-                    zt = gate[b, t, gate_offset + d]
-                    o = o * zt / (u.dtype.type(1.0) + exp_ad(-zt))
-                out[b, t, d] = o
-        for j in range(d1 - d0):
-            last[b, d0 + j, :] = h[j]
+        nb = min(di, d0 + block) - d0
+        at = np.ascontiguousarray(a_t[:, d0:d0 + nb])  # [N, nb], A·log2(e)
+        wt = np.ascontiguousarray(wdt_t[:, d0:d0 + nb])  # [R, nb]
+        bias = bdt[d0:d0 + nb].copy()
+        skip = D[d0:d0 + nb].copy()
+        h = np.zeros((n_state, nb), dtype=out.dtype)
+        dl = np.empty(nb, dtype=out.dtype)
+        du = np.empty(nb, dtype=out.dtype)
+        acc = np.empty(nb, dtype=out.dtype)
+        for step in range(length):
+            t = length - 1 - step if reverse else step
+            xr = xdbl[b, t]
+            ur = x[b, t, d0:d0 + nb]  # slices, not offset indices: those compile to gathers
+            orow = out[b, t, d0:d0 + nb]
+            for j in range(nb):
+                dl[j] = bias[j]
+            for r in range(dt_rank):
+                s = xr[r]
+                wr = wt[r]
+                for j in range(nb):
+                    dl[j] += s * wr[j]
+            for j in range(nb):
+                v = softplus_ad(dl[j])
+                uj = ur[j]
+                dl[j] = v
+                du[j] = v * uj
+                acc[j] = skip[j] * uj
+            for n in range(n_state):
+                bn = xr[dt_rank + n]
+                cn = xr[dt_rank + n_state + n]
+                hn = h[n]
+                an = at[n]
+                for j in range(nb):
+                    hv = exp2_ad(dl[j] * an[j]) * hn[j] + du[j] * bn
+                    hn[j] = hv
+                    acc[j] += hv * cn
+            if has_gate:  # SiLU(z) fused: z is read from the in_proj output itself
+                zr = gate[b, t, gate_offset + d0:gate_offset + d0 + nb]
+                for j in range(nb):
+                    zt = zr[j]
+                    acc[j] = acc[j] * zt / (one + exp_ad(-zt))
+            if accumulate:
+                for j in range(nb):
+                    orow[j] += acc[j]
+            else:
+                for j in range(nb):
+                    orow[j] = acc[j]
+        for j in range(nb):
+            for n in range(n_state):
+                last[b, d0 + j, n] = h[n, j]
 
 
-@_njit(parallel=True, nogil=True, fastmath=FASTMATH)
-def _conv_silu_cl(x, weight, bias, out, block):  # pragma: no cover - compiled
+@_njit(parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
+def _conv_silu_cl(x, weight, bias, out, block, reverse):  # pragma: no cover - compiled
     """``out[b, t, d] = SiLU(bias[d] + Σ_k weight[d, k]·x[b, t-K+1+k, d])`` (zeros before
     t = 0): the causal depthwise conv and its SiLU in one pass over channel-last ``x: [Bsz, L,
     ≥Di]`` (the first Di channels are used, so x may be the whole in_proj output), parallel
-    over (batch, block of ``block`` time steps), vectorised over channels."""
+    over (batch, block of ``block`` time steps), vectorised over channels. With ``reverse``
+    the conv is anti-causal, ``x[b, t+K-1-k, d]`` (zeros after L-1): the causal conv of the
+    time-reversed sequence, in the original time order."""
     bsz, length, di = out.shape
     k = weight.shape[1]
     n_blocks = (length + block - 1) // block
@@ -323,8 +481,8 @@ def _conv_silu_cl(x, weight, bias, out, block):  # pragma: no cover - compiled
             for d in range(di):
                 acc[d] = bias[d]
             for j in range(k):
-                s = t - k + 1 + j
-                if s >= 0:
+                s = t + k - 1 - j if reverse else t - k + 1 + j
+                if 0 <= s < length:
                     xrow = x[b, s]
                     wrow = wt[j]
                     for d in range(di):
@@ -336,56 +494,75 @@ def _conv_silu_cl(x, weight, bias, out, block):  # pragma: no cover - compiled
 
 
 def conv_silu_channel_last(xz: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                           channels: int) -> torch.Tensor:
+                           channels: int, reverse: bool = False) -> torch.Tensor:
     """SiLU of the causal depthwise conv over the first ``channels`` channels of channel-last
     ``xz: [Bsz, L, ≥channels]`` (C-contiguous) → ``[Bsz, L, channels]``; ``weight: [Di, 1, K]``
-    (nn.Conv1d's layout). Inference only."""
+    (nn.Conv1d's layout). ``reverse``: the conv of the time-reversed sequence, returned in
+    the original order (= ``flip(conv(flip(x)))``). Inference only."""
     bsz, length, _ = xz.shape
     out = xz.new_empty(bsz, length, channels)
     if length == 0:
         return out
-    w = weight.detach()[:, 0, :].contiguous()
-    b = xz.new_zeros(channels) if bias is None else bias.detach().contiguous()
+    w = weight.detach()[:, 0, :].to(xz.dtype).contiguous()
+    b = xz.new_zeros(channels) if bias is None else bias.detach().to(xz.dtype).contiguous()
     threads = _num_threads()
     block = max(64, -(-length // (4 * threads)))
     numba.set_num_threads(threads)
     compile_notice(_conv_silu_cl, "causal conv")
-    _conv_silu_cl(xz.detach().contiguous().numpy(), w.numpy(), b.numpy(), out.numpy(), block)
+    _conv_silu_cl(xz.detach().contiguous().numpy(), w.numpy(), b.numpy(), out.numpy(), block,
+                  reverse)
     return out
 
 
-def scan_channel_last(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor,
-                      Cm: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
-                      z_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inference-only selective scan on channel-last tensors (no autograd).
+def mamba_scan_channel_last(x: torch.Tensor, xdbl: torch.Tensor, dt_weight: torch.Tensor,
+                            dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor | None,
+                            z: torch.Tensor | None, z_offset: int = 0, reverse: bool = False,
+                            out: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inference-only gated selective scan of one Mamba branch on channel-last tensors.
 
-    ``u, delta: [Bsz, L, Di]`` (delta already positive), ``A: [Di, N]``, the gate's input
-    ``z`` at channels ``z_offset .. z_offset+Di`` of ``z: [Bsz, L, ≥Di]`` (so in_proj's whole
-    output can be passed without slicing; SiLU is applied inside),
-    ``Bm, Cm: [Bsz, L, N]``, ``D: [Di]``; computed in float32 (float64 if ``u`` is; bf16
-    arguments from autocast are converted: the state stays float32). Non-contiguous
-    arguments are copied (numba vectorises the loop over states only for C-contiguous
-    arrays: on strided views of x_proj's output the kernel ran 3× slower). Returns
-    ``out = (y + D·u)·SiLU(z): [Bsz, L, Di]`` (contiguous) and ``last: [Bsz, Di, N]``.
+    ``x: [Bsz, L, Di]`` (SiLU(conv(x)), the scan input ``u``), ``xdbl: [Bsz, L, R+2N]``
+    (x_proj's output: low-rank Δ, B, C), ``dt_weight: [Di, R]``, ``dt_bias: [Di]``
+    (dt_proj's), ``A: [Di, N]`` (= -exp(A_log)), ``D: [Di]``, the gate's input at channels
+    ``z_offset .. z_offset+Di`` of ``z: [Bsz, L, ≥Di]`` (so in_proj's whole output can be
+    passed). Computes ``Δ = softplus(xdbl[..., :R]·dt_weightᵀ + dt_bias)`` and
+    ``out = (y + D·u)·SiLU(z): [Bsz, L, Di]`` in one pass (float32; float64 if ``x`` is;
+    bf16 arguments from autocast are converted: the state stays float32). ``reverse`` scans
+    from the last step to the first (a bidirectional block's backward branch, no flips);
+    ``out`` (float32/64 ``[Bsz, L, Di]``, contiguous), when given, is added to instead of
+    overwritten. Returns ``out`` and the last state ``[Bsz, Di, N]`` (the state after step 0
+    with ``reverse``).
     """
-    bsz, length, di = u.shape
+    bsz, length, di = x.shape
     n_state = A.shape[1]
-    cdt = torch.float64 if u.dtype == torch.float64 else torch.float32
-    out = u.new_empty(bsz, length, di, dtype=cdt)
-    last = u.new_empty(bsz, di, n_state, dtype=cdt)
+    rank = dt_weight.shape[1]
+    if xdbl.shape != (bsz, length, rank + 2 * n_state):
+        raise ValueError(f"mamba_scan_channel_last: xdbl is {list(xdbl.shape)}, expected "
+                         f"[{bsz}, {length}, {rank + 2 * n_state}]")
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    accumulate = out is not None
+    if out is None:
+        out = x.new_empty(bsz, length, di, dtype=cdt)
+    elif out.shape != (bsz, length, di) or out.dtype != cdt or not out.is_contiguous():
+        raise ValueError("mamba_scan_channel_last: out must be a contiguous "
+                         f"[{bsz}, {length}, {di}] {cdt} tensor")
+    last = x.new_zeros(bsz, di, n_state, dtype=cdt)
     if length == 0:
-        last.zero_()
         return out, last
     threads = _num_threads()
-    block = max(1, -(-di // max(1, -(-threads // bsz))))   # one block per thread and batch row
-    Dc = u.new_zeros(di) if D is None else D.detach().contiguous()
-    g = u.new_zeros(1, 1, 1) if z is None else z.detach()
+    jobs_per_row = max(1, -(-threads // bsz))
+    block = min(128, -(-di // jobs_per_row))
+    block = min(di, -(-block // 16) * 16)  # whole vectors where possible
+    Dc = x.new_zeros(di) if D is None else D.detach()
+    g = x.new_zeros(1, 1, 1) if z is None else z.detach()
     numba.set_num_threads(threads)
-    compile_notice(_forward_cl, "channel-last forward")
-    u, delta, A, Bm, Cm, g, Dc = (x.detach().to(cdt).contiguous()
-                                  for x in (u, delta, A, Bm, Cm, g, Dc))
-    _forward_cl(u.numpy(), delta.numpy(), A.numpy(), Bm.numpy(), Cm.numpy(), Dc.numpy(),
-                g.numpy(), z_offset, z is not None, out.numpy(), last.numpy(), block)
+    compile_notice(_mamba_scan_cl, "channel-last forward")
+    x, xdbl, g, Dc, bias = (a.detach().to(cdt).contiguous() for a in (x, xdbl, g, Dc, dt_bias))
+    wdt_t = dt_weight.detach().to(cdt).t().contiguous()
+    a_t = (A.detach().to(cdt) * math.log2(math.e)).t().contiguous()  # exp(Δ·A) = 2**(Δ·A·log2 e)
+    _mamba_scan_cl(x.numpy(), xdbl.numpy(), rank, wdt_t.numpy(), bias.numpy(), a_t.numpy(),
+                   Dc.numpy(), g.numpy(), z_offset, z is not None, reverse, accumulate,
+                   out.numpy(), last.numpy(), block)
     return out, last
 
 
@@ -413,8 +590,18 @@ def compile_notice(kernel: Any, what: str) -> None:
 
 
 def _num_threads() -> int:
-    """numba threads = torch's intra-op thread count (bounded by numba's pool)."""
-    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+    """numba threads = torch's intra-op thread count (bounded by numba's pool).
+
+    Launches numba's thread pool first: with numba's OpenMP layer, which shares libgomp with
+    torch, the launch sets the process-wide OpenMP thread count to NUMBA_NUM_THREADS (all
+    cores), silently undoing ``torch.set_num_threads`` (``--threads``) at the first Mamba
+    call; torch's count is read before and put back.
+    """
+    want = torch.get_num_threads()
+    numba.get_num_threads()  # launches the pool (once per process)
+    if torch.get_num_threads() != want:
+        torch.set_num_threads(want)
+    return max(1, min(want, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
 
 
 class SelectiveScanCPU(torch.autograd.Function):

@@ -189,8 +189,7 @@ class Mamba(nn.Module):
             raise UsageError(f"Mamba: input must be [B, L, {self.d_model}], got "
                              f"{list(hidden_states.shape)}")
         backend = resolve_backend(self.backend, hidden_states.device)
-        if (backend == "cpu" and hidden_states.dtype != torch.float64
-                and not self._needs_grad(hidden_states)):
+        if self._use_channel_last(hidden_states, backend):
             return self._forward_channel_last(hidden_states)
         xz = self.in_proj(hidden_states).transpose(1, 2)  # [B, 2·Di, L]
         x, z = xz.chunk(2, dim=1)
@@ -202,27 +201,42 @@ class Mamba(nn.Module):
             return False
         return hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())
 
+    def _use_channel_last(self, hidden_states: torch.Tensor, backend: str) -> bool:
+        """Inference on CPU in float32/bf16 takes the channel-last numba path."""
+        return (backend == "cpu" and hidden_states.dtype != torch.float64
+                and not self._needs_grad(hidden_states))
+
+    def _branch_channel_last(
+        self, xz: torch.Tensor, conv1d: nn.Conv1d, x_proj: nn.Linear, dt_proj: nn.Linear,
+        A_log: torch.Tensor, D: torch.Tensor, reverse: bool, out: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One direction of the SSM branch on in_proj's float32 output ``xz: [B, L, 2·Di]``
+        (read in place: x is its first Di channels, z the rest): the conv+SiLU kernel, x_proj
+        (a torch GEMM), then one numba pass for dt_proj, softplus, the scan, D skip and the
+        SiLU(z) gate (:func:`upsr.nn._scan_numba.mamba_scan_channel_last`). ``reverse`` runs
+        the branch on the time-reversed sequence and returns its output in the original order
+        (no flips are made); ``out`` is added to when given. Returns ``[B, L, Di]`` float32."""
+        from upsr.nn._scan_numba import conv_silu_channel_last, mamba_scan_channel_last
+
+        x = conv_silu_channel_last(xz, conv1d.weight, conv1d.bias, self.d_inner, reverse)
+        x_dbl = F.linear(x, x_proj.weight.float())  # [B, L, R+2N]
+        A = -torch.exp(A_log.float())
+        y, _ = mamba_scan_channel_last(x, x_dbl, dt_proj.weight, dt_proj.bias, A, D, xz,
+                                       self.d_inner, reverse=reverse, out=out)
+        return y
+
     def _forward_channel_last(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Inference on CPU without a single transpose: the causal conv + SiLU (one numba pass)
-        reads in_proj's output ``[B, L, 2·Di]`` in place, the projections and the numba scan
-        (:func:`upsr.nn._scan_numba.scan_channel_last`, SiLU(z) gate fused, z read from the
-        same in_proj output) work on ``[B, L, ·]``, and the scan's output goes straight into
-        out_proj. Same math as :meth:`forward`'s general path, in float32 (the scan state
-        included) also under bf16 autocast for everything after in_proj; float64 inputs take
-        the general path."""
-        from upsr.nn._scan_numba import conv_silu_channel_last, scan_channel_last
-
+        reads in_proj's output ``[B, L, 2·Di]`` in place, x_proj works on ``[B, L, ·]``, one
+        numba pass computes Δ (dt_proj, softplus), the scan, D skip and SiLU(z) gate (z read
+        from the same in_proj output), and its output goes straight into out_proj. Same math as
+        :meth:`forward`'s general path; the scan state and everything inside the kernels run in
+        float32 also under bf16 autocast (the projections follow autocast). float64 inputs and
+        autograd take the general path."""
         xz = self.in_proj(hidden_states)  # [B, L, 2·Di]
         xzf = xz.float().contiguous()
-        x = conv_silu_channel_last(xzf, self.conv1d.weight.float(),
-                                   None if self.conv1d.bias is None else self.conv1d.bias.float(),
-                                   self.d_inner)
-        x_dbl = F.linear(x, self.x_proj.weight.float())  # [B, L, R+2N]
-        dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(F.linear(dt, self.dt_proj.weight.float(),
-                                    self.dt_proj.bias.float()))  # [B, L, Di]
-        A = -torch.exp(self.A_log.float())
-        y, _ = scan_channel_last(x, delta, A, Bm, Cm, self.D.float(), xzf, self.d_inner)
+        y = self._branch_channel_last(xzf, self.conv1d, self.x_proj, self.dt_proj, self.A_log,
+                                      self.D, reverse=False, out=None)
         return self.out_proj(y.to(xz.dtype))
 
     # -- recurrent (streaming) mode ------------------------------------------------------------
@@ -296,12 +310,27 @@ class BiMamba(Mamba):
             raise UsageError(f"BiMamba: input must be [B, L, {self.d_model}], got "
                              f"{list(hidden_states.shape)}")
         backend = resolve_backend(self.backend, hidden_states.device)
+        if self._use_channel_last(hidden_states, backend):
+            return self._forward_channel_last(hidden_states)
         xz = self.in_proj(hidden_states).transpose(1, 2)
         x, z = xz.chunk(2, dim=1)
         y_f = self._ssm(x, z, self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D, backend)
         y_b = self._ssm(x.flip(-1), z.flip(-1), self.conv1d_b, self.x_proj_b, self.dt_proj_b,
                         self.A_b_log, self.D_b, backend)
         return self.out_proj((y_f + y_b.flip(-1)).transpose(1, 2))
+
+    def _forward_channel_last(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Inference on CPU as :meth:`Mamba._forward_channel_last`, both directions on the same
+        in_proj output: the backward branch runs an anti-causal conv and a scan from the last
+        step to the first, adding into the forward branch's output, so ``y_fwd + flip(y_bwd)``
+        is made without a flip, transpose or copy."""
+        xz = self.in_proj(hidden_states)  # [B, L, 2·Di]
+        xzf = xz.float().contiguous()
+        y = self._branch_channel_last(xzf, self.conv1d, self.x_proj, self.dt_proj, self.A_log,
+                                      self.D, reverse=False, out=None)
+        y = self._branch_channel_last(xzf, self.conv1d_b, self.x_proj_b, self.dt_proj_b,
+                                      self.A_b_log, self.D_b, reverse=True, out=y)
+        return self.out_proj(y.to(xz.dtype))
 
     def step(self, *args: Any, **kwargs: Any) -> Any:
         raise UsageError("BiMamba has no recurrent step mode: its backward branch needs the "

@@ -106,8 +106,8 @@ def scan_ref(
     # unbind (not indexing) per step: its backward stacks the step gradients instead of
     # scattering each into a full-size zero tensor, which would make backward O(L²).
     us, ds = u.unbind(-1), delta.unbind(-1)
-    bs = Bc.unbind(-1) if Bc.shape[-1] > 1 else (Bc[..., 0],) * length
-    cs = Cc.unbind(-1) if Cc.shape[-1] > 1 else (Cc[..., 0],) * length
+    bs = Bc.unbind(-1) if Bc.shape[-1] != 1 else (Bc[..., 0],) * length
+    cs = Cc.unbind(-1) if Cc.shape[-1] != 1 else (Cc[..., 0],) * length
     h = u.new_zeros(bsz, di, A.shape[1])
     ys = []
     for t in range(length):
