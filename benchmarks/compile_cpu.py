@@ -15,6 +15,23 @@ second of audio); ``never`` where the compiled forward is not faster.
 Each mode starts from ``torch._dynamo.reset()`` (no compiled code reused between rows), but
 inductor's on-disk cache (``/tmp/torchinductor_$USER``) is kept: rerunning the script measures
 warm-cache compile times unless that folder is removed first.
+
+Measured 2026-12-01 (torch 2.13 CPU, AMD EPYC with avx512_bf16, 1 thread, cold inductor
+cache, on the shared 2-core machine at load average 6-12, so absolute seconds are ~3x a
+quiet machine's; the ratios are what counts), Apollo, 2 s mono::
+
+    precision mode        eager s  compile s  steady s  speed-up  rel L2   break-even
+    fp32      default       43.70      432.3     43.66     1.00x  5.5e-07  (none: noise)
+    bf16      default       23.08      367.0     26.45     0.87x  1.2e-02  never
+
+(bf16 row: Apollo's explicit bf16 path before its scratch buffers were added; the compiled
+bf16 forward is slower than eager.) ``torch.compile`` does not pay for Apollo on a CPU:
+its time is in GEMMs that inductor hands to the same oneDNN/MKL kernels, the complex
+STFT/iSTFT are not code-generated (inductor warns and falls back), and the 6-7 minutes of
+compilation would be paid again for every new input length (the engine's last chunk of a
+file). ``max-autotune-no-cudagraphs`` was not run: with default mode already compiling for
+6-7 minutes on this machine, autotuning every GEMM would take far longer, and it could only
+pick among the same GEMM kernels. No ``--compile`` opt-in was added.
 """
 
 from __future__ import annotations

@@ -217,8 +217,8 @@ def _band_groups(widths: tp.Sequence[int]) -> list[tuple[int, int, int]]:
 
 
 def _autocast_low_precision(x: torch.Tensor) -> torch.dtype | None:
-    """``torch.bfloat16`` when a bf16 autocast is active on ``x``'s device and no gradient is
-    recorded (inference), else None.
+    """``torch.bfloat16`` when ``x`` is on the CPU, a CPU bf16 autocast is active and no
+    gradient is recorded (inference), else None.
 
     Apollo then runs the BSNet stack explicitly in bf16 rather than letting autocast cast each
     op's inputs: the band embedding, the head and the (i)STFT stay float32, the residual
@@ -226,12 +226,14 @@ def _autocast_low_precision(x: torch.Tensor) -> torch.dtype | None:
     bf16), and the blocks' own low-precision paths keep every normalisation statistic and the
     attention softmax in float32. Training under autocast (gradients on) keeps the float32
     code with autocast's casts. fp16 autocast is left to autocast (a float16 residual stream
-    could overflow).
+    could overflow). On CUDA autocast alone is used: what this path saves (per-op casts, the
+    slow depthwise multiply-adds, page faults of fresh buffers) is a CPU cost, and the path has
+    not been run on a GPU.
     """
-    device = x.device.type
-    if torch.is_grad_enabled() or not torch.is_autocast_enabled(device):
+    if (x.device.type != "cpu" or torch.is_grad_enabled()
+            or not torch.is_autocast_enabled("cpu")):
         return None
-    dtype = torch.get_autocast_dtype(device)
+    dtype = torch.get_autocast_dtype("cpu")
     return dtype if dtype == torch.bfloat16 else None
 
 
@@ -519,7 +521,7 @@ class Apollo(Restorer):
         if low is None:
             est = self.head(self.run_net(self.features(spec)))
         else:  # bf16 autocast at inference: see _autocast_low_precision
-            with torch.autocast(x.device.type, enabled=False):
+            with torch.autocast("cpu", enabled=False):
                 est = self.head(self.run_net(self.features(spec), low).float())
         return self.istft(est, x.shape[-1])[:, :length]
 
