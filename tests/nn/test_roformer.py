@@ -15,7 +15,9 @@ from upsr.nn.roformer import (
     RoformerBlock,
     Workspace,
     apply_rope,
+    apply_rope_batched,
     rms_normalize,
+    rope_matrices,
     rope_tables,
 )
 
@@ -156,3 +158,16 @@ def test_workspace_reuses_storage_per_name():
     assert ws.get("g", (2, 8), like).data_ptr() != a.data_ptr()
     assert ws.get("h", (8, 8), like).shape == (8, 8)  # larger: a new buffer
     assert ws.get("h", (2, 8), like.float()).dtype == torch.float32
+
+
+def test_batched_rope_equals_pairwise_rotation():
+    """RoPE as per-position rotation matrices (the bf16 path's GEMM) equals the loop."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 20, 8, dtype=torch.float64)
+    cos, sin = rope_tables(100, 8, dtype=torch.float64)  # float32 angles, as Apollo's
+    rot = rope_matrices(cos[:20], sin[:20])
+    got = apply_rope_batched(x, rot)
+    assert got.shape == x.shape
+    np.testing.assert_allclose(got.numpy(), apply_rope(x, cos[:20], sin[:20]).numpy(),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.numpy(), _rope_loop(x.numpy()), atol=2e-5)
