@@ -413,3 +413,80 @@ def test_engine_chunk_plan_with_context_and_align_equals_whole_signal():
             out[:, ch.keep_lo:ch.keep_hi] = y[:, ch.keep_lo - ch.lo:ch.keep_hi - ch.lo]
     assert len(plan) > 4
     assert (out - whole).abs().max() <= 1e-4 * whole.abs().max()
+
+
+# -- bf16 inference ------------------------------------------------------------------------
+BF16_TOL = 2e-2  # relative L2 of a bf16 output against float32 (REL_L2_BOUND of `auto`)
+
+
+def _music(seconds: float, seed: int = 0) -> torch.Tensor:
+    from upsr.audio import synth
+
+    return torch.from_numpy(synth.music_like(seconds, 44100, channels=1, seed=seed)).float()
+
+
+def test_time_conv_block_bf16_matches_float32():
+    """The bf16 path (NHWC depthwise convolution, fused residual) computes the official
+    block's function within bf16 rounding, and leaves its input alone."""
+    from upsr.models.apollo import TimeConvBlock
+
+    torch.manual_seed(0)
+    block = TimeConvBlock(16, 64).eval()
+    with torch.no_grad():
+        block.conv[1].weight.uniform_(0.5, 1.5)
+    x = torch.randn(2, 30, 6, 16)
+    xb = x.bfloat16()
+    x0 = xb.clone()
+    with torch.inference_mode():
+        ref = block(x.permute(0, 2, 3, 1).reshape(12, 16, 30))  # official layout, float32
+        ref = ref.reshape(2, 6, 16, 30).permute(0, 3, 1, 2)
+        y = block.forward_frames(xb)
+    assert y.dtype == torch.bfloat16 and torch.equal(xb, x0)
+    assert 1e-4 < rel_l2(y.float(), ref) < BF16_TOL
+
+
+def test_bf16_autocast_inference_runs_the_bsnets_in_bf16():
+    """Under bf16 autocast without gradients the BSNet stack runs in bf16 (embedding, head
+    and STFTs in float32): output float32, within the bound of float32, and equal to calling
+    the stages with ``run_net(..., torch.bfloat16)`` directly."""
+    model = _small(feature_dim=32, layer=2)
+    x = _music(0.5)
+    with torch.inference_mode():
+        y32 = model.restore(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y16 = model.restore(x)
+        net = model.run_net(model.features(model.stft(x)), torch.bfloat16)
+        direct = model.istft(model.head(net.float()), x.shape[-1])
+    assert net.dtype == torch.bfloat16
+    assert y16.dtype == torch.float32 and y16.shape == x.shape
+    assert torch.equal(y16, direct)
+    assert 1e-4 < rel_l2(y16, y32) < BF16_TOL
+
+
+def test_bf16_inference_follows_weight_changes():
+    """No stale bf16 weights: edit a weight in place (as an optimizer step or a state-dict
+    load does) and the next bf16 forward equals a fresh model holding the new weights."""
+    model = _small(feature_dim=32, layer=1)
+    x = _music(0.3, seed=1)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model.restore(x)
+    with torch.no_grad():
+        model.net[0].seq_net.blocks[0].conv[2].weight.mul_(1.5)
+        model.net[0].band_net.weight.weight.mul_(0.5)
+    fresh = Apollo(model.config).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        after, ref = model.restore(x), fresh.restore(x)
+    assert torch.equal(after, ref) and rel_l2(after, before) > 1e-2
+
+
+def test_bf16_autocast_training_keeps_gradients():
+    """With gradients on (training under autocast) the float32 code runs with autocast's
+    casts: backward works, every parameter gets a finite gradient."""
+    model = _small(feature_dim=16, layer=1).train()
+    x = _music(0.2, seed=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model.restore(x)
+    y.float().square().mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)

@@ -10,7 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from upsr.nn.roformer import RMSNorm, RoformerBlock, apply_rope, rms_normalize, rope_tables
+from upsr.nn.roformer import (
+    RMSNorm,
+    RoformerBlock,
+    Workspace,
+    apply_rope,
+    apply_rope_batched,
+    rms_normalize,
+    rope_matrices,
+    rope_tables,
+)
 
 
 def _rope_loop(x: np.ndarray, theta: float = 10000.0) -> np.ndarray:
@@ -103,3 +112,62 @@ def test_roformer_block_rejects_sequences_longer_than_its_table():
     block = RoformerBlock(16, max_positions=10)
     with pytest.raises(ValueError, match="RoPE table"):
         block(torch.randn(1, 11, 16))
+
+
+def test_rms_normalize_bf16_keeps_its_dtype_with_float32_statistics():
+    torch.manual_seed(0)
+    x = torch.randn(64, 256) * torch.logspace(-3, 3, 64)[:, None]  # rows over six decades
+    xb = x.bfloat16()
+    xd = xb.double()
+    ref = xd / torch.sqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-5)
+    y = rms_normalize(xb)
+    assert y.dtype == torch.bfloat16
+    # a few bf16 roundings (2^-9 each): the norm, the scale and the product
+    assert float(((y.double() - ref).abs() / ref.abs().clamp_min(1e-6)).max()) < 1e-2
+    assert float((y.double() - ref).norm() / ref.norm()) < 5e-3
+
+
+def test_roformer_block_bf16_inference_matches_float64_reference():
+    """Without gradients a bf16 input takes the bf16 path (no autocast); same function within
+    bf16 rounding, input untouched, a shared workspace changes nothing."""
+    torch.manual_seed(0)
+    block = RoformerBlock(32, num_heads=8, max_positions=100).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            if p.dim() == 1:
+                p.uniform_(0.5, 1.5)
+    x = torch.randn(5, 80, 32).bfloat16()
+    x0 = x.clone()
+    ws = Workspace()
+    with torch.inference_mode():
+        y = block(x)
+        y_ws = block(x, ws)
+        y_ws2 = block(x[:3], ws)  # a smaller call reuses the same buffers
+    ref = _block_reference(block, x.float())
+    assert y.dtype == torch.bfloat16 and torch.equal(x, x0)
+    assert 1e-4 < float((y.double() - ref).norm() / ref.norm()) < 2e-2
+    assert torch.equal(y, y_ws) and torch.equal(y_ws2, y[:3])
+
+
+def test_workspace_reuses_storage_per_name():
+    ws = Workspace()
+    like = torch.zeros(1, dtype=torch.bfloat16)
+    a = ws.get("h", (4, 8), like)
+    b = ws.get("h", (2, 8), like)
+    assert a.data_ptr() == b.data_ptr() and b.shape == (2, 8)
+    assert ws.get("g", (2, 8), like).data_ptr() != a.data_ptr()
+    assert ws.get("h", (8, 8), like).shape == (8, 8)  # larger: a new buffer
+    assert ws.get("h", (2, 8), like.float()).dtype == torch.float32
+
+
+def test_batched_rope_equals_pairwise_rotation():
+    """RoPE as per-position rotation matrices (the bf16 path's GEMM) equals the loop."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 20, 8, dtype=torch.float64)
+    cos, sin = rope_tables(100, 8, dtype=torch.float64)  # float32 angles, as Apollo's
+    rot = rope_matrices(cos[:20], sin[:20])
+    got = apply_rope_batched(x, rot)
+    assert got.shape == x.shape
+    np.testing.assert_allclose(got.numpy(), apply_rope(x, cos[:20], sin[:20]).numpy(),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.numpy(), _rope_loop(x.numpy()), atol=2e-5)

@@ -44,8 +44,10 @@ class Bf16Error:
 BF16_ERRORS: dict[str, Bf16Error] = {
     # paper mode dLSD 0.0062 / rel 3.35e-3; released forward (Mamba skipped) 0.0064 / 3.36e-3
     "aeromamba": Bf16Error(lsd=0.0064, rel_l2=3.4e-3),
-    # 4 s excerpt (a 10 s one takes too long on the shared machine)
-    "apollo": Bf16Error(lsd=0.0002, rel_l2=1.09e-2),
+    # 4 s excerpt (a 10 s one takes too long on the shared machine); Apollo's own bf16 path
+    # (BSNets in bf16, embedding/head/STFT in float32; upsr.models.apollo). Plain per-op
+    # autocast measured 0.0002 / 1.09e-2 on the same excerpt.
+    "apollo": Bf16Error(lsd=0.0001, rel_l2=1.28e-2),
     # above LSD_BOUND: auto keeps Wave-U-Mamba in float32 (bf16 only when asked for)
     "wave-u-mamba": Bf16Error(lsd=0.0206, rel_l2=4.35e-3),
 }

@@ -29,7 +29,15 @@ from upsr.errors import CheckpointError, UsageError
 from upsr.models import register
 from upsr.models.base import Restorer
 from upsr.models.importers import Overrides
-from upsr.nn.roformer import RMSNorm, RoformerBlock, rms_normalize, rope_tables
+from upsr.nn.roformer import (
+    LOW_PRECISION,
+    RMSNorm,
+    RoformerBlock,
+    Workspace,
+    rms_normalize,
+    rms_scale,
+    rope_tables,
+)
 
 N_BANDS = 80  # official: 79 equal bands + 1 band holding the remaining bins
 N_HEADS = 8  # band Roformer heads
@@ -106,7 +114,10 @@ class TimeConvBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv(x)
 
-    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_frames(self, x: torch.Tensor, workspace: Workspace | None = None
+                       ) -> torch.Tensor:
+        if x.dtype in LOW_PRECISION and not torch.is_grad_enabled():
+            return self._forward_frames_low_precision(x, workspace or Workspace())
         b, t, k, c = x.shape
         conv: tp.Any = self.conv
         dw, norm, up, down = conv[0], conv[1], conv[2], conv[4]
@@ -124,6 +135,29 @@ class TimeConvBlock(nn.Module):
         return torch.addmm(down.bias, y.reshape(-1, y.shape[-1]),
                            down.weight.squeeze(-1).t()).reshape(x.shape).add_(x)
 
+    def _forward_frames_low_precision(self, x: torch.Tensor, ws: Workspace) -> torch.Tensor:
+        """Inference in ``x``'s dtype (bf16/fp16), without autocast (``x`` is not modified):
+        the depthwise convolution as oneDNN's channel-last (NHWC) 2-D convolution with a
+        ``kernel × 1`` filter, which reads ``[B, T, K, C]`` as ``[B, C, T, K]`` in place (in
+        bf16 ~15× faster than the shifted multiply-adds), the RMSNorm statistic in float32,
+        the hidden layer in ``ws`` (name ``hidden``), the residual add fused into the last
+        GEMM, whose result overwrites the convolution's output."""
+        c = x.shape[-1]
+        dt = x.dtype
+        conv: tp.Any = self.conv
+        dw, norm, up, down = conv[0], conv[1], conv[2], conv[4]
+        half = (dw.weight.shape[-1] - 1) // 2
+        y = F.conv2d(x.permute(0, 3, 1, 2), dw.weight.unsqueeze(-1).to(dt), dw.bias.to(dt),
+                     padding=(half, 0), groups=c).permute(0, 2, 3, 1)
+        y = y.contiguous().view(-1, c)  # no copy: oneDNN returns the NHWC layout it was given
+        y.mul_(rms_scale(y, norm.eps))
+        w_up = (up.weight.squeeze(-1) * norm.weight).to(dt)
+        h = torch.addmm(up.bias.to(dt), y, w_up.t(),
+                        out=ws.get("hidden", (y.shape[0], w_up.shape[0]), x))
+        h = F.silu(h, inplace=True)
+        out = torch.addmm(x.reshape(-1, c), h, down.weight.squeeze(-1).t().to(dt), out=y)
+        return out.add_(down.bias.to(dt)).view(x.shape)
+
 
 class TimeConvStack(nn.Module):
     """The "TCN" of a BSNet (official ``ICB``): three :class:`TimeConvBlock` with 4× hidden."""
@@ -136,9 +170,10 @@ class TimeConvStack(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x)
 
-    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_frames(self, x: torch.Tensor, workspace: Workspace | None = None
+                       ) -> torch.Tensor:
         for block in tp.cast(tp.Iterable[TimeConvBlock], self.blocks):
-            x = block.forward_frames(x)
+            x = block.forward_frames(x, workspace)
         return x
 
 
@@ -159,10 +194,12 @@ class BSNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_frames(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
-    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_frames(self, x: torch.Tensor, workspace: Workspace | None = None
+                       ) -> torch.Tensor:
+        """``workspace``: scratch tensors shared by the blocks (bf16/fp16 inference only)."""
         b, t, k, c = x.shape
-        y = self.band_net(x.reshape(b * t, k, c)).reshape(b, t, k, c)
-        return self.seq_net.forward_frames(y)
+        y = self.band_net(x.reshape(b * t, k, c), workspace).reshape(b, t, k, c)
+        return self.seq_net.forward_frames(y, workspace)
 
 
 def _band_groups(widths: tp.Sequence[int]) -> list[tuple[int, int, int]]:
@@ -177,6 +214,27 @@ def _band_groups(widths: tp.Sequence[int]) -> list[tuple[int, int, int]]:
         start += widths[band] * run
         band += run
     return groups
+
+
+def _autocast_low_precision(x: torch.Tensor) -> torch.dtype | None:
+    """``torch.bfloat16`` when ``x`` is on the CPU, a CPU bf16 autocast is active and no
+    gradient is recorded (inference), else None.
+
+    Apollo then runs the BSNet stack explicitly in bf16 rather than letting autocast cast each
+    op's inputs: the band embedding, the head and the (i)STFT stay float32, the residual
+    stream between the blocks is bf16 (as it already was under autocast, whose GEMMs return
+    bf16), and the blocks' own low-precision paths keep every normalisation statistic and the
+    attention softmax in float32. Training under autocast (gradients on) keeps the float32
+    code with autocast's casts. fp16 autocast is left to autocast (a float16 residual stream
+    could overflow). On CUDA autocast alone is used: what this path saves (per-op casts, the
+    slow depthwise multiply-adds, page faults of fresh buffers) is a CPU cost, and the path has
+    not been run on a GPU.
+    """
+    if (x.device.type != "cpu" or torch.is_grad_enabled()
+            or not torch.is_autocast_enabled("cpu")):
+        return None
+    dtype = torch.get_autocast_dtype("cpu")
+    return dtype if dtype == torch.bfloat16 else None
 
 
 # -- official checkpoints -------------------------------------------------------------------
@@ -409,12 +467,17 @@ class Apollo(Restorer):
             out.append(torch.einsum("nci,bnit->bnct", wt, feat) + bias[None, :, :, None])
         return torch.cat(out, 1)
 
-    def run_net(self, feature: torch.Tensor) -> torch.Tensor:
+    def run_net(self, feature: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The BSNet stack, ``[B, K, C, T] -> [B, K, C, T]`` (official ``self.net``), computed
-        channel-last ``[B, T, K, C]`` throughout: one layout change in, one out."""
-        x = feature.permute(0, 3, 1, 2).contiguous()
+        channel-last ``[B, T, K, C]`` throughout: one layout change in, one out.
+
+        ``dtype`` (bf16/fp16; inference only): the stack runs in that dtype (the layout change
+        casts) and returns it; see :meth:`forward`."""
+        x = feature.permute(0, 3, 1, 2)
+        x = x.contiguous() if dtype is None else x.to(dtype, memory_format=torch.contiguous_format)
+        workspace = None if dtype is None else Workspace()
         for block in tp.cast(tp.Iterable[BSNet], self.net):
-            x = block.forward_frames(x)
+            x = block.forward_frames(x, workspace)
         return x.permute(0, 2, 3, 1)
 
     def head(self, feature: torch.Tensor) -> torch.Tensor:
@@ -454,7 +517,12 @@ class Apollo(Restorer):
         if length <= self.config.hop:
             x = F.pad(x, (0, self.config.hop + 1 - length))
         spec = self.stft(x)
-        est = self.head(self.run_net(self.features(spec)))
+        low = _autocast_low_precision(x)
+        if low is None:
+            est = self.head(self.run_net(self.features(spec)))
+        else:  # bf16 autocast at inference: see _autocast_low_precision
+            with torch.autocast("cpu", enabled=False):
+                est = self.head(self.run_net(self.features(spec), low).float())
         return self.istft(est, x.shape[-1])[:, :length]
 
     def restore(self, x: torch.Tensor, cutoff_hz: torch.Tensor | None = None,
