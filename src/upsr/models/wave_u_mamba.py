@@ -24,6 +24,7 @@ init here is therefore plain PyTorch init + weight norm, as in the official mode
 
 from __future__ import annotations
 
+import functools
 import math
 import typing as tp
 from dataclasses import dataclass
@@ -46,6 +47,54 @@ UP_KERNELS = (4, 4, 8, 8)  # ConvTranspose1d kernel sizes, stride 2, padding (k 
 RES_KERNEL = 3  # HiFi-GAN ResBlock kernel and dilations
 RES_DILATIONS = (1, 3)
 POST_KERNEL = 7
+_WEIGHT_CACHE = "_upsr_normed_weight"  # instance attribute (not state): (key, weight)
+
+
+def normed_weight(layer: tp.Any) -> torch.Tensor:
+    """``layer.weight`` of a weight-normed layer; without autograd it is computed once per
+    version of its ``g`` and ``v`` and kept on the layer (21 layers recomputed it on every
+    forward).
+
+    The cache key is the parameters' version counters, storage and dtype, so an in-place update
+    (``load_state_dict``, an optimiser step) or a move (``.to``) recomputes it. With grad enabled
+    (training), and for parameters made under ``inference_mode`` (no version counter), the
+    parametrization recomputes the weight as usual.
+    """
+    if torch.is_grad_enabled():
+        return tp.cast(torch.Tensor, layer.weight)
+    param = layer.parametrizations.weight
+    g, v = param.original0, param.original1
+    if g.is_inference() or v.is_inference():
+        return tp.cast(torch.Tensor, layer.weight)
+    key = (g._version, v._version, g.data_ptr(), v.data_ptr(), g.dtype, v.dtype, g.device)
+    cached = layer.__dict__.get(_WEIGHT_CACHE)
+    if cached is not None and cached[0] == key:
+        return tp.cast(torch.Tensor, cached[1])
+    weight = tp.cast(torch.Tensor, layer.weight)
+    layer.__dict__[_WEIGHT_CACHE] = (key, weight)
+    return weight
+
+
+def wn_conv1d(layer: tp.Any, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for a weight-normed Conv1d (zero padding), with :func:`normed_weight`."""
+    return F.conv1d(x, normed_weight(layer), layer.bias, layer.stride, layer.padding,
+                    layer.dilation, layer.groups)
+
+
+def wn_conv_transpose1d(layer: tp.Any, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for a weight-normed ConvTranspose1d, with :func:`normed_weight`."""
+    return F.conv_transpose1d(x, normed_weight(layer), layer.bias, layer.stride, layer.padding,
+                              layer.output_padding, layer.groups, layer.dilation)
+
+
+def float32_region(fn: tp.Callable[[torch.Tensor], torch.Tensor],
+                   x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` in float32 also under autocast (see :class:`WaveUMamba`: the layers whose
+    bf16 rounding moved the output spectrum most)."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return fn(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return fn(x.float())
 
 
 @dataclass(frozen=True)
@@ -122,9 +171,19 @@ class MambaStack(nn.Module):
             nn.Sequential(ChannelLayerNorm(channels), TimeMamba(channels, cfg)) for _ in range(n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, L] -> [B, C, L]``, computed channel-last: the stack reads ``x`` through one
+        transposed view and copies back to the convolutions' layout once at the end (the
+        block-by-block official layout copies twice per block); the same sums in the same
+        order, so the result is bit-identical."""
+        if not self.blocks:
+            return x
+        h = x.transpose(1, 2)  # [B, L, C] view
         for block in self.blocks:
-            x = x + block(x)
-        return x
+            norm, mamba = tp.cast(tuple[ChannelLayerNorm, TimeMamba],
+                                  tuple(tp.cast(nn.Sequential, block)))
+            # Mamba's output first: the sum takes its contiguous [B, L, C] layout
+            h = mamba.mamba(norm.layernorm(h)) + h
+        return h.transpose(1, 2).contiguous()
 
 
 class DownBlock(nn.Module):
@@ -203,7 +262,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for c1, c2 in zip(self.convs1, self.convs2, strict=True):
-            x = x + c2(F.leaky_relu(c1(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
+            y = F.leaky_relu(wn_conv1d(c1, F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE)
+            x = x + wn_conv1d(c2, y)
         return x
 
 
@@ -379,11 +439,13 @@ class WaveUMamba(Restorer):
         ``[B, 1, L]``."""
         h, skips = self.emb(x)
         skips = skips[::-1]  # deepest first; skips[-1] is the input waveform
-        for i in range(STAGES):
+        for i, up in enumerate(self.ups):
             h = F.leaky_relu(h, LRELU_SLOPE) + skips[i]
-            h = self.mambablocks[i](self.ups[i](h))
+            h = float32_region(functools.partial(wn_conv_transpose1d, up), h)
+            h = self.mambablocks[i](h)
             h = self.resblocks[i](h)
-        h = self.conv_post(F.leaky_relu(h))  # PyTorch's default slope 0.01, as official
+        # PyTorch's default slope 0.01, as official
+        h = float32_region(functools.partial(wn_conv1d, self.conv_post), F.leaky_relu(h))
         return torch.tanh(h) + skips[-1]
 
     def restore(self, x: torch.Tensor, cutoff_hz: torch.Tensor | None = None,
