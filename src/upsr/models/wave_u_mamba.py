@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from upsr.checkpoint import check_keys
@@ -47,44 +48,60 @@ UP_KERNELS = (4, 4, 8, 8)  # ConvTranspose1d kernel sizes, stride 2, padding (k 
 RES_KERNEL = 3  # HiFi-GAN ResBlock kernel and dilations
 RES_DILATIONS = (1, 3)
 POST_KERNEL = 7
-_WEIGHT_CACHE = "_upsr_normed_weight"  # instance attribute (not state): (key, weight)
+_WEIGHT_CACHE = "_upsr_conv_weight"  # instance attribute (not state): (key, weight)
 
 
-def normed_weight(layer: tp.Any) -> torch.Tensor:
-    """``layer.weight`` of a weight-normed layer; without autograd it is computed once per
-    version of its ``g`` and ``v`` and kept on the layer (21 layers recomputed it on every
-    forward).
-
-    The cache key is the parameters' version counters, storage and dtype, so an in-place update
-    (``load_state_dict``, an optimiser step) or a move (``.to``) recomputes it. With grad enabled
-    (training), and for parameters made under ``inference_mode`` (no version counter), the
-    parametrization recomputes the weight as usual.
-    """
-    if torch.is_grad_enabled():
-        return tp.cast(torch.Tensor, layer.weight)
-    param = layer.parametrizations.weight
-    g, v = param.original0, param.original1
-    if g.is_inference() or v.is_inference():
-        return tp.cast(torch.Tensor, layer.weight)
-    key = (g._version, v._version, g.data_ptr(), v.data_ptr(), g.dtype, v.dtype, g.device)
+def _cached_without_grad(layer: nn.Module, sources: tuple[torch.Tensor, ...],
+                         compute: tp.Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``compute()``, kept on ``layer`` and reused while no gradient is needed and none of
+    ``sources`` changed. The key is their version counters, storage and dtype, so an in-place
+    update (``load_state_dict``, an optimiser step) or a move (``.to``) recomputes it. With grad
+    enabled (training), and for tensors made under ``inference_mode`` (no version counter), it
+    is computed every time."""
+    if torch.is_grad_enabled() or any(t.is_inference() for t in sources):
+        return compute()
+    key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in sources)
     cached = layer.__dict__.get(_WEIGHT_CACHE)
     if cached is not None and cached[0] == key:
         return tp.cast(torch.Tensor, cached[1])
-    weight = tp.cast(torch.Tensor, layer.weight)
-    layer.__dict__[_WEIGHT_CACHE] = (key, weight)
-    return weight
+    value = compute()
+    layer.__dict__[_WEIGHT_CACHE] = (key, value)
+    return value
 
 
-def wn_conv1d(layer: tp.Any, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` for a weight-normed Conv1d (zero padding), with :func:`normed_weight`."""
-    return F.conv1d(x, normed_weight(layer), layer.bias, layer.stride, layer.padding,
-                    layer.dilation, layer.groups)
+def conv_weight_2d(layer: tp.Any) -> torch.Tensor:
+    """A Conv1d/ConvTranspose1d weight ``[A, B, k]`` (weight norm applied where the layer has
+    it) as a channels-last ``[A, B, 1, k]`` conv2d weight; computed once per parameter version
+    for inference (the 21 weight-normed layers recomputed it on every forward)."""
+    if parametrize.is_parametrized(layer, "weight"):
+        param = layer.parametrizations.weight
+        sources: tuple[torch.Tensor, ...] = (param.original0, param.original1)
+    else:
+        sources = (layer.weight,)
+    return _cached_without_grad(
+        layer, sources,
+        lambda: layer.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last))
 
 
-def wn_conv_transpose1d(layer: tp.Any, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)`` for a weight-normed ConvTranspose1d, with :func:`normed_weight`."""
-    return F.conv_transpose1d(x, normed_weight(layer), layer.bias, layer.stride, layer.padding,
-                              layer.output_padding, layer.groups, layer.dilation)
+def conv1d(layer: tp.Any, x: torch.Tensor, right_pad: bool = False) -> torch.Tensor:
+    """``layer(x)`` for a Conv1d (zero padding), ``x: [B, C, L]``, run as a channels-last
+    conv2d: the result is ``[B, C_out, L_out]`` with the channels innermost in memory
+    (``[B, L, C]``), the layout LayerNorm over channels and the Mamba blocks read without a
+    copy. ``right_pad``: ``k - 1`` zeros on the right only (the down path's padding; computed
+    as ``k - 1`` each side with the first ``k - 1`` outputs dropped)."""
+    k = layer.kernel_size[0]
+    pad = k - 1 if right_pad else layer.padding[0]
+    y = F.conv2d(x.unsqueeze(2), conv_weight_2d(layer), layer.bias, (1, layer.stride[0]),
+                 (0, pad), (1, layer.dilation[0]), layer.groups).squeeze(2)
+    return y[..., k - 1:] if right_pad else y
+
+
+def conv_transpose1d(layer: tp.Any, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for a ConvTranspose1d, channels-last as :func:`conv1d`."""
+    return F.conv_transpose2d(x.unsqueeze(2), conv_weight_2d(layer), layer.bias,
+                              (1, layer.stride[0]), (0, layer.padding[0]),
+                              (0, layer.output_padding[0]), layer.groups,
+                              (1, layer.dilation[0])).squeeze(2)
 
 
 def float32_region(fn: tp.Callable[[torch.Tensor], torch.Tensor],
@@ -171,19 +188,19 @@ class MambaStack(nn.Module):
             nn.Sequential(ChannelLayerNorm(channels), TimeMamba(channels, cfg)) for _ in range(n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, L] -> [B, C, L]``, computed channel-last: the stack reads ``x`` through one
-        transposed view and copies back to the convolutions' layout once at the end (the
-        block-by-block official layout copies twice per block); the same sums in the same
-        order, so the result is bit-identical."""
+        """``[B, C, L] -> [B, C, L]``, computed on the ``[B, L, C]`` view: for a channel-last
+        ``x`` (the model's layout, see :func:`conv1d`) not one copy (the block-by-block
+        official layout transposes four times and copies twice per block); the same sums in
+        the same order as ``x ← x + block(x)``, so the result is bit-identical."""
         if not self.blocks:
             return x
-        h = x.transpose(1, 2)  # [B, L, C] view
+        h = x.transpose(1, 2)  # [B, L, C]: contiguous when x is channel-last
         for block in self.blocks:
             norm, mamba = tp.cast(tuple[ChannelLayerNorm, TimeMamba],
                                   tuple(tp.cast(nn.Sequential, block)))
             # Mamba's output first: the sum takes its contiguous [B, L, C] layout
             h = mamba.mamba(norm.layernorm(h)) + h
-        return h.transpose(1, 2).contiguous()
+        return h.transpose(1, 2)
 
 
 class DownBlock(nn.Module):
@@ -206,13 +223,13 @@ class DownBlock(nn.Module):
         self.init_ln = ChannelLayerNorm(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.init_conv(F.pad(x, (0, self.kernel - 1)))
+        x = conv1d(self.init_conv, x, right_pad=True)
         x = F.leaky_relu(self.init_ln(x), LRELU_SLOPE)
         for conv, ln in zip(self.convs, self.convlns, strict=True):
-            y = conv(F.pad(x, (0, self.kernel - 1)))
+            y = conv1d(conv, x, right_pad=True)
             x = x + F.leaky_relu(ln(y), LRELU_SLOPE)
-        if self.pool:
-            x = F.avg_pool1d(x, 2, 2)
+        if self.pool:  # AvgPool1d(2, 2), channels-last
+            x = F.avg_pool2d(x.unsqueeze(2), (1, 2), (1, 2)).squeeze(2)
         return self.mambablocks(x)
 
 
@@ -262,8 +279,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for c1, c2 in zip(self.convs1, self.convs2, strict=True):
-            y = F.leaky_relu(wn_conv1d(c1, F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE)
-            x = x + wn_conv1d(c2, y)
+            y = F.leaky_relu(conv1d(c1, F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE)
+            x = x + conv1d(c2, y)
         return x
 
 
@@ -450,11 +467,11 @@ class WaveUMamba(Restorer):
         skips = skips[::-1]  # deepest first; skips[-1] is the input waveform
         for i, up in enumerate(self.ups):
             h = F.leaky_relu(h, LRELU_SLOPE) + skips[i]
-            h = float32_region(functools.partial(wn_conv_transpose1d, up), h)
+            h = float32_region(functools.partial(conv_transpose1d, up), h)
             h = self.mambablocks[i](h)
             h = self.resblocks[i](h)
         # PyTorch's default slope 0.01, as official
-        h = float32_region(functools.partial(wn_conv1d, self.conv_post), F.leaky_relu(h))
+        h = float32_region(functools.partial(conv1d, self.conv_post), F.leaky_relu(h))
         return torch.tanh(h) + skips[-1]
 
     def restore(self, x: torch.Tensor, cutoff_hz: torch.Tensor | None = None,
