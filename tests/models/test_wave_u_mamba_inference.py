@@ -187,24 +187,43 @@ def test_float32_region_under_autocast() -> None:
                                atol=0)
 
 
-def test_bf16_keeps_upsampling_and_head_in_float32(monkeypatch) -> None:
-    """Under bf16 autocast the transposed convolutions and the output conv see and return
-    float32 (the rest runs in bf16), and the output stays close to float32's."""
+def test_bf16_keeps_upsampling_mamba_and_head_in_float32(monkeypatch) -> None:
+    """Under bf16 autocast the transposed convolutions, the Mamba blocks (in_proj/out_proj
+    included) and the output conv return float32, the other convolutions bf16, and the output
+    stays close to float32's."""
+    from upsr.nn.mamba import Mamba
+
     model = small_model(1)
-    seen: dict[str, torch.dtype] = {}
-    orig = F.conv_transpose2d
+    ups: list[torch.dtype] = []
+    convs: list[torch.dtype] = []
+    mambas: list[torch.dtype] = []
+    conv_t, conv = F.conv_transpose2d, F.conv2d
+
+    def spy_t(x: torch.Tensor, *args: tp.Any, **kw: tp.Any) -> torch.Tensor:
+        ups.append(conv_t(x, *args, **kw).dtype)
+        return conv_t(x, *args, **kw)
 
     def spy(x: torch.Tensor, *args: tp.Any, **kw: tp.Any) -> torch.Tensor:
-        y = orig(x, *args, **kw)
-        seen[f"up{len(seen)}"] = y.dtype
+        y = conv(x, *args, **kw)
+        convs.append(y.dtype)
         return y
 
+    for mod in model.modules():
+        if isinstance(mod, Mamba):
+            mod.in_proj.register_forward_hook(lambda _m, _i, out: mambas.append(out.dtype))
+            mod.register_forward_hook(lambda _m, _i, out: mambas.append(out.dtype))
     x = 0.3 * torch.randn(1, 1, 16 * 30)
     with torch.no_grad():
         y32 = model(x)
-        monkeypatch.setattr(F, "conv_transpose2d", spy)
+        mambas.clear()
+        monkeypatch.setattr(F, "conv_transpose2d", spy_t)
+        monkeypatch.setattr(F, "conv2d", spy)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y16 = model(x)
-    assert list(seen.values()) == [torch.float32] * 4
+    assert ups == [torch.float32] * 4
+    n_mamba = sum(isinstance(m, Mamba) for m in model.modules())
+    assert len(mambas) == 2 * n_mamba and set(mambas) == {torch.float32}
+    assert convs[-1] == torch.float32  # conv_post
+    assert set(convs[:-1]) == {torch.bfloat16}  # down path, bottleneck, ResBlocks
     assert y16.dtype == torch.float32
     assert 0 < rel_l2(y16, y32) < 2e-2
