@@ -17,9 +17,25 @@ bf16`` runs under bf16 autocast as ``upsr enhance --precision bf16`` does.
     python benchmarks/wave_u_mamba_cpu.py [--seconds 1] [--threads 1] [--runs 5]
         [--precision fp32|bf16] [--baseline FILE] [--top 15]
 
-Measured on the shared 2-core development machine (AMD EPYC with avx512_bf16, torch 2.13),
-1 s of audio, 1 thread, while other engineers' jobs kept the load average at 6–12, so absolute
-times are inflated ~2× and only interleaved ratios mean much (see the issue 13 closing note).
+Measured 2026-12-01 on the shared 2-core development machine (AMD EPYC with avx512_bf16,
+torch 2.13), 1 s of audio, while other jobs kept the load average at 6–12: absolute times are
+inflated 2–5×, so only the interleaved ratios mean much. A = the model file before issue 13's
+changes (official layout), B = this tree; medians of 5, CPU seconds (wall in brackets):
+
+    fp32, 1 thread     A 3.910 (9.79)   B 3.473 (9.11)   B/A 0.888 (0.930)   load 6.6-7.8
+    fp32, 2 threads    A 5.477 (13.98)  B 3.792 (9.76)   B/A 0.692 (0.698)   load 9.0-9.2
+    bf16, 1 thread     A 5.017 (23.29)  B 3.886 (20.49)  B/A 0.775 (0.880)   load 9.9-10.4
+
+Split of B's fp32 forward (1 thread, CPU time): Mamba blocks 2.16 s (71 %), rest 0.89 s
+(29 %); before (A): Mamba 2.20 s (56 %), rest 1.73 s (44 %: conv1d 0.87, LayerNorm 0.40,
+copies 0.35, LeakyReLU 0.26, ConvTranspose 0.17, F.pad 0.16, weight norm ~0.09).
+
+Tried and not adopted (same conditions): in-place LeakyReLUs, B/A 0.974 CPU but 1.086 wall
+(noise-level); ``torch.compile`` (inductor) of the ResBlocks and down-path conv stages: first
+call 146 s wall, then 3.90 CPU s per forward against 3.09 eager (recompile limit hit on the
+shared conv helper, one graph per shape), so it never pays for a CLI run; bf16 in the Mamba
+blocks' in/out projections: 1/0.866 = 1.15× the CPU time of keeping them float32 under
+autocast (the float32 scan needs casts both ways).
 """
 
 from __future__ import annotations

@@ -46,9 +46,10 @@ BF16_ERRORS: dict[str, Bf16Error] = {
     "aeromamba": Bf16Error(lsd=0.0064, rel_l2=3.4e-3),
     # 4 s excerpt (a 10 s one takes too long on the shared machine)
     "apollo": Bf16Error(lsd=0.0002, rel_l2=1.09e-2),
-    # with its transposed convs and output conv kept in float32 under autocast (the model does
-    # that itself); all layers in bf16 it was 0.0206 / 4.35e-3. 10 s, 1 thread (2026-12-01)
-    "wave-u-mamba": Bf16Error(lsd=0.0051, rel_l2=2.28e-3),
+    # bf16 only in the down-path, bottleneck and ResBlock convs: the model keeps its transposed
+    # convs, output conv and Mamba blocks in float32 under autocast (10 s, 1 thread). All
+    # layers in bf16: 0.0206 / 4.35e-3; only ups + conv_post in float32: 0.0051 / 2.28e-3
+    "wave-u-mamba": Bf16Error(lsd=0.0026, rel_l2=1.93e-3),
 }
 
 

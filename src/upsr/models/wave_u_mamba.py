@@ -428,8 +428,8 @@ class WaveUMamba(Restorer):
     other convolutions (down path, bottleneck, ResBlocks) run in bf16. Measured with
     ``benchmarks/bf16_error.py`` (10 s of real music, seeded weights): all layers in bf16 moved
     the LSD by 0.0206 (rel. L2 4.35e-3), above ``--precision auto``'s 0.01 bound; with ``ups``
-    and ``conv_post`` in float32, 0.0051 (2.28e-3); with the Mamba blocks too, see
-    ``upsr.infer.precision.BF16_ERRORS``. Keeping one group at a time in
+    and ``conv_post`` in float32, 0.0051 (2.28e-3); with the Mamba blocks too (as now),
+    0.0026 (1.93e-3; ``upsr.infer.precision.BF16_ERRORS``). Keeping one group at a time in
     float32 (4 s excerpt; 0.0232 with none): output conv 0.0159, ``ups`` 0.0165, Mamba
     ``out_proj`` 0.0166, down-path convs 0.0178, ResBlocks 0.0208, bottleneck convs or Mamba
     ``in_proj`` no change; ``ups`` + output conv 0.0062. The Mamba blocks stay float32 for
