@@ -25,6 +25,7 @@ changes (official layout), B = this tree; medians of 5, CPU seconds (wall in bra
     fp32, 1 thread     A 3.910 (9.79)   B 3.473 (9.11)   B/A 0.888 (0.930)   load 6.6-7.8
     fp32, 2 threads    A 5.477 (13.98)  B 3.792 (9.76)   B/A 0.692 (0.698)   load 9.0-9.2
     bf16, 1 thread     A 5.017 (23.29)  B 3.886 (20.49)  B/A 0.775 (0.880)   load 9.9-10.4
+    bf16, 2 threads    A 4.301 (13.43)  B 3.907 (11.64)  B/A 0.908 (0.867)   load 8.5-10.9
 
 Split of B's fp32 forward (1 thread, CPU time): Mamba blocks 2.16 s (71 %), rest 0.89 s
 (29 %); before (A): Mamba 2.20 s (56 %), rest 1.73 s (44 %: conv1d 0.87, LayerNorm 0.40,
