@@ -27,6 +27,11 @@ changes (official layout), B = this tree; medians of 5, CPU seconds (wall in bra
     bf16, 1 thread     A 5.017 (23.29)  B 3.886 (20.49)  B/A 0.775 (0.880)   load 9.9-10.4
     bf16, 2 threads    A 4.301 (13.43)  B 3.907 (11.64)  B/A 0.908 (0.867)   load 8.5-10.9
 
+B itself, fp32 against bf16 autocast (interleaved, 1 thread, 4 runs, load 8.7): bf16 takes
+1.058× the CPU time (1.023× wall): with the Mamba blocks, transposed convs and output conv in
+float32, bf16 covers only the down-path, bottleneck and ResBlock convs, and the casts around
+them cost about what the faster convolutions save.
+
 Split of B's fp32 forward (1 thread, CPU time): Mamba blocks 2.16 s (71 %), rest 0.89 s
 (29 %); before (A): Mamba 2.20 s (56 %), rest 1.73 s (44 %: conv1d 0.87, LayerNorm 0.40,
 copies 0.35, LeakyReLU 0.26, ConvTranspose 0.17, F.pad 0.16, weight norm ~0.09).
