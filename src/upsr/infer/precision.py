@@ -48,8 +48,10 @@ BF16_ERRORS: dict[str, Bf16Error] = {
     # (BSNets in bf16, embedding/head/STFT in float32; upsr.models.apollo). Plain per-op
     # autocast measured 0.0002 / 1.09e-2 on the same excerpt.
     "apollo": Bf16Error(lsd=0.0001, rel_l2=1.28e-2),
-    # above LSD_BOUND: auto keeps Wave-U-Mamba in float32 (bf16 only when asked for)
-    "wave-u-mamba": Bf16Error(lsd=0.0206, rel_l2=4.35e-3),
+    # bf16 only in the down-path, bottleneck and ResBlock convs: the model keeps its transposed
+    # convs, output conv and Mamba blocks in float32 under autocast (10 s, 1 thread). All
+    # layers in bf16: 0.0206 / 4.35e-3; only ups + conv_post in float32: 0.0051 / 2.28e-3
+    "wave-u-mamba": Bf16Error(lsd=0.0026, rel_l2=1.93e-3),
 }
 
 

@@ -24,6 +24,7 @@ init here is therefore plain PyTorch init + weight norm, as in the official mode
 
 from __future__ import annotations
 
+import functools
 import math
 import typing as tp
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
 from upsr.checkpoint import check_keys
@@ -46,6 +48,70 @@ UP_KERNELS = (4, 4, 8, 8)  # ConvTranspose1d kernel sizes, stride 2, padding (k 
 RES_KERNEL = 3  # HiFi-GAN ResBlock kernel and dilations
 RES_DILATIONS = (1, 3)
 POST_KERNEL = 7
+_WEIGHT_CACHE = "_upsr_conv_weight"  # instance attribute (not state): (key, weight)
+
+
+def _cached_without_grad(layer: nn.Module, sources: tuple[torch.Tensor, ...],
+                         compute: tp.Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``compute()``, kept on ``layer`` and reused while no gradient is needed and none of
+    ``sources`` changed. The key is their version counters, storage and dtype, so an in-place
+    update (``load_state_dict``, an optimiser step) or a move (``.to``) recomputes it. With grad
+    enabled (training), and for tensors made under ``inference_mode`` (no version counter), it
+    is computed every time."""
+    if torch.is_grad_enabled() or any(t.is_inference() for t in sources):
+        return compute()
+    key = tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in sources)
+    cached = layer.__dict__.get(_WEIGHT_CACHE)
+    if cached is not None and cached[0] == key:
+        return tp.cast(torch.Tensor, cached[1])
+    value = compute()
+    layer.__dict__[_WEIGHT_CACHE] = (key, value)
+    return value
+
+
+def conv_weight_2d(layer: tp.Any) -> torch.Tensor:
+    """A Conv1d/ConvTranspose1d weight ``[A, B, k]`` (weight norm applied where the layer has
+    it) as a channels-last ``[A, B, 1, k]`` conv2d weight; computed once per parameter version
+    for inference (the 21 weight-normed layers recomputed it on every forward)."""
+    if parametrize.is_parametrized(layer, "weight"):
+        param = layer.parametrizations.weight
+        sources: tuple[torch.Tensor, ...] = (param.original0, param.original1)
+    else:
+        sources = (layer.weight,)
+    return _cached_without_grad(
+        layer, sources,
+        lambda: layer.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last))
+
+
+def conv1d(layer: tp.Any, x: torch.Tensor, right_pad: bool = False) -> torch.Tensor:
+    """``layer(x)`` for a Conv1d (zero padding), ``x: [B, C, L]``, run as a channels-last
+    conv2d: the result is ``[B, C_out, L_out]`` with the channels innermost in memory
+    (``[B, L, C]``), the layout LayerNorm over channels and the Mamba blocks read without a
+    copy. ``right_pad``: ``k - 1`` zeros on the right only (the down path's padding; computed
+    as ``k - 1`` each side with the first ``k - 1`` outputs dropped)."""
+    k = layer.kernel_size[0]
+    pad = k - 1 if right_pad else layer.padding[0]
+    y = F.conv2d(x.unsqueeze(2), conv_weight_2d(layer), layer.bias, (1, layer.stride[0]),
+                 (0, pad), (1, layer.dilation[0]), layer.groups).squeeze(2)
+    return y[..., k - 1:] if right_pad else y
+
+
+def conv_transpose1d(layer: tp.Any, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for a ConvTranspose1d, channels-last as :func:`conv1d`."""
+    return F.conv_transpose2d(x.unsqueeze(2), conv_weight_2d(layer), layer.bias,
+                              (1, layer.stride[0]), (0, layer.padding[0]),
+                              (0, layer.output_padding[0]), layer.groups,
+                              (1, layer.dilation[0])).squeeze(2)
+
+
+def float32_region(fn: tp.Callable[[torch.Tensor], torch.Tensor],
+                   x: torch.Tensor) -> torch.Tensor:
+    """``fn(x)`` in float32 also under autocast (see :class:`WaveUMamba`: the layers whose
+    bf16 rounding moved the output spectrum most)."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return fn(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return fn(x.float())
 
 
 @dataclass(frozen=True)
@@ -122,9 +188,20 @@ class MambaStack(nn.Module):
             nn.Sequential(ChannelLayerNorm(channels), TimeMamba(channels, cfg)) for _ in range(n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, L] -> [B, C, L]``, computed on the ``[B, L, C]`` view: for a channel-last
+        ``x`` (the model's layout, see :func:`conv1d`) not one copy (the block-by-block
+        official layout transposes four times and copies twice per block); the same sums in
+        the same order as ``x ← x + block(x)``, so the result is bit-identical."""
+        if not self.blocks:
+            return x
+        h = x.transpose(1, 2)  # [B, L, C]: contiguous when x is channel-last
         for block in self.blocks:
-            x = x + block(x)
-        return x
+            norm, mamba = tp.cast(tuple[ChannelLayerNorm, TimeMamba],
+                                  tuple(tp.cast(nn.Sequential, block)))
+            # float32 under autocast (see WaveUMamba); Mamba's output first: the sum takes its
+            # contiguous [B, L, C] layout
+            h = float32_region(mamba.mamba, norm.layernorm(h)) + h
+        return h.transpose(1, 2)
 
 
 class DownBlock(nn.Module):
@@ -147,13 +224,13 @@ class DownBlock(nn.Module):
         self.init_ln = ChannelLayerNorm(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.init_conv(F.pad(x, (0, self.kernel - 1)))
+        x = conv1d(self.init_conv, x, right_pad=True)
         x = F.leaky_relu(self.init_ln(x), LRELU_SLOPE)
         for conv, ln in zip(self.convs, self.convlns, strict=True):
-            y = conv(F.pad(x, (0, self.kernel - 1)))
+            y = conv1d(conv, x, right_pad=True)
             x = x + F.leaky_relu(ln(y), LRELU_SLOPE)
-        if self.pool:
-            x = F.avg_pool1d(x, 2, 2)
+        if self.pool:  # AvgPool1d(2, 2), channels-last
+            x = F.avg_pool2d(x.unsqueeze(2), (1, 2), (1, 2)).squeeze(2)
         return self.mambablocks(x)
 
 
@@ -203,7 +280,8 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for c1, c2 in zip(self.convs1, self.convs2, strict=True):
-            x = x + c2(F.leaky_relu(c1(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
+            y = F.leaky_relu(conv1d(c1, F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE)
+            x = x + conv1d(c2, y)
         return x
 
 
@@ -344,6 +422,19 @@ class WaveUMamba(Restorer):
     is a constant because the reach is set by the Mamba decay rates (weights), not by the
     widths. Trained weights with slower state decay would need more: measure a new checkpoint
     before relying on chunked output to better than 1e-4.
+
+    Under bf16 autocast the four transposed convolutions (``ups``), the output conv
+    (``conv_post``) and the 19 Mamba blocks stay in float32 (:func:`float32_region`); the
+    other convolutions (down path, bottleneck, ResBlocks) run in bf16. Measured with
+    ``benchmarks/bf16_error.py`` (10 s of real music, seeded weights): all layers in bf16 moved
+    the LSD by 0.0206 (rel. L2 4.35e-3), above ``--precision auto``'s 0.01 bound; with ``ups``
+    and ``conv_post`` in float32, 0.0051 (2.28e-3); with the Mamba blocks too (as now),
+    0.0026 (1.93e-3; ``upsr.infer.precision.BF16_ERRORS``). Keeping one group at a time in
+    float32 (4 s excerpt; 0.0232 with none): output conv 0.0159, ``ups`` 0.0165, Mamba
+    ``out_proj`` 0.0166, down-path convs 0.0178, ResBlocks 0.0208, bottleneck convs or Mamba
+    ``in_proj`` no change; ``ups`` + output conv 0.0062. The Mamba blocks stay float32 for
+    speed: in bf16 their in/out projections cost more in casts (the scan is float32) than they
+    save (``benchmarks/wave_u_mamba_cpu.py``, 1 s, 1 thread, bf16: 0.87× the CPU time).
     """
 
     config_cls = WaveUMambaConfig
@@ -379,11 +470,13 @@ class WaveUMamba(Restorer):
         ``[B, 1, L]``."""
         h, skips = self.emb(x)
         skips = skips[::-1]  # deepest first; skips[-1] is the input waveform
-        for i in range(STAGES):
+        for i, up in enumerate(self.ups):
             h = F.leaky_relu(h, LRELU_SLOPE) + skips[i]
-            h = self.mambablocks[i](self.ups[i](h))
+            h = float32_region(functools.partial(conv_transpose1d, up), h)
+            h = self.mambablocks[i](h)
             h = self.resblocks[i](h)
-        h = self.conv_post(F.leaky_relu(h))  # PyTorch's default slope 0.01, as official
+        # PyTorch's default slope 0.01, as official
+        h = float32_region(functools.partial(conv1d, self.conv_post), F.leaky_relu(h))
         return torch.tanh(h) + skips[-1]
 
     def restore(self, x: torch.Tensor, cutoff_hz: torch.Tensor | None = None,

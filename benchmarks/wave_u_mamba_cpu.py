@@ -1,0 +1,198 @@
+"""Wave-U-Mamba on the CPU: where the time goes, and before/after comparisons.
+
+Published configuration (19 Mamba blocks, 4.2 M parameters), weights drawn with seed 0, input
+``--seconds`` of noise at 48 kHz (0.1 RMS), ``restore`` under ``inference_mode``; ``--precision
+bf16`` runs under bf16 autocast as ``upsr enhance --precision bf16`` does.
+
+- default: the split of one forward between the 19 Mamba blocks (:class:`upsr.nn.mamba.Mamba`,
+  timed with forward hooks) and the rest (convolutions, LayerNorms, activations, copies), in
+  wall and CPU seconds (median of ``--runs``), then the ``--top`` functions by CPU time
+  (cProfile with a process-CPU-time clock, so time other processes take from a shared machine
+  is not counted; torch ops appear as their Python entry points);
+- ``--baseline FILE``: interleaved A/B against another version of
+  ``upsr/models/wave_u_mamba.py`` (e.g. ``git show REV:src/upsr/models/wave_u_mamba.py >
+  /tmp/old.py``), both models with the same weights in one process, run alternately
+  ``--runs`` times (A,B,B,A,...); prints medians, the ratio and the rel. L2 difference.
+
+    python benchmarks/wave_u_mamba_cpu.py [--seconds 1] [--threads 1] [--runs 5]
+        [--precision fp32|bf16] [--baseline FILE] [--top 15]
+
+Measured 2026-12-01 on the shared 2-core development machine (AMD EPYC with avx512_bf16,
+torch 2.13), 1 s of audio, while other jobs kept the load average at 6–12: absolute times are
+inflated 2–5×, so only the interleaved ratios mean much. A = the model file before issue 13's
+changes (official layout), B = this tree; medians of 5, CPU seconds (wall in brackets):
+
+    fp32, 1 thread     A 3.910 (9.79)   B 3.473 (9.11)   B/A 0.888 (0.930)   load 6.6-7.8
+    fp32, 2 threads    A 5.477 (13.98)  B 3.792 (9.76)   B/A 0.692 (0.698)   load 9.0-9.2
+    bf16, 1 thread     A 5.017 (23.29)  B 3.886 (20.49)  B/A 0.775 (0.880)   load 9.9-10.4
+    bf16, 2 threads    A 4.301 (13.43)  B 3.907 (11.64)  B/A 0.908 (0.867)   load 8.5-10.9
+
+B itself, fp32 against bf16 autocast (interleaved, 1 thread, 4 runs, load 8.7): bf16 takes
+1.058× the CPU time (1.023× wall): with the Mamba blocks, transposed convs and output conv in
+float32, bf16 covers only the down-path, bottleneck and ResBlock convs, and the casts around
+them cost about what the faster convolutions save.
+
+Split of B's fp32 forward (1 thread, CPU time): Mamba blocks 2.16 s (71 %), rest 0.89 s
+(29 %); before (A): Mamba 2.20 s (56 %), rest 1.73 s (44 %: conv1d 0.87, LayerNorm 0.40,
+copies 0.35, LeakyReLU 0.26, ConvTranspose 0.17, F.pad 0.16, weight norm ~0.09).
+
+Tried and not adopted (same conditions): in-place LeakyReLUs, B/A 0.974 CPU but 1.086 wall
+(noise-level); ``torch.compile`` (inductor) of the ResBlocks and down-path conv stages: first
+call 146 s wall, then 3.90 CPU s per forward against 3.09 eager (recompile limit hit on the
+shared conv helper, one graph per shape), so it never pays for a CLI run; bf16 in the Mamba
+blocks' in/out projections: 1/0.866 = 1.15× the CPU time of keeping them float32 under
+autocast (the float32 scan needs casts both ways).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import importlib.util
+import io
+import os
+import pstats
+import statistics
+import sys
+import time
+import typing as tp
+
+import torch
+
+
+def _autocast(precision: str) -> contextlib.AbstractContextManager[tp.Any]:
+    from upsr.infer.precision import autocast
+
+    return autocast(precision, "cpu")
+
+
+def _signal(seconds: float) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return 0.1 * torch.randn(1, int(seconds * 48000), generator=g)
+
+
+def _model(module: tp.Any, state: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = module.WaveUMamba(module.WaveUMambaConfig()).eval()
+    if state is not None:
+        model.load_state_dict(state)
+    return tp.cast(torch.nn.Module, model)
+
+
+def _load_file(path: str) -> tp.Any:
+    spec = importlib.util.spec_from_file_location("wave_u_mamba_baseline", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def split(model: torch.nn.Module, x: torch.Tensor, runs: int, precision: str) -> None:
+    """Median wall/CPU seconds of a forward, and of the part inside the Mamba blocks."""
+    from upsr.nn.mamba import Mamba
+
+    inside = {"wall": 0.0, "cpu": 0.0}
+    start: dict[str, float] = {}
+
+    def pre(_m: tp.Any, _i: tp.Any) -> None:
+        start["wall"], start["cpu"] = time.perf_counter(), time.process_time()
+
+    def post(_m: tp.Any, _i: tp.Any, _o: tp.Any) -> None:
+        inside["wall"] += time.perf_counter() - start["wall"]
+        inside["cpu"] += time.process_time() - start["cpu"]
+
+    hooks = [h for m in model.modules() if isinstance(m, Mamba)
+             for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
+    rows: dict[str, list[float]] = {k: [] for k in ("wall", "cpu", "mwall", "mcpu")}
+    with torch.inference_mode(), _autocast(precision):
+        model.restore(x)  # type: ignore[operator]  # warm-up
+        for _ in range(runs):
+            inside["wall"] = inside["cpu"] = 0.0
+            w0, c0 = time.perf_counter(), time.process_time()
+            model.restore(x)  # type: ignore[operator]
+            rows["wall"].append(time.perf_counter() - w0)
+            rows["cpu"].append(time.process_time() - c0)
+            rows["mwall"].append(inside["wall"])
+            rows["mcpu"].append(inside["cpu"])
+    for h in hooks:
+        h.remove()
+    med = {k: statistics.median(v) for k, v in rows.items()}
+    seconds = x.shape[-1] / 48000
+    print(f"{'':<14}{'wall s':>9}{'CPU s':>9}{'CPU share':>11}")
+    print(f"{'forward':<14}{med['wall']:>9.3f}{med['cpu']:>9.3f}{1:>11.1%}   "
+          f"(RTF {med['wall'] / seconds:.3f} wall, {med['cpu'] / seconds:.3f} CPU)")
+    print(f"{'Mamba blocks':<14}{med['mwall']:>9.3f}{med['mcpu']:>9.3f}"
+          f"{med['mcpu'] / med['cpu']:>11.1%}")
+    print(f"{'rest':<14}{med['wall'] - med['mwall']:>9.3f}{med['cpu'] - med['mcpu']:>9.3f}"
+          f"{1 - med['mcpu'] / med['cpu']:>11.1%}")
+
+
+def top(model: torch.nn.Module, x: torch.Tensor, precision: str, n: int) -> None:
+    prof = cProfile.Profile(time.process_time)
+    with torch.inference_mode(), _autocast(precision):
+        model.restore(x)  # type: ignore[operator]
+        prof.enable()
+        model.restore(x)  # type: ignore[operator]
+        prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(n)
+    lines = [ln for ln in out.getvalue().splitlines() if ln.strip()]
+    start = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("ncalls"))
+    print(f"top {n} by own CPU time (cProfile):")
+    print("\n".join(lines[start:]))
+
+
+def ab(base: torch.nn.Module, new: torch.nn.Module, x: torch.Tensor, runs: int,
+       precision: str) -> None:
+    times: dict[str, tuple[list[float], list[float]]] = {"A": ([], []), "B": ([], [])}
+    with torch.inference_mode(), _autocast(precision):
+        ya = base.restore(x).float()  # type: ignore[operator]
+        yb = new.restore(x).float()  # type: ignore[operator]
+        for r in range(runs):
+            order = (("A", base), ("B", new)) if r % 2 == 0 else (("B", new), ("A", base))
+            for name, model in order:
+                w0, c0 = time.perf_counter(), time.process_time()
+                model.restore(x)  # type: ignore[operator]
+                times[name][0].append(time.perf_counter() - w0)
+                times[name][1].append(time.process_time() - c0)
+    wa, wb = (statistics.median(times[k][0]) for k in "AB")
+    ca, cb = (statistics.median(times[k][1]) for k in "AB")
+    rel = float((ya - yb).norm() / ya.norm())
+    print(f"{'':<6}{'wall s':>9}{'CPU s':>9}")
+    print(f"{'A':<6}{wa:>9.3f}{ca:>9.3f}")
+    print(f"{'B':<6}{wb:>9.3f}{cb:>9.3f}")
+    print(f"{'B/A':<6}{wb / wa:>9.3f}{cb / ca:>9.3f}   rel. L2 (B - A) / A = {rel:.2e}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--baseline", metavar="FILE",
+                    help="another wave_u_mamba.py: interleaved A (it) / B (this tree) timing")
+    ap.add_argument("--top", type=int, default=15)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    import upsr.models.wave_u_mamba as current
+
+    x = _signal(a.seconds)
+    new = _model(current)
+    print(f"Wave-U-Mamba, {a.seconds:g} s at 48 kHz, {a.threads} thread(s), {a.precision}, "
+          f"median of {a.runs}; load average {os.getloadavg()[0]:.2f}")
+    if a.baseline:
+        base = _model(_load_file(a.baseline), new.state_dict())
+        ab(base, new, x, a.runs, a.precision)
+    else:
+        split(new, x, a.runs, a.precision)
+        if a.top:
+            top(new, x, a.precision, a.top)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
