@@ -71,6 +71,32 @@ class _StatControl:
         self.frames: tuple[int, int] = (0, 0)
         self.acc: dict[str, list[torch.Tensor]] = {}
         self.frozen: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.pending: set[str] = set()  # collect mode: keys not collected yet in this call
+
+
+def _frame_sums(part: torch.Tensor, dims: tuple[int, ...]) -> list[torch.Tensor]:
+    """``[Σx, Σx², count]`` (float64) of ``part`` over ``dims`` and its last (time) axis.
+
+    One fused pass (``var_mean``) gives each frame's mean and variance over ``dims`` in the
+    input's precision; only those small per-frame results are summed over time in float64, so
+    no float64 copy of the activation is made. Σx² = Σ_t K·(var_t + mean_t²) with K values per
+    frame: the within-frame spread keeps its relative precision (no float32 sum of squares).
+    """
+    if part.dtype not in (torch.float32, torch.float64):
+        part = part.float()
+    k = 1
+    for d in dims:
+        k *= part.shape[d]
+    var, mean = torch.var_mean(part, dim=dims, correction=0)
+    mean = mean.double()
+    s1 = mean.sum(-1) * k
+    s2 = (var.double() + mean.square()).sum(-1) * k
+    return [s1, s2, torch.full_like(s1, k * part.shape[-1])]
+
+
+def _add_sums(acc: dict[str, list[torch.Tensor]], key: str, sums: list[torch.Tensor]) -> None:
+    prev = acc.get(key)
+    acc[key] = sums if prev is None else [p + q for p, q in zip(prev, sums)]
 
 
 class _StatNorm(nn.GroupNorm):
@@ -88,19 +114,19 @@ class _StatNorm(nn.GroupNorm):
         xs = x.reshape(N, self.num_groups, -1, T)
         if ctl.mode == "collect":
             a, b = ctl.frames
-            part = xs[..., a:b].double()
-            sums = [part.sum((2, 3)), part.square().sum((2, 3)),
-                    torch.full_like(part[:, :, 0, 0], part.shape[2] * part.shape[3])]
-            prev = ctl.acc.get(self.key)
-            ctl.acc[self.key] = sums if prev is None else [p + q for p, q in zip(prev, sums)]
+            _add_sums(ctl.acc, self.key, _frame_sums(xs[..., a:b], (2,)))
+            ctl.pending.discard(self.key)
         if ctl.frozen is None or self.key not in ctl.frozen:
             return super().forward(x)
         mean, var = ctl.frozen[self.key]
-        mean = mean.to(x.dtype)[:, :, None, None]
-        var = var.to(x.dtype)[:, :, None, None]
-        y = ((xs - mean) / torch.sqrt(var + self.eps)).reshape_as(x)
-        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
-        return y * self.weight.view(shape) + self.bias.view(shape)
+        # y = (x - mean) / sqrt(var + eps) · w + b as one multiply-add per element:
+        # scale = w / sqrt(var + eps), shift = b - mean · scale, per (row, channel)
+        C = x.shape[1]
+        inv = torch.rsqrt(var.to(x.dtype) + self.eps)  # [N, G]
+        scale = self.weight.view(1, self.num_groups, C // self.num_groups) * inv[..., None]
+        shift = self.bias.view(1, self.num_groups, -1) - mean.to(x.dtype)[..., None] * scale
+        shape = [N, C] + [1] * (x.dim() - 2)
+        return torch.addcmul(shift.reshape(shape), x, scale.reshape(shape))
 
 
 RowStats = dict[str, tuple[torch.Tensor, torch.Tensor]]  # norm key -> (mean, var) [R, groups]
@@ -592,11 +618,7 @@ class AEROMamba(Restorer):
         ctl = self._ctl
         if ctl.mode == "collect":
             a, b = ctl.frames
-            part = z[..., a:b].double().reshape(z.shape[0], 1, -1)
-            sums = [part.sum(-1), part.square().sum(-1),
-                    torch.full_like(part[:, :, 0], part.shape[-1])]
-            prev = ctl.acc.get("input")
-            ctl.acc["input"] = sums if prev is None else [p + q for p, q in zip(prev, sums)]
+            _add_sums(ctl.acc, "input", [v[:, None] for v in _frame_sums(z[..., a:b], (1, 2))])
         if ctl.mode is not None and ctl.frozen is not None and "input" in ctl.frozen:
             mean, std = ctl.frozen["input"]
             return (mean.to(z.dtype).reshape(-1, 1, 1, 1), std.to(z.dtype).reshape(-1, 1, 1, 1))
@@ -618,11 +640,12 @@ class AEROMamba(Restorer):
         ctl = self._ctl
         ctl.mode, ctl.frames, ctl.acc = "collect", (a, b), acc if acc is not None else {}
         ctl.frozen = _stack(frozen) if frozen else None
+        ctl.pending = {m.key for m in self.modules() if isinstance(m, _StatNorm)}
         try:
             with torch.no_grad():
-                self.forward(x)
+                self._run(x, None)
         finally:
-            ctl.mode, ctl.frozen = None, None
+            ctl.mode, ctl.frozen, ctl.pending = None, None, set()
         return ctl.acc
 
     @staticmethod
@@ -671,6 +694,19 @@ class AEROMamba(Restorer):
                 ) -> torch.Tensor:
         """``x: [B, T]`` LR audio → ``[B, scale·T]``; fills ``intermediates`` when given
         (``spec_in``, ``encoder.{k}.out``, ``spec_out`` as in the parity fixture)."""
+        y = self._run(x, intermediates)
+        assert y is not None
+        return y
+
+    def _collected(self) -> bool:
+        """In a statistics pass, whether every normalisation has collected its sums: the
+        layers after the last GroupNorm cannot change them, so the pass stops there."""
+        ctl = self._ctl
+        return ctl.mode == "collect" and not ctl.pending
+
+    def _run(self, x: torch.Tensor, intermediates: dict[str, torch.Tensor] | None
+             ) -> torch.Tensor | None:
+        """:meth:`forward`; None where a statistics pass stopped early (:meth:`_collected`)."""
         cfg = self.config
         B, length = x.shape
         if length == 0:
@@ -681,6 +717,8 @@ class AEROMamba(Restorer):
         if intermediates is not None:
             intermediates["spec_in"] = z
         mean, std = self._statistics(z)
+        if self._collected():
+            return None
         h = (z - mean) / (1e-5 + std)
         skips = []
         for idx, enc in enumerate(self.encoder):
@@ -692,8 +730,12 @@ class AEROMamba(Restorer):
             skips.append(h)
         out: torch.Tensor | None = None  # the decoder starts from zeros at the bottleneck
         for dec in self.decoder:
+            if self._collected():
+                return None
             out = dec(out, skips.pop())
         assert out is not None
+        if self._collected():
+            return None
         h = out * std + mean
         if intermediates is not None:
             intermediates["spec_out"] = h
