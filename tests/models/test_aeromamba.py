@@ -489,3 +489,58 @@ def test_frozen_statistics_equal_the_call_s_own():
         finally:
             model.use_statistics(None)
     assert rel_l2(y_frozen, y) <= 1e-5
+
+
+# --- inference paths -------------------------------------------------------------------------
+
+def _randomise_batchnorms(model: nn.Module, seed: int = 3) -> None:
+    """Trained-like BatchNorm statistics and affine parameters (fresh ones are the identity,
+    which would hide a wrong fold)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.normal_(0, 0.2, generator=g)
+                m.running_var.uniform_(0.3, 3.0, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.normal_(0, 0.2, generator=g)
+
+
+@pytest.mark.parametrize("official", [True, False])
+def test_inference_path_equals_the_autograd_path(official):
+    """Without autograd (eval mode) the network takes its inference path (folded BatchNorms,
+    in-place Snake, matrix products instead of 1×1 and transposed convs, no concatenation);
+    with autograd it takes the plain path that training uses. Both give the same output to
+    float32 rounding, and gradients still flow through the plain path."""
+    model = _small(official_forward=official)
+    _randomise_batchnorms(model)
+    x = torch.cat([_signal(0.3), 0.5 * _signal(0.3, seed=2)])
+    y_train_path = model(x)
+    y_train_path.square().mean().backward()
+    grads = [p.grad for n, p in model.named_parameters() if ".mamba." not in n or not official]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    with torch.no_grad():
+        y = model(x)
+    with torch.inference_mode():
+        y_inf = model(x)
+    assert rel_l2(y, y_train_path.detach()) <= 1e-5
+    assert torch.equal(y, y_inf)
+
+
+def test_freq_conv_transpose_equals_conv_transpose2d():
+    g = torch.Generator().manual_seed(0)
+    for cin, cout, stride, rows in ((6, 2, 4, 5), (8, 3, 2, 7), (4, 4, 1, 3)):
+        conv = nn.ConvTranspose2d(cin, cout, (8, 1), (stride, 1))
+        x = torch.randn(2, cin, rows, 11, generator=g)
+        with torch.no_grad():
+            torch.testing.assert_close(am._freq_conv_transpose(conv, x), conv(x),
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_in_place_snake_equals_snake():
+    snake = am.Snake(3)
+    x = torch.randn(6, 5, 40)  # 2 examples × 3 frequency rows
+    with torch.no_grad():
+        ref = snake(x, 2)
+        got = am._snake_(x.clone(), snake.a.repeat(2)[:, None, None])
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)

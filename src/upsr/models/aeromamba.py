@@ -223,6 +223,59 @@ class AEROMambaConfig:
 MAMBA_REACH_S = 2.0
 
 
+def _inference(module: nn.Module) -> bool:
+    """Whether ``module`` may take its inference path: no autograd graph is being recorded and
+    it is in eval mode (BatchNorms use their running statistics, which fold into the convs).
+
+    The inference paths compute the same function as the training paths with fewer passes
+    over memory (folded BatchNorms, in-place activations, no concatenation or transpose
+    copies); they differ from them only by float rounding (``tests/models/test_aeromamba.py``
+    compares both)."""
+    return not module.training and not torch.is_grad_enabled()
+
+
+def _fold_bn(block: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of ``bn(conv(x))`` as one conv, for ``block = (conv, bn, ...)``:
+    eval-mode BatchNorm is per-channel ``(y - mean) / sqrt(var + eps) · γ + β``."""
+    conv = tp.cast(nn.Conv1d | nn.Conv2d, block[0])
+    bn = tp.cast(nn.BatchNorm1d | nn.BatchNorm2d, block[1])
+    weight, bias = conv.weight, tp.cast(torch.Tensor, conv.bias)
+    mean, var = tp.cast(torch.Tensor, bn.running_mean), tp.cast(torch.Tensor, bn.running_var)
+    scale = bn.weight * torch.rsqrt(var + bn.eps)
+    shape = [-1] + [1] * (weight.dim() - 1)
+    return weight * scale.view(shape), (bias - mean) * scale + bn.bias
+
+
+def _pointwise(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A 1×1 convolution ``conv`` (1-D or 2-D) over ``x: [N, C, ...]`` as one matrix product
+    per row (``[C_out, C] @ [C, ...]``), without the reorders of a convolution primitive."""
+    weight, bias = tp.cast(torch.Tensor, conv.weight), tp.cast(torch.Tensor, conv.bias)
+    w = weight.reshape(weight.shape[0], weight.shape[1])
+    y = _bmm(w, x.reshape(x.shape[0], x.shape[1], -1))
+    y = y.add_(bias[:, None].to(y.dtype))
+    return y.view(x.shape[0], w.shape[0], *x.shape[2:])
+
+
+def _bmm(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``w @ x[n]`` for every ``n``: ``w: [M, K]``, ``x: [N, K, L]`` → ``[N, M, L]``.
+    (``torch.matmul`` folds this case into one product on a transposed copy of ``x`` and
+    copies the result back; a batched product reads ``x`` where it lies.)"""
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        w, x = w.to(dtype), x.to(dtype)
+    else:
+        w = w.to(x.dtype)
+    return torch.bmm(w.expand(x.shape[0], *w.shape), x)
+
+
+def _snake_(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """:class:`Snake` ``x + sin²(a·x)/a`` computed in place in ``x`` (which is returned); ``a``
+    broadcasts against ``x``. Only for tensors nothing else holds and no autograd records."""
+    t = torch.mul(x, a)
+    t.sin_().square_()
+    return x.addcmul_(t, a.reciprocal())
+
+
 class Snake(nn.Module):
     """Snake activation x + sin²(αx)/α (Liu et al., 2020) with one α per frequency row.
 
@@ -271,8 +324,16 @@ class DConvLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         """``x: [B·F, C, T]`` → same shape."""
-        y = self.act(self.conv1(x), batch)
         conv, norm, glu, scale = self.conv2
+        if _inference(self):  # in-place Snake, 1×1 conv as a matmul, fused residual
+            y = self.conv1[1](self.conv1[0](x))
+            y = _snake_(y, self.act.a.repeat(batch)[:, None, None].to(y.dtype))
+            y = glu(norm(_pointwise(conv, y)))
+            if self.run_mamba:
+                y = self.mamba(y.transpose(1, 2)).transpose(1, 2)
+            gain = tp.cast(LayerScale, scale).scale[:, None]
+            return torch.addcmul(x, gain.to(y.dtype), y)
+        y = self.act(self.conv1(x), batch)
         y = glu(norm(conv(y)))
         if self.run_mamba:
             y = self.mamba(y.transpose(1, 2)).transpose(1, 2)
@@ -316,11 +377,32 @@ class FTB(nn.Module):
                                    nn.BatchNorm2d(channels), nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _inference(self):
+            return self._inference(x)
         B, C, Fr, T = x.shape
         a = self.conv1(x).reshape(B, -1, T)
         att = self.conv1d(a).view(B, C, 1, T) * x
         att = self.freq_fc(att.transpose(2, 3)).transpose(2, 3)
         return self.conv2(torch.cat([att, x], dim=1))
+
+    def _inference(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` in eval mode without autograd: BatchNorms folded into the convs; the
+        frequency mixing ``W·(a ⊙ x)`` taken as ``a ⊙ (W·x)`` (``a`` is constant along
+        frequency) on ``x``'s own layout, no transposes; the fusion conv on ``[att, x]`` as
+        two matrix products into one output, no concatenation."""
+        B, C, Fr, T = x.shape
+        w, b = _fold_bn(self.conv1)
+        a = F.conv2d(x, w, b).relu_().reshape(B, -1, T)
+        w, b = _fold_bn(self.conv1d)
+        a = F.conv1d(a, w, b, padding=tp.cast(nn.Conv1d, self.conv1d[0]).padding)
+        a = a.relu_()  # [B, C, T]
+        att = _bmm(self.freq_fc.weight, x.reshape(B * C, Fr, T)).view(B, C, Fr, T)
+        att = att.mul_(a[:, :, None].to(att.dtype)).view(B, C, Fr * T)
+        w, b = _fold_bn(self.conv2)
+        w = w.reshape(C, 2 * C).to(att.dtype)
+        y = _bmm(w[:, :C], att)
+        y = y.baddbmm_(w[:, C:].expand(B, C, C), x.reshape(B, C, Fr * T).to(y.dtype))
+        return y.add_(b[:, None].to(y.dtype)).relu_().view(B, C, Fr, T)
 
 
 def _group_norm(groups: int, channels: int, on: bool) -> nn.Module:
@@ -354,6 +436,28 @@ class EncoderLayer(nn.Module):
         return F.glu(self.norm2(self.rewrite(x)), dim=1)
 
 
+# A transposed conv with at most this many (output channel, kernel row) pairs runs as a matrix
+# product and an overlap-add (the network's last layer: 2 channels × 8 rows): torch's
+# ConvTranspose2d takes ~5x longer there (measured, benchmarks/aeromamba_cpu.py); for wider
+# layers the two are equal.
+_FEW_ROWS = 64
+
+
+def _freq_conv_transpose(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a ConvTranspose2d with kernel ``[k, 1]`` and stride ``[s, 1]`` (no
+    padding) over ``x: [B, C, F, T]``: one product ``[C_out·k, C] @ [C, F·T]``, then each
+    kernel row ``j`` added at output rows ``j, j + s, ...`` → ``[B, C_out, (F-1)·s + k, T]``."""
+    B, C, Fr, T = x.shape
+    weight, bias = conv.weight, tp.cast(torch.Tensor, conv.bias)
+    cout, k, s = weight.shape[1], weight.shape[2], conv.stride[0]
+    w = weight[..., 0].permute(1, 2, 0).reshape(cout * k, C)
+    cols = _bmm(w, x.reshape(B, C, Fr * T)).view(B, cout, k, Fr, T)
+    out = bias.to(cols.dtype).view(1, cout, 1, 1).expand(B, cout, (Fr - 1) * s + k, T).clone()
+    for j in range(k):
+        out[:, :, j:j + s * (Fr - 1) + 1:s] += cols[:, :, j]
+    return out
+
+
 class DecoderLayer(nn.Module):
     """HDemucs frequency decoder layer: concat skip → rewrite 3×3 → GLU → transposed conv."""
 
@@ -381,7 +485,9 @@ class DecoderLayer(nn.Module):
         else:
             r = self.rewrite(torch.cat([x, skip], dim=1))
         y = F.glu(self.norm1(r), dim=1)
-        z = self.norm2(self.conv_tr(y))
+        few = self.conv_tr.out_channels * self.conv_tr.kernel_size[0] <= _FEW_ROWS
+        z = self.norm2(_freq_conv_transpose(self.conv_tr, y) if few and _inference(self)
+                       else self.conv_tr(y))
         if self.pad:
             z = z[..., self.pad:-self.pad, :]
         return z if self.last else F.gelu(z)

@@ -1,0 +1,167 @@
+"""AEROMamba CPU speed: forward and statistics pass, A/B against an earlier revision.
+
+Published configuration, random weights (seed 0), ``--seconds`` (default 10) of mono noise at
+11.025 kHz. Cases:
+
+- ``official`` / ``paper``: one forward (``restore``) with Mamba skipped (the released code,
+  ``official_forward=True``) or running (the paper), in float32 or under bf16 autocast;
+- ``collect-official`` / ``collect-paper``: :meth:`AEROMamba.collect_statistics` over the whole
+  signal (the engine's statistics pass for one chunk), float32.
+
+With ``--against REV`` the module ``src/upsr/models/aeromamba.py`` as it was at git revision
+``REV`` is loaded beside the current one (same weights, same input) and the two are timed
+alternately (A, B, A, B, ...) in one process; the table gives both medians and B/A. The load
+average is printed before and after (the machine is shared). ``--profile`` prints, per case,
+the inclusive time of each module kind (forward hooks) and the largest operators
+(``torch.profiler``), and the share of the Mamba blocks.
+
+    python benchmarks/aeromamba_cpu.py [official paper collect-official collect-paper]
+        [--precision fp32|bf16] [--threads 1] [--runs 5] [--against REV] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import types
+import typing as tp
+
+import torch
+
+SR = 11025
+CASES = ("official", "paper", "collect-official", "collect-paper")
+
+
+def load_revision(rev: str) -> types.ModuleType:
+    """The AEROMamba module as of git revision ``rev`` (not registered as a model)."""
+    import upsr.models
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    source = subprocess.run(["git", "-C", root, "show", f"{rev}:src/upsr/models/aeromamba.py"],
+                            check=True, capture_output=True, text=True).stdout
+    module = types.ModuleType(f"upsr.models._aeromamba_{rev}")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    register = upsr.models.register
+    upsr.models.register = lambda *a, **k: (lambda cls: cls)  # type: ignore[assignment]
+    try:
+        exec(compile(source, f"{rev}:aeromamba.py", "exec"), module.__dict__)
+    finally:
+        upsr.models.register = register
+    return module
+
+
+def build(module: types.ModuleType, official: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = module.AEROMambaConfig(official_forward=official)
+    return module.AEROMamba(cfg).eval()
+
+
+def case_fn(model: tp.Any, case: str, x: torch.Tensor, precision: str
+            ) -> tp.Callable[[], object]:
+    if case.startswith("collect"):
+        return lambda: model.collect_statistics(x, (0, x.shape[-1]), True, None, None)
+
+    def forward() -> object:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return model.restore(x)
+    return forward
+
+
+def interleaved(fns: list[tp.Callable[[], object]], runs: int) -> list[float]:
+    """Median seconds of each function, called in turn ``runs`` times after one warm-up."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(runs):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
+
+
+def profile(model: torch.nn.Module, fn: tp.Callable[[], object], ops: int = 25) -> None:
+    """Inclusive time per module kind (names with indices folded) and the top operators."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    spent: dict[str, float] = collections.defaultdict(float)
+    started: dict[str, float] = {}
+    handles = []
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+        key = re.sub(r"\.\d+(?=\.|$)", ".#", name)
+        handles.append(mod.register_forward_pre_hook(
+            lambda m, a, name=name: started.__setitem__(name, time.perf_counter())))
+        handles.append(mod.register_forward_hook(
+            lambda m, a, o, name=name, key=key: spent.__setitem__(
+                key, spent[key] + time.perf_counter() - started[name])))
+    t0 = time.perf_counter()
+    try:
+        fn()
+    finally:
+        for h in handles:
+            h.remove()
+    total = time.perf_counter() - t0
+    print(f"  module breakdown (inclusive, hooks on): total {total:.3f} s")
+    rows = sorted(((k, v) for k, v in spent.items() if k.count(".") <= 5), key=lambda kv: -kv[1])
+    for key, sec in rows[:30]:
+        print(f"  {sec:8.3f} s {sec / total:6.1%}  {key}")
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=ops,
+                                    max_name_column_width=36))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("cases", nargs="*", help=f"default all: {', '.join(CASES)}")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--against", metavar="REV", help="git revision to compare with (A)")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from upsr.models import aeromamba
+
+    cases = args.cases or list(CASES)
+    if set(cases) - set(CASES):
+        ap.error(f"unknown case {sorted(set(cases) - set(CASES))[0]!r}")
+    x = 0.1 * torch.randn(1, int(args.seconds * SR), generator=torch.Generator().manual_seed(0))
+    old = load_revision(args.against) if args.against else None
+    print(f"AEROMamba, {args.seconds:g} s mono at {SR} Hz, {args.threads} thread(s), "
+          f"{args.precision}, median of {args.runs}; load average {os.getloadavg()[0]:.2f}")
+    head = f"{'case':<18} {'B (now) s':>10} {'RTF':>7}"
+    if old is not None:
+        head += f" {'A (' + args.against + ') s':>16} {'B/A':>6}"
+    print(head)
+    with torch.inference_mode():
+        for case in cases:
+            official = case.endswith("official")
+            new = build(aeromamba, official)
+            fns = [case_fn(new, case, x, args.precision)]
+            if old is not None:
+                ref = build(old, official)
+                ref.load_state_dict(new.state_dict())
+                fns.append(case_fn(ref, case, x, args.precision))
+            times = interleaved(fns, args.runs)
+            line = f"{case:<18} {times[0]:>10.3f} {times[0] / args.seconds:>7.3f}"
+            if old is not None:
+                line += f" {times[1]:>16.3f} {times[0] / times[1]:>6.2f}"
+            print(line, flush=True)
+            if args.profile:
+                profile(new, fns[0])
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
