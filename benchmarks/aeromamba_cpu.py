@@ -6,7 +6,9 @@ Published configuration, random weights (seed 0), ``--seconds`` (default 10) of 
 - ``official`` / ``paper``: one forward (``restore``) with Mamba skipped (the released code,
   ``official_forward=True``) or running (the paper), in float32 or under bf16 autocast;
 - ``collect-official`` / ``collect-paper``: :meth:`AEROMamba.collect_statistics` over the whole
-  signal (the engine's statistics pass for one chunk), float32.
+  signal (the engine's statistics pass for one chunk), float32;
+- ``tiny`` / ``collect-tiny``: the same for ``recipes/tiny/aeromamba.toml``'s network on two
+  rows (a stereo chunk), where per-call overheads rather than convolutions dominate.
 
 With ``--against REV`` the module ``src/upsr/models/aeromamba.py`` as it was at git revision
 ``REV`` is loaded beside the current one (same weights, same input) and the two are timed
@@ -35,7 +37,10 @@ import typing as tp
 import torch
 
 SR = 11025
-CASES = ("official", "paper", "collect-official", "collect-paper")
+CASES = ("official", "paper", "collect-official", "collect-paper", "tiny", "collect-tiny")
+# recipes/tiny/aeromamba.toml's network (benchmarks/enhance.py's tiny-aeromamba), paper mode
+TINY = {"channels": 4, "growth": 1, "n_fft": 128, "hop_length": 64, "d_state": 4,
+        "dconv_depth": 1}
 
 
 def load_revision(rev: str) -> types.ModuleType:
@@ -56,9 +61,10 @@ def load_revision(rev: str) -> types.ModuleType:
     return module
 
 
-def build(module: types.ModuleType, official: bool) -> torch.nn.Module:
+def build(module: types.ModuleType, case: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = module.AEROMambaConfig(official_forward=official)
+    overrides = TINY if case.endswith("tiny") else {}
+    cfg = module.AEROMambaConfig(official_forward=case.endswith("official"), **overrides)
     return module.AEROMamba(cfg).eval()
 
 
@@ -146,17 +152,27 @@ def main(argv: list[str] | None = None) -> None:
     print(head)
     with torch.inference_mode():
         for case in cases:
-            official = case.endswith("official")
-            new = build(aeromamba, official)
-            fns = [case_fn(new, case, x, args.precision)]
+            new = build(aeromamba, case)
+            rows = x.expand(2, -1).contiguous() if case.endswith("tiny") else x
+            models = [new]
             if old is not None:
-                ref = build(old, official)
+                ref = build(old, case)
                 ref.load_state_dict(new.state_dict())
-                fns.append(case_fn(ref, case, x, args.precision))
+                models.append(ref)
+            fns = [case_fn(m, case, rows, args.precision) for m in models]
+            collect = case.startswith("collect")
+            if collect:  # and one forward of each model, interleaved with the rest
+                fns += [case_fn(m, case.removeprefix("collect-"), rows, args.precision)
+                        for m in models]
             times = interleaved(fns, args.runs)
             line = f"{case:<18} {times[0]:>10.3f} {times[0] / args.seconds:>7.3f}"
             if old is not None:
                 line += f" {times[1]:>16.3f} {times[0] / times[1]:>6.2f}"
+            if collect:
+                n = len(models)
+                line += "   / one forward: " + ", ".join(
+                    f"{name} {times[i] / times[n + i]:.2f}"
+                    for i, name in enumerate(["B", "A"][:n]))
             print(line, flush=True)
             if args.profile:
                 profile(new, fns[0])

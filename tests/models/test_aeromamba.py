@@ -529,7 +529,8 @@ def test_inference_path_equals_the_autograd_path(official):
 
 def test_freq_conv_transpose_equals_conv_transpose2d():
     g = torch.Generator().manual_seed(0)
-    for cin, cout, stride, rows in ((6, 2, 4, 5), (8, 3, 2, 7), (4, 4, 1, 3)):
+    for cin, cout, stride, rows in ((6, 2, 4, 5), (8, 3, 2, 7), (4, 4, 1, 3), (5, 12, 2, 6),
+                                    (7, 9, 4, 4)):  # the last two: phase convs
         conv = nn.ConvTranspose2d(cin, cout, (8, 1), (stride, 1))
         x = torch.randn(2, cin, rows, 11, generator=g)
         with torch.no_grad():

@@ -77,20 +77,22 @@ class _StatControl:
 def _frame_sums(part: torch.Tensor, dims: tuple[int, ...]) -> list[torch.Tensor]:
     """``[Σx, Σx², count]`` (float64) of ``part`` over ``dims`` and its last (time) axis.
 
-    One fused pass (``var_mean``) gives each frame's mean and variance over ``dims`` in the
-    input's precision; only those small per-frame results are summed over time in float64, so
-    no float64 copy of the activation is made. Σx² = Σ_t K·(var_t + mean_t²) with K values per
-    frame: the within-frame spread keeps its relative precision (no float32 sum of squares).
+    Per frame, in the input's precision: the sum over ``dims`` (mean ``m_t``), then the sum of
+    squares about ``m_t`` (so the within-frame spread keeps its relative precision whatever the
+    offset); only these small per-frame results are combined over time in float64:
+    Σx² = Σ_t (SS_t + K·m_t²) with K values per frame. No float64 copy of the activation is
+    made, and plain sums are used (``var_mean`` over a middle axis is several times slower).
     """
     if part.dtype not in (torch.float32, torch.float64):
         part = part.float()
     k = 1
     for d in dims:
         k *= part.shape[d]
-    var, mean = torch.var_mean(part, dim=dims, correction=0)
-    mean = mean.double()
-    s1 = mean.sum(-1) * k
-    s2 = (var.double() + mean.square()).sum(-1) * k
+    mean = part.sum(dims, keepdim=True).div_(k)
+    spread = (part - mean).square_().sum(dims)  # [..., T']
+    m = mean.reshape(spread.shape).double()
+    s1 = m.sum(-1) * k
+    s2 = (spread.double() + k * m.square()).sum(-1)
     return [s1, s2, torch.full_like(s1, k * part.shape[-1])]
 
 
@@ -437,25 +439,36 @@ class EncoderLayer(nn.Module):
 
 
 # A transposed conv with at most this many (output channel, kernel row) pairs runs as a matrix
-# product and an overlap-add (the network's last layer: 2 channels × 8 rows): torch's
-# ConvTranspose2d takes ~5x longer there (measured, benchmarks/aeromamba_cpu.py); for wider
-# layers the two are equal.
+# product and an overlap-add (the network's last layer: 2 channels × 8 rows), wider ones as
+# one ordinary conv per stride phase (benchmarks/aeromamba_cpu.py: torch's ConvTranspose2d
+# took ~5x / 1.1-1.7x longer at 1 thread).
 _FEW_ROWS = 64
 
 
 def _freq_conv_transpose(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` for a ConvTranspose2d with kernel ``[k, 1]`` and stride ``[s, 1]`` (no
-    padding) over ``x: [B, C, F, T]``: one product ``[C_out·k, C] @ [C, F·T]``, then each
-    kernel row ``j`` added at output rows ``j, j + s, ...`` → ``[B, C_out, (F-1)·s + k, T]``."""
+    padding; ``s`` divides ``k``) over ``x: [B, C, F, T]`` → ``[B, C_out, (F-1)·s + k, T]``.
+
+    Output row ``s·f + r`` (phase ``r``) is ``Σ_m W[:, :, r + s·m]ᵀ x[f - m]``, ``m < k/s``: an
+    ordinary convolution along frequency with ``k/s`` taps (flipped) and ``C_out·s`` outputs,
+    whose phases are then interleaved. For few outputs, one product ``[C_out·k, C] @ [C, F·T]``
+    instead, each kernel row ``j`` added at output rows ``j, j + s, ...``."""
     B, C, Fr, T = x.shape
     weight, bias = conv.weight, tp.cast(torch.Tensor, conv.bias)
     cout, k, s = weight.shape[1], weight.shape[2], conv.stride[0]
-    w = weight[..., 0].permute(1, 2, 0).reshape(cout * k, C)
-    cols = _bmm(w, x.reshape(B, C, Fr * T)).view(B, cout, k, Fr, T)
-    out = bias.to(cols.dtype).view(1, cout, 1, 1).expand(B, cout, (Fr - 1) * s + k, T).clone()
-    for j in range(k):
-        out[:, :, j:j + s * (Fr - 1) + 1:s] += cols[:, :, j]
-    return out
+    if cout * k <= _FEW_ROWS:
+        w = weight[..., 0].permute(1, 2, 0).reshape(cout * k, C)
+        cols = _bmm(w, x.reshape(B, C, Fr * T)).view(B, cout, k, Fr, T)
+        out = bias.to(cols.dtype).view(1, cout, 1, 1).expand(
+            B, cout, (Fr - 1) * s + k, T).clone()
+        for j in range(k):
+            out[:, :, j:j + s * (Fr - 1) + 1:s] += cols[:, :, j]
+        return out
+    q = k // s
+    w = weight[..., 0].view(C, cout, q, s).flip(2).permute(1, 3, 0, 2).reshape(cout * s, C, q, 1)
+    y = F.conv2d(x, w, bias.repeat_interleave(s), padding=(q - 1, 0))  # [B, C_out·s, F+q-1, T]
+    rows = y.shape[2]
+    return y.view(B, cout, s, rows, T).transpose(2, 3).reshape(B, cout, rows * s, T)
 
 
 class DecoderLayer(nn.Module):
@@ -485,9 +498,9 @@ class DecoderLayer(nn.Module):
         else:
             r = self.rewrite(torch.cat([x, skip], dim=1))
         y = F.glu(self.norm1(r), dim=1)
-        few = self.conv_tr.out_channels * self.conv_tr.kernel_size[0] <= _FEW_ROWS
-        z = self.norm2(_freq_conv_transpose(self.conv_tr, y) if few and _inference(self)
-                       else self.conv_tr(y))
+        k, s = self.conv_tr.kernel_size[0], self.conv_tr.stride[0]
+        fast = k % s == 0 and _inference(self)
+        z = self.norm2(_freq_conv_transpose(self.conv_tr, y) if fast else self.conv_tr(y))
         if self.pad:
             z = z[..., self.pad:-self.pad, :]
         return z if self.last else F.gelu(z)
