@@ -19,6 +19,49 @@ the inclusive time of each module kind (forward hooks) and the largest operators
 
     python benchmarks/aeromamba_cpu.py [official paper collect-official collect-paper]
         [--precision fp32|bf16] [--threads 1] [--runs 5] [--against REV] [--profile]
+
+Measured 2026-12-01 (B = the inference path, A = 391a67c, medians of 5 alternating runs;
+the machine was shared, load average 9-12 on 2 cores throughout, so absolute times are 2-4x
+a quiet machine's and ratios carry +-15 %):
+
+    threads precision case              B s    A s    B/A
+    1       fp32      official (Mamba skipped)  9.70  11.06  0.88
+    1       fp32      paper (Mamba runs)       18.38  19.30  0.95
+    1       bf16      official                  5.27   5.56  0.95
+    1       bf16      paper                    23.78  29.38  0.81
+    2       fp32      official                  4.74   5.63  0.84
+    2       fp32      paper                    13.76  15.95  0.86
+    2       bf16      official                  7.03   8.25  0.85
+    2       bf16      paper                    11.20  12.48  0.90
+    1       fp32      collect-official          7.06  11.96  0.59  (0.78 / 1.23 of a forward)
+    1       fp32      tiny (2 rows)             4.19   4.42  0.95
+    1       fp32      collect-tiny              7.40   6.80  1.09  (1.42 / 1.15 of a forward)
+
+The bf16 rows ran the inference path under autocast; it then proved to raise the bf16 error
+(dLSD 0.0064 → 0.0089 on real music, benchmarks/bf16_error.py; the tiny model's relative L2
+above 2 %), so under autocast the model now takes its plain path, the same as A: bf16 B/A is
+1 by construction. An earlier run of ``official`` (1 thread, load 12) gave B/A 0.66,
+``collect-official`` 0.73.
+For the tiny network the per-call cost is dominated by preemption under this load: two more
+interleaved runs gave collect/forward 1.00 and 0.59.
+
+What was tried for the inference path, adopted or not (10 s, 1 thread, float32, alternating
+runs in one process on the shared 2-core machine, load average 5-12, so +-25 %):
+
+- the decoder's 3×3 convolutions (70 % of the FLOPs) as 9 shifted matrix products over a
+  padded input: 0.45-1.05x the speed of torch's oneDNN convolution; as 3 products over a
+  3-shift stack: 0.5-0.95x; F(2×2, 3×3) Winograd written with torch ops (16 batched products,
+  2.25x fewer multiplies): 0.45-0.82x (the transforms cost more than the saved products);
+  channels_last: 0.7-1.6x depending on the layer, no consistent gain;
+- wide transposed convolutions as one product + overlap-add: 0.84-1.05x (kept for the last
+  layer, 2 outputs × 8 rows, where it is 4-5x faster); as one ordinary conv per stride phase:
+  1.1-1.7x (adopted);
+- ``THP_MEM_ALLOC_ENABLE=1`` (torch's transparent huge pages for large tensors): the whole
+  forward 1.05-1.3x slower (5 s of audio: 5.26/5.39/4.78 s against 4.94/4.16/3.95 s);
+- ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=64G`` (glibc keeps freed memory, so large
+  temporaries are not page-faulted in again on every allocation): the whole forward 1.2-1.4x
+  faster (3.69/3.54/4.29 s against 4.97/5.27/5.15 s). A process-wide setting, so not made by the
+  model; the CLI could set it at start-up (``mallopt``) for every model.
 """
 
 from __future__ import annotations
