@@ -401,3 +401,147 @@ def test_paper_mode_lengths_and_empty_input():
             y = model.restore(torch.randn(1, length) * 0.1)
             assert y.shape == (1, 4 * length) and torch.isfinite(y).all()
         assert model.restore(torch.zeros(3, 0)).shape == (3, 0)
+
+
+# --- the statistics pass ------------------------------------------------------------------
+
+def _float64_statistics(model: am.AEROMamba, x: torch.Tensor, frames: tuple[int, int]
+                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Reference for :meth:`collect_statistics`: one ordinary forward (with whatever statistics
+    the model normalises by now) whose normalisation inputs are copied to float64, then the
+    mean and variance over ``frames`` computed there (input: mean and unbiased std)."""
+    a, b = frames
+    inputs: dict[str, torch.Tensor] = {}
+
+    def hook(key: str):
+        def f(mod, args):
+            inputs[key] = args[0].double()
+        return f
+
+    handles = [m.register_forward_pre_hook(hook(m.key))
+               for m in model.modules() if isinstance(m, am._StatNorm)]
+    inter: dict[str, torch.Tensor] = {}
+    try:
+        with torch.no_grad():
+            model(x, inter)
+    finally:
+        for h in handles:
+            h.remove()
+    z = inter["spec_in"].double()[..., a:b].reshape(x.shape[0], -1)
+    out = {"input": (z.mean(-1)[:, None, None], z.std(-1)[:, None, None])}  # [rows, 1, 1]
+    for m in model.modules():
+        if isinstance(m, am._StatNorm):
+            v = inputs[m.key]
+            v = v.reshape(v.shape[0], m.num_groups, -1, v.shape[-1])[..., a:b].flatten(2)
+            shape = (x.shape[0], -1, m.num_groups)  # [rows, norm rows per row, groups]
+            out[m.key] = (v.mean(-1).reshape(shape), v.var(-1, unbiased=False).reshape(shape))
+    return out
+
+
+@pytest.mark.parametrize("official", [True, False])
+def test_collect_statistics_equals_float64_sums(official):
+    """The statistics pass (float32 per-frame moments, float64 sums over time, stopped after
+    the last GroupNorm) equals the same statistics computed in float64 from a full forward's
+    activations, for a middle part of a chunk, a final chunk, and with frozen statistics."""
+    model = _small(official_forward=official)
+    x = _signal(1.0) + 0.05  # an offset: group means far from zero test the Σx² form
+    x = torch.cat([x, 0.3 * _signal(1.0, seed=2)], dim=0)  # two rows, different levels
+    hop = model.config.in_hop
+    n_frames = -(-x.shape[-1] // hop) + 1
+    for keep, last, frames in (((640, 7000), False, (10, 110)),
+                               ((3000, x.shape[-1]), True, (47, n_frames))):
+        acc = model.collect_statistics(x, keep, last, None, None)
+        got = model.finish_statistics(acc)
+        ref = _float64_statistics(model, x, frames)
+        _assert_statistics_close(got, ref)
+    # frozen: the next pass normalises by given statistics; the reference forward uses them too
+    model.use_statistics(got)
+    try:
+        ref = _float64_statistics(model, x, frames)
+    finally:
+        model.use_statistics(None)
+    _assert_statistics_close(model.finish_statistics(
+        model.collect_statistics(x, keep, True, None, got)), ref)
+
+
+def _assert_statistics_close(got: list, ref: dict) -> None:
+    """Means within 1e-6 of the spread (relative), variances / stds within 1e-5 relative."""
+    assert set(ref) == set(got[0])
+    for key, (mean, second) in ref.items():
+        g_mean = torch.stack([row[key][0] for row in got])
+        g_second = torch.stack([row[key][1] for row in got])
+        spread = second.sqrt() if key != "input" else second
+        assert ((g_mean - mean).abs() <= 1e-6 * (mean.abs() + spread)).all(), key
+        assert ((g_second - second).abs() <= 1e-5 * second).all(), key
+
+
+def test_frozen_statistics_equal_the_call_s_own():
+    """``use_statistics`` with the whole signal's statistics (one multiply-add per element)
+    reproduces the ordinary forward, which computes the same statistics itself."""
+    model = _small(official_forward=True)
+    x = _signal(1.0)
+    with torch.no_grad():
+        y = model(x)
+        model.use_statistics(model.finish_statistics(
+            model.collect_statistics(x, (0, x.shape[-1]), True, None, None)))
+        try:
+            y_frozen = model(x)
+        finally:
+            model.use_statistics(None)
+    assert rel_l2(y_frozen, y) <= 1e-5
+
+
+# --- inference paths -------------------------------------------------------------------------
+
+def _randomise_batchnorms(model: nn.Module, seed: int = 3) -> None:
+    """Trained-like BatchNorm statistics and affine parameters (fresh ones are the identity,
+    which would hide a wrong fold)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.normal_(0, 0.2, generator=g)
+                m.running_var.uniform_(0.3, 3.0, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.normal_(0, 0.2, generator=g)
+
+
+@pytest.mark.parametrize("official", [True, False])
+def test_inference_path_equals_the_autograd_path(official):
+    """Without autograd (eval mode) the network takes its inference path (folded BatchNorms,
+    in-place Snake, matrix products instead of 1×1 and transposed convs, no concatenation);
+    with autograd it takes the plain path that training uses. Both give the same output to
+    float32 rounding, and gradients still flow through the plain path."""
+    model = _small(official_forward=official)
+    _randomise_batchnorms(model)
+    x = torch.cat([_signal(0.3), 0.5 * _signal(0.3, seed=2)])
+    y_train_path = model(x)
+    y_train_path.square().mean().backward()
+    grads = [p.grad for n, p in model.named_parameters() if ".mamba." not in n or not official]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    with torch.no_grad():
+        y = model(x)
+    with torch.inference_mode():
+        y_inf = model(x)
+    assert rel_l2(y, y_train_path.detach()) <= 1e-5
+    assert torch.equal(y, y_inf)
+
+
+def test_freq_conv_transpose_equals_conv_transpose2d():
+    g = torch.Generator().manual_seed(0)
+    for cin, cout, stride, rows in ((6, 2, 4, 5), (8, 3, 2, 7), (4, 4, 1, 3), (5, 12, 2, 6),
+                                    (7, 9, 4, 4)):  # the last two: phase convs
+        conv = nn.ConvTranspose2d(cin, cout, (8, 1), (stride, 1))
+        x = torch.randn(2, cin, rows, 11, generator=g)
+        with torch.no_grad():
+            torch.testing.assert_close(am._freq_conv_transpose(conv, x), conv(x),
+                                       rtol=1e-5, atol=1e-6)
+
+
+def test_in_place_snake_equals_snake():
+    snake = am.Snake(3)
+    x = torch.randn(6, 5, 40)  # 2 examples × 3 frequency rows
+    with torch.no_grad():
+        ref = snake(x, 2)
+        got = am._snake_(x.clone(), snake.a.repeat(2)[:, None, None])
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)

@@ -71,6 +71,34 @@ class _StatControl:
         self.frames: tuple[int, int] = (0, 0)
         self.acc: dict[str, list[torch.Tensor]] = {}
         self.frozen: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.pending: set[str] = set()  # collect mode: keys not collected yet in this call
+
+
+def _frame_sums(part: torch.Tensor, dims: tuple[int, ...]) -> list[torch.Tensor]:
+    """``[Σx, Σx², count]`` (float64) of ``part`` over ``dims`` and its last (time) axis.
+
+    Per frame, in the input's precision: the sum over ``dims`` (mean ``m_t``), then the sum of
+    squares about ``m_t`` (so the within-frame spread keeps its relative precision whatever the
+    offset); only these small per-frame results are combined over time in float64:
+    Σx² = Σ_t (SS_t + K·m_t²) with K values per frame. No float64 copy of the activation is
+    made, and plain sums are used (``var_mean`` over a middle axis is several times slower).
+    """
+    if part.dtype not in (torch.float32, torch.float64):
+        part = part.float()
+    k = 1
+    for d in dims:
+        k *= part.shape[d]
+    mean = part.sum(dims, keepdim=True).div_(k)
+    spread = (part - mean).square_().sum(dims)  # [..., T']
+    m = mean.reshape(spread.shape).double()
+    s1 = m.sum(-1) * k
+    s2 = (spread.double() + k * m.square()).sum(-1)
+    return [s1, s2, torch.full_like(s1, k * part.shape[-1])]
+
+
+def _add_sums(acc: dict[str, list[torch.Tensor]], key: str, sums: list[torch.Tensor]) -> None:
+    prev = acc.get(key)
+    acc[key] = sums if prev is None else [p + q for p, q in zip(prev, sums)]
 
 
 class _StatNorm(nn.GroupNorm):
@@ -88,19 +116,19 @@ class _StatNorm(nn.GroupNorm):
         xs = x.reshape(N, self.num_groups, -1, T)
         if ctl.mode == "collect":
             a, b = ctl.frames
-            part = xs[..., a:b].double()
-            sums = [part.sum((2, 3)), part.square().sum((2, 3)),
-                    torch.full_like(part[:, :, 0, 0], part.shape[2] * part.shape[3])]
-            prev = ctl.acc.get(self.key)
-            ctl.acc[self.key] = sums if prev is None else [p + q for p, q in zip(prev, sums)]
+            _add_sums(ctl.acc, self.key, _frame_sums(xs[..., a:b], (2,)))
+            ctl.pending.discard(self.key)
         if ctl.frozen is None or self.key not in ctl.frozen:
             return super().forward(x)
         mean, var = ctl.frozen[self.key]
-        mean = mean.to(x.dtype)[:, :, None, None]
-        var = var.to(x.dtype)[:, :, None, None]
-        y = ((xs - mean) / torch.sqrt(var + self.eps)).reshape_as(x)
-        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
-        return y * self.weight.view(shape) + self.bias.view(shape)
+        # y = (x - mean) / sqrt(var + eps) · w + b as one multiply-add per element:
+        # scale = w / sqrt(var + eps), shift = b - mean · scale, per (row, channel)
+        C = x.shape[1]
+        inv = torch.rsqrt(var.to(x.dtype) + self.eps)  # [N, G]
+        scale = self.weight.view(1, self.num_groups, C // self.num_groups) * inv[..., None]
+        shift = self.bias.view(1, self.num_groups, -1) - mean.to(x.dtype)[..., None] * scale
+        shape = [N, C] + [1] * (x.dim() - 2)
+        return torch.addcmul(shift.reshape(shape), x, scale.reshape(shape))
 
 
 RowStats = dict[str, tuple[torch.Tensor, torch.Tensor]]  # norm key -> (mean, var) [R, groups]
@@ -197,6 +225,58 @@ class AEROMambaConfig:
 MAMBA_REACH_S = 2.0
 
 
+def _inference(module: nn.Module) -> bool:
+    """Whether ``module`` may take its inference path: no autograd graph is being recorded and
+    it is in eval mode (BatchNorms use their running statistics, which fold into the convs).
+
+    The inference paths compute the same function as the training paths with fewer passes
+    over memory (folded BatchNorms, in-place activations, no concatenation or transpose
+    copies); they differ from them only by float rounding (``tests/models/test_aeromamba.py``
+    compares both). Not under CPU autocast: there its in-place sums and bias additions would
+    round to bf16 where the plain path's convolutions accumulate in float32 (the tiny model's
+    bf16 error rose from <2 % to 2.3 % relative L2, the published one's dLSD 0.0064 → 0.0089)."""
+    return (not module.training and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu"))
+
+
+def _fold_bn(block: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of ``bn(conv(x))`` as one conv, for ``block = (conv, bn, ...)``:
+    eval-mode BatchNorm is per-channel ``(y - mean) / sqrt(var + eps) · γ + β``."""
+    conv = tp.cast(nn.Conv1d | nn.Conv2d, block[0])
+    bn = tp.cast(nn.BatchNorm1d | nn.BatchNorm2d, block[1])
+    weight, bias = conv.weight, tp.cast(torch.Tensor, conv.bias)
+    mean, var = tp.cast(torch.Tensor, bn.running_mean), tp.cast(torch.Tensor, bn.running_var)
+    scale = bn.weight * torch.rsqrt(var + bn.eps)
+    shape = [-1] + [1] * (weight.dim() - 1)
+    return weight * scale.view(shape), (bias - mean) * scale + bn.bias
+
+
+def _pointwise(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A 1×1 convolution ``conv`` (1-D or 2-D) over ``x: [N, C, ...]`` as one matrix product
+    per row (``[C_out, C] @ [C, ...]``), without the reorders of a convolution primitive."""
+    weight, bias = tp.cast(torch.Tensor, conv.weight), tp.cast(torch.Tensor, conv.bias)
+    w = weight.reshape(weight.shape[0], weight.shape[1])
+    y = _bmm(w, x.reshape(x.shape[0], x.shape[1], -1))
+    y = y.add_(bias[:, None].to(y.dtype))
+    return y.view(x.shape[0], w.shape[0], *x.shape[2:])
+
+
+def _bmm(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``w @ x[n]`` for every ``n``: ``w: [M, K]``, ``x: [N, K, L]`` → ``[N, M, L]``.
+    (``torch.matmul`` folds this case into one product on a transposed copy of ``x`` and
+    copies the result back; a batched product reads ``x`` where it lies.)"""
+    w = w.to(x.dtype)
+    return torch.bmm(w.expand(x.shape[0], *w.shape), x)
+
+
+def _snake_(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """:class:`Snake` ``x + sin²(a·x)/a`` computed in place in ``x`` (which is returned); ``a``
+    broadcasts against ``x``. Only for tensors nothing else holds and no autograd records."""
+    t = torch.mul(x, a)
+    t.sin_().square_()
+    return x.addcmul_(t, a.reciprocal())
+
+
 class Snake(nn.Module):
     """Snake activation x + sin²(αx)/α (Liu et al., 2020) with one α per frequency row.
 
@@ -245,8 +325,16 @@ class DConvLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         """``x: [B·F, C, T]`` → same shape."""
-        y = self.act(self.conv1(x), batch)
         conv, norm, glu, scale = self.conv2
+        if _inference(self):  # in-place Snake, 1×1 conv as a matmul, fused residual
+            y = self.conv1[1](self.conv1[0](x))
+            y = _snake_(y, self.act.a.repeat(batch)[:, None, None].to(y.dtype))
+            y = glu(norm(_pointwise(conv, y)))
+            if self.run_mamba:
+                y = self.mamba(y.transpose(1, 2)).transpose(1, 2)
+            gain = tp.cast(LayerScale, scale).scale[:, None]
+            return torch.addcmul(x, gain.to(y.dtype), y)
+        y = self.act(self.conv1(x), batch)
         y = glu(norm(conv(y)))
         if self.run_mamba:
             y = self.mamba(y.transpose(1, 2)).transpose(1, 2)
@@ -290,11 +378,32 @@ class FTB(nn.Module):
                                    nn.BatchNorm2d(channels), nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _inference(self):
+            return self._inference(x)
         B, C, Fr, T = x.shape
         a = self.conv1(x).reshape(B, -1, T)
         att = self.conv1d(a).view(B, C, 1, T) * x
         att = self.freq_fc(att.transpose(2, 3)).transpose(2, 3)
         return self.conv2(torch.cat([att, x], dim=1))
+
+    def _inference(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` in eval mode without autograd: BatchNorms folded into the convs; the
+        frequency mixing ``W·(a ⊙ x)`` taken as ``a ⊙ (W·x)`` (``a`` is constant along
+        frequency) on ``x``'s own layout, no transposes; the fusion conv on ``[att, x]`` as
+        two matrix products into one output, no concatenation."""
+        B, C, Fr, T = x.shape
+        w, b = _fold_bn(self.conv1)
+        a = F.conv2d(x, w, b).relu_().reshape(B, -1, T)
+        w, b = _fold_bn(self.conv1d)
+        a = F.conv1d(a, w, b, padding=tp.cast(nn.Conv1d, self.conv1d[0]).padding)
+        a = a.relu_()  # [B, C, T]
+        att = _bmm(self.freq_fc.weight, x.reshape(B * C, Fr, T)).view(B, C, Fr, T)
+        att = att.mul_(a[:, :, None].to(att.dtype)).view(B, C, Fr * T)
+        w, b = _fold_bn(self.conv2)
+        w = w.reshape(C, 2 * C).to(att.dtype)
+        y = _bmm(w[:, :C], att)
+        y = y.baddbmm_(w[:, C:].expand(B, C, C), x.reshape(B, C, Fr * T).to(y.dtype))
+        return y.add_(b[:, None].to(y.dtype)).relu_().view(B, C, Fr, T)
 
 
 def _group_norm(groups: int, channels: int, on: bool) -> nn.Module:
@@ -328,6 +437,39 @@ class EncoderLayer(nn.Module):
         return F.glu(self.norm2(self.rewrite(x)), dim=1)
 
 
+# A transposed conv with at most this many (output channel, kernel row) pairs runs as a matrix
+# product and an overlap-add (the network's last layer: 2 channels × 8 rows), wider ones as
+# one ordinary conv per stride phase (benchmarks/aeromamba_cpu.py: torch's ConvTranspose2d
+# took ~5x / 1.1-1.7x longer at 1 thread).
+_FEW_ROWS = 64
+
+
+def _freq_conv_transpose(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a ConvTranspose2d with kernel ``[k, 1]`` and stride ``[s, 1]`` (no
+    padding; ``s`` divides ``k``) over ``x: [B, C, F, T]`` → ``[B, C_out, (F-1)·s + k, T]``.
+
+    Output row ``s·f + r`` (phase ``r``) is ``Σ_m W[:, :, r + s·m]ᵀ x[f - m]``, ``m < k/s``: an
+    ordinary convolution along frequency with ``k/s`` taps (flipped) and ``C_out·s`` outputs,
+    whose phases are then interleaved. For few outputs, one product ``[C_out·k, C] @ [C, F·T]``
+    instead, each kernel row ``j`` added at output rows ``j, j + s, ...``."""
+    B, C, Fr, T = x.shape
+    weight, bias = conv.weight, tp.cast(torch.Tensor, conv.bias)
+    cout, k, s = weight.shape[1], weight.shape[2], conv.stride[0]
+    if cout * k <= _FEW_ROWS:
+        w = weight[..., 0].permute(1, 2, 0).reshape(cout * k, C)
+        cols = _bmm(w, x.reshape(B, C, Fr * T)).view(B, cout, k, Fr, T)
+        out = bias.to(cols.dtype).view(1, cout, 1, 1).expand(
+            B, cout, (Fr - 1) * s + k, T).clone()
+        for j in range(k):
+            out[:, :, j:j + s * (Fr - 1) + 1:s] += cols[:, :, j]
+        return out
+    q = k // s
+    w = weight[..., 0].view(C, cout, q, s).flip(2).permute(1, 3, 0, 2).reshape(cout * s, C, q, 1)
+    y = F.conv2d(x, w, bias.repeat_interleave(s), padding=(q - 1, 0))  # [B, C_out·s, F+q-1, T]
+    rows = y.shape[2]
+    return y.view(B, cout, s, rows, T).transpose(2, 3).reshape(B, cout, rows * s, T)
+
+
 class DecoderLayer(nn.Module):
     """HDemucs frequency decoder layer: concat skip → rewrite 3×3 → GLU → transposed conv."""
 
@@ -355,7 +497,9 @@ class DecoderLayer(nn.Module):
         else:
             r = self.rewrite(torch.cat([x, skip], dim=1))
         y = F.glu(self.norm1(r), dim=1)
-        z = self.norm2(self.conv_tr(y))
+        k, s = self.conv_tr.kernel_size[0], self.conv_tr.stride[0]
+        fast = k % s == 0 and _inference(self)
+        z = self.norm2(_freq_conv_transpose(self.conv_tr, y) if fast else self.conv_tr(y))
         if self.pad:
             z = z[..., self.pad:-self.pad, :]
         return z if self.last else F.gelu(z)
@@ -592,11 +736,7 @@ class AEROMamba(Restorer):
         ctl = self._ctl
         if ctl.mode == "collect":
             a, b = ctl.frames
-            part = z[..., a:b].double().reshape(z.shape[0], 1, -1)
-            sums = [part.sum(-1), part.square().sum(-1),
-                    torch.full_like(part[:, :, 0], part.shape[-1])]
-            prev = ctl.acc.get("input")
-            ctl.acc["input"] = sums if prev is None else [p + q for p, q in zip(prev, sums)]
+            _add_sums(ctl.acc, "input", [v[:, None] for v in _frame_sums(z[..., a:b], (1, 2))])
         if ctl.mode is not None and ctl.frozen is not None and "input" in ctl.frozen:
             mean, std = ctl.frozen["input"]
             return (mean.to(z.dtype).reshape(-1, 1, 1, 1), std.to(z.dtype).reshape(-1, 1, 1, 1))
@@ -618,11 +758,12 @@ class AEROMamba(Restorer):
         ctl = self._ctl
         ctl.mode, ctl.frames, ctl.acc = "collect", (a, b), acc if acc is not None else {}
         ctl.frozen = _stack(frozen) if frozen else None
+        ctl.pending = {m.key for m in self.modules() if isinstance(m, _StatNorm)}
         try:
             with torch.no_grad():
-                self.forward(x)
+                self._run(x, None)
         finally:
-            ctl.mode, ctl.frozen = None, None
+            ctl.mode, ctl.frozen, ctl.pending = None, None, set()
         return ctl.acc
 
     @staticmethod
@@ -671,6 +812,19 @@ class AEROMamba(Restorer):
                 ) -> torch.Tensor:
         """``x: [B, T]`` LR audio → ``[B, scale·T]``; fills ``intermediates`` when given
         (``spec_in``, ``encoder.{k}.out``, ``spec_out`` as in the parity fixture)."""
+        y = self._run(x, intermediates)
+        assert y is not None
+        return y
+
+    def _collected(self) -> bool:
+        """In a statistics pass, whether every normalisation has collected its sums: the
+        layers after the last GroupNorm cannot change them, so the pass stops there."""
+        ctl = self._ctl
+        return ctl.mode == "collect" and not ctl.pending
+
+    def _run(self, x: torch.Tensor, intermediates: dict[str, torch.Tensor] | None
+             ) -> torch.Tensor | None:
+        """:meth:`forward`; None where a statistics pass stopped early (:meth:`_collected`)."""
         cfg = self.config
         B, length = x.shape
         if length == 0:
@@ -681,6 +835,8 @@ class AEROMamba(Restorer):
         if intermediates is not None:
             intermediates["spec_in"] = z
         mean, std = self._statistics(z)
+        if self._collected():
+            return None
         h = (z - mean) / (1e-5 + std)
         skips = []
         for idx, enc in enumerate(self.encoder):
@@ -692,8 +848,12 @@ class AEROMamba(Restorer):
             skips.append(h)
         out: torch.Tensor | None = None  # the decoder starts from zeros at the bottleneck
         for dec in self.decoder:
+            if self._collected():
+                return None
             out = dec(out, skips.pop())
         assert out is not None
+        if self._collected():
+            return None
         h = out * std + mean
         if intermediates is not None:
             intermediates["spec_out"] = h
