@@ -275,7 +275,8 @@ def restore_stream(source: Source, model: Model, sink: Callable[[np.ndarray], No
             sink(y.astype(np.float32, copy=False))
 
     chunks = list(plan)
-    row_stats = (_statistics_passes(model, source, r, fwd, C, chunks, opts.stat_passes)
+    row_stats = (_statistics_passes(model, source, r, fwd, C, chunks, opts.stat_passes,
+                                    opts.batch_size)
                  if getattr(model, "global_statistics", False) and chunks
                  and not _whole_signal(chunks, r) else None)
     per_step = max(1, opts.batch_size // C)
@@ -355,30 +356,39 @@ def _whole_signal(chunks: list[tp.Any], r: Rates) -> bool:
 
 def _statistics_passes(model: tp.Any, source: Source, r: Rates,
                        fwd: Callable[[np.ndarray], np.ndarray] | None, C: int,
-                       chunks: list[tp.Any], passes: int) -> list[tp.Any]:
+                       chunks: list[tp.Any], passes: int, rows: int | None = None
+                       ) -> list[tp.Any]:
     """Two-pass inference for models that normalise by whole-signal statistics (AEROMamba):
     run every chunk, channel by channel as rows, and sum each normalisation's statistics over
     the chunk's share of the signal (its kept region up to where the next one takes over);
     each further pass repeats that with the previous pass's statistics frozen. Returns one
-    statistics object per channel for :meth:`use_statistics` in the output pass."""
+    statistics object per channel for :meth:`use_statistics` in the output pass.
+
+    ``rows``: channels per model call (default all ``C``); each row's statistics are its own,
+    so calls of fewer rows give the same statistics with a smaller peak of activations (the
+    output pass's ``batch_size`` caps them: 1 on CPU in ``upsr enhance``)."""
     import torch
 
     try:
         device = next(iter(model.parameters())).device
     except (AttributeError, StopIteration):
         device = torch.device("cpu")
+    step = max(1, min(C, rows or C))
+    groups = [(g, min(C, g + step)) for g in range(0, C, step)]
     frozen = None
     for _ in range(passes):
         src = Rolling(resampled(source, r.model_in, fwd), C, r.frames_in)
-        acc = None
+        acc: list[tp.Any] = [None] * len(groups)
         for k, c in enumerate(chunks):
-            x = torch.from_numpy(np.ascontiguousarray(src.get(c.lo, c.hi), np.float32))
-            acc = model.collect_statistics(x.to(device), (c.keep_lo - c.lo,
-                                                          c.keep_hi - c.fade_out - c.lo),
-                                           k == len(chunks) - 1, acc, frozen)
+            block = np.ascontiguousarray(src.get(c.lo, c.hi), np.float32)
+            keep = (c.keep_lo - c.lo, c.keep_hi - c.fade_out - c.lo)
+            for i, (a, b) in enumerate(groups):
+                x = torch.from_numpy(block[a:b]).to(device)
+                acc[i] = model.collect_statistics(x, keep, k == len(chunks) - 1, acc[i],
+                                                  None if frozen is None else frozen[a:b])
             if k + 1 < len(chunks):
                 src.release(chunks[k + 1].lo)
-        frozen = model.finish_statistics(acc)
+        frozen = [st for part in acc for st in model.finish_statistics(part)]
     return frozen  # type: ignore[return-value]
 
 

@@ -1,4 +1,5 @@
-"""The whole-signal statistics pass is skipped only where it cannot change the output.
+"""The whole-signal statistics pass: skipped only where it cannot change the output, and run
+with at most ``batch_size`` rows per call.
 
 A signal that is one chunk whose model input is the whole signal is normalised by its own
 statistics in the plain call: that *is* whole-signal inference, and a pass would compute the
@@ -37,9 +38,12 @@ class RmsNorm:
         self.frozen = None
         self.calls = []  # per call: statistics per row (None: the row's own)
         self.mixed = False  # a call got rows with and rows without statistics
+        self.collect_rows = []  # rows per statistics call
 
     def collect_statistics(self, x, keep, last, acc, frozen):
         self.collected += 1
+        self.collect_rows.append(x.shape[0])
+        assert frozen is None or len(frozen) == x.shape[0]
         part = x[:, keep[0]:x.shape[-1] if last else keep[1]].double()
         sums = torch.stack([part.square().sum(-1), torch.full_like(part[:, 0], part.shape[-1])])
         return sums if acc is None else acc + sums
@@ -168,3 +172,48 @@ def test_aeromamba_one_chunk_is_the_plain_forward_and_matches_the_pass(aero, sec
     # float32 rounding of the statistics (float64 sums vs GroupNorm's own), amplified by the
     # random weights: 6e-5 here (the float64 test above shows the statistics are the same)
     assert rel_l2(forced, y) < 3e-4
+
+
+def test_statistics_pass_runs_at_most_batch_size_rows_per_call():
+    """Rows per call follow the batch size; each row keeps its own statistics (also the
+    frozen ones a second pass hands back), so the output is the same."""
+    x = music_like(3.0, 1000, channels=2, seed=8).astype(np.float32)
+    x[1] *= 0.1
+    outs, rows = [], []
+    for batch in (1, 4):
+        m = RmsNorm()
+        y, _ = enhance_array(x, 1000, m, options=EnhanceOptions(
+            chunk_s=1.0, overlap_s=0.1, lf_replace=False, batch_size=batch, stat_passes=2),
+            **KW)
+        outs.append(y)
+        rows.append(set(m.collect_rows))
+    assert rows == [{1}, {2}]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert abs(np.std(outs[0][0]) / np.std(outs[0][1]) - 1) < 0.05  # each row its own
+
+
+def test_aeromamba_statistics_pass_row_by_row_matches_all_rows_at_once(aero):
+    """The same with AEROMamba: its statistics agree to the float32 rounding that its random
+    weights amplify (1e-4 relative after two passes; 6e-5 already between one call and its
+    own pass above) and the outputs to less."""
+    from upsr.infer.chunk import ChunkPlan
+
+    x = music_like(2.5, 11025, channels=2, seed=7).astype(np.float32)
+    x[1] *= 0.3
+    src = ArraySource(x, 11025)
+    r = engine.plan_rates(aero, 11025, x.shape[-1])
+    chunks = list(ChunkPlan.for_rate(r.frames_in, 11025, 0.8, 0.05, aero.context_s, aero.align))
+    assert len(chunks) >= 3
+    together = engine._statistics_passes(aero, src, r, None, 2, chunks, 2)
+    alone = engine._statistics_passes(aero, src, r, None, 2, chunks, 2, rows=1)
+    assert len(together) == len(alone) == 2
+    for a, b in zip(together, alone):
+        assert a.keys() == b.keys()
+        for key in a:
+            mean_a, var_a = a[key]
+            mean_b, var_b = b[key]
+            scale = float(mean_a.abs().max() + var_a.abs().max())
+            assert float((mean_a - mean_b).abs().max()) < 1e-3 * scale
+            assert float((var_a - var_b).abs().max()) < 1e-3 * scale
+    # the channels' statistics differ, so a swap would show
+    assert abs(float(together[0]["input"][1] / together[1]["input"][1]) - 1) > 0.5
