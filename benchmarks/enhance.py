@@ -11,7 +11,8 @@ timed end to end; neural models use random weights saved to a temporary checkpoi
 is band-limited music-like audio written block-wise (the generator never holds the hour).
 Prints a table: model, audio minutes, wall seconds (median of --repeat runs), x real time,
 real-time factor, peak RSS. ``tiny-aeromamba`` is recipes/tiny/aeromamba.toml's network
-(28 k parameters) and ``tiny10k-aeromamba`` a smaller one (11 k: 32 bins, two encoder layers),
+(28 k parameters) and ``tiny10k-aeromamba`` a smaller one (11 k: 32 bins, two encoder layers,
+hop 8 at 11.025 kHz: twice the frames),
 both with Mamba running (the paper's forward): what the engine itself costs around a model that
 does almost nothing. ``--files N`` splits the audio into N files (for ``--jobs``); ``--jobs
 1,2`` and ``--precision fp32,bf16`` add rows per value; ``--trees A,B`` runs every case with
@@ -38,7 +39,7 @@ import soundfile as sf
 SMALL = {"tiny-aeromamba": ("aeromamba", {"channels": 4, "growth": 1, "n_fft": 128,
                                           "hop_length": 64, "d_state": 4, "dconv_depth": 1}),
          "tiny10k-aeromamba": ("aeromamba", {"channels": 4, "growth": 1, "n_fft": 64,
-                                             "hop_length": 64, "strides": (8, 4),
+                                             "hop_length": 32, "strides": (8, 4),
                                              "d_state": 4, "dconv_depth": 1})}
 
 
@@ -128,6 +129,9 @@ def main() -> None:
                             f" {prec}" if prec else "") + (f" [{tree}]" if tree else "")
                         rows.append((label, a.minutes, wall, audio_s / wall, wall / audio_s,
                                      max(rss[tree])))
+                        print(f"{label}: wall s {' '.join(f'{w:.1f}' for w in walls[tree])}, "
+                              f"peak RSS MiB {' '.join(f'{r:.0f}' for r in rss[tree])}",
+                              flush=True)
     print(f"\nupsr enhance, {a.minutes:g} min stereo 44.1 kHz, {os.cpu_count()} CPUs, "
           f"torch threads {a.threads}, median of {a.repeat}, load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end")
