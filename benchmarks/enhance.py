@@ -10,10 +10,10 @@ Each run is a fresh ``upsr enhance`` process (so peak RSS is the tool's own, imp
 timed end to end; neural models use random weights saved to a temporary checkpoint. The input
 is band-limited music-like audio written block-wise (the generator never holds the hour).
 Prints a table: model, audio minutes, wall seconds (median of --repeat runs), x real time,
-real-time factor, peak RSS. ``tiny-aeromamba`` is recipes/tiny/aeromamba.toml's network
-(28 k parameters) and ``tiny10k-aeromamba`` a smaller one (11 k: 32 bins, two encoder layers,
-hop 8 at 11.025 kHz: twice the frames),
-both with Mamba running (the paper's forward): what the engine itself costs around a model that
+real-time factor, CPU seconds (user + system, median), peak RSS. ``tiny-aeromamba`` is
+recipes/tiny/aeromamba.toml's network (28 k parameters) and ``tiny10k-aeromamba`` a smaller
+one (11 k: 32 bins, two encoder layers, hop 8 at 11.025 kHz: twice the frames), both with
+Mamba running (the paper's forward): what the engine itself costs around a model that
 does almost nothing. ``--files N`` splits the audio into N files (for ``--jobs``); ``--jobs
 1,2`` and ``--precision fp32,bf16`` add rows per value; ``--trees A,B`` runs every case with
 ``PYTHONPATH`` set to each source tree in turn (A, B, A, B, ...: an interleaved before/after
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -57,12 +58,15 @@ def make_input(path: Path, minutes: float, sr: int = 44100, cutoff: float = 1100
             done += n
 
 
-def run_once(args: list[str], tree: str | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one CLI process (``tree``: its PYTHONPATH)."""
+def run_once(args: list[str], tree: str | None = None) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS MiB, CPU seconds: user + system) of one CLI process
+    (``tree``: its PYTHONPATH). On a loaded machine the CPU seconds compare better than the
+    wall time, which then mostly measures the other processes."""
     code = ("import resource, sys; from upsr.cli.main import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
             "    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "    sys.stderr.write(f'\\nPEAK_RSS_KB {rss}\\n'); raise\n")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     env = dict(os.environ)
     if tree:
@@ -70,10 +74,12 @@ def run_once(args: list[str], tree: str | None = None) -> tuple[float, float]:
     res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                          env=env)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if res.returncode != 0:
         raise SystemExit(f"enhance failed:\n{res.stderr}")
     rss_kb = int(res.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
-    return wall, rss_kb / 1024.0
+    return wall, rss_kb / 1024.0, cpu
 
 
 def main() -> None:
@@ -111,16 +117,18 @@ def main() -> None:
                 for prec in (a.precision.split(",") if a.precision else [""]):
                     walls: dict[str, list[float]] = {t: [] for t in trees}
                     rss: dict[str, list[float]] = {t: [] for t in trees}
+                    cpus: dict[str, list[float]] = {t: [] for t in trees}
                     for i in range(a.repeat):
                         for tree in trees:  # interleaved: A, B, A, B, ...
                             out = Path(tmp) / f"out-{name}-{jobs}-{prec}-{i}"
                             extra = ["--jobs", jobs] if jobs != "1" else []
                             extra += ["--precision", prec] if prec else []
-                            w, r = run_once(["enhance", str(src_dir), "-o", str(out), "-q",
+                            w, r, cpu = run_once(["enhance", str(src_dir), "-o", str(out), "-q",
                                              "--model", model, "--device", "cpu", "--chunk-s",
                                              a.chunk_s, *extra], tree or None)
                             walls[tree].append(w)
                             rss[tree].append(r)
+                            cpus[tree].append(cpu)
                             shutil.rmtree(out, ignore_errors=True)
                     for tree in trees:
                         wall = statistics.median(walls[tree])
@@ -128,18 +136,20 @@ def main() -> None:
                         label = name + (f" j{jobs}" if jobs != "1" else "") + (
                             f" {prec}" if prec else "") + (f" [{tree}]" if tree else "")
                         rows.append((label, a.minutes, wall, audio_s / wall, wall / audio_s,
-                                     max(rss[tree])))
+                                     statistics.median(cpus[tree]), max(rss[tree])))
                         print(f"{label}: wall s {' '.join(f'{w:.1f}' for w in walls[tree])}, "
+                              f"cpu s {' '.join(f'{c:.1f}' for c in cpus[tree])}, "
                               f"peak RSS MiB {' '.join(f'{r:.0f}' for r in rss[tree])}",
                               flush=True)
     print(f"\nupsr enhance, {a.minutes:g} min stereo 44.1 kHz, {os.cpu_count()} CPUs, "
           f"torch threads {a.threads}, median of {a.repeat}, load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end")
     width = max([24] + [len(r[0]) + 2 for r in rows])
-    print(f"{'model':<{width}}{'minutes':>8}{'wall s':>10}{'x real':>9}{'RTF':>8}"
+    print(f"{'model':<{width}}{'minutes':>8}{'wall s':>10}{'x real':>9}{'RTF':>8}{'cpu s':>8}"
           f"{'peak RSS MiB':>14}")
-    for name, minutes, wall, speed, rtf, rss in rows:
-        print(f"{name:<{width}}{minutes:>8g}{wall:>10.1f}{speed:>9.2f}{rtf:>8.3f}{rss:>14.0f}")
+    for name, minutes, wall, speed, rtf, cpu, rss in rows:
+        print(f"{name:<{width}}{minutes:>8g}{wall:>10.1f}{speed:>9.2f}{rtf:>8.3f}{cpu:>8.1f}"
+              f"{rss:>14.0f}")
 
 
 if __name__ == "__main__":

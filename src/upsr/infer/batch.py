@@ -423,35 +423,6 @@ def remove_stale_outputs(items: list[Item]) -> None:
         remove_stale(folder)
 
 
-#: glibc's ``M_MMAP_THRESHOLD`` for ``upsr enhance``: blocks from this size up are mapped
-#: for themselves and go back to the system when freed.
-MMAP_THRESHOLD = 1 << 20
-
-
-def return_freed_memory() -> bool:
-    """Stop glibc's heap from keeping what a model call frees (Linux/glibc; elsewhere a no-op
-    returning False).
-
-    glibc serves blocks of 128 KiB and up with their own ``mmap``, but every time one of them
-    is freed it raises that threshold to the block's size (up to 32 MiB), so later tensors of a
-    forward pass come from the heap, which fragments and keeps its high-water mark: a tiny
-    AEROMamba's resident size crept from 580 MiB to 1 GiB over a 1-min file. A fixed threshold
-    (which also turns the adjustment off) maps every block of ``MMAP_THRESHOLD`` and up
-    afresh; measured: peak 870 -> 560 MiB on 20 s of stereo, for ~2 % more page faults per
-    forward. Process-wide, so only ``upsr enhance`` calls it, not the library."""
-    import ctypes
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        m_mmap_threshold = -3
-        return bool(libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD))
-    except (OSError, AttributeError):
-        return False
-
-
 def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
                   on_item: tp.Callable[[Item], None] | None = None,
                   progress: tp.Callable[[Item, float], None] | None = None,
@@ -473,7 +444,6 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
     from upsr.audio.io import BlockWriter
     from upsr.infer.stream import FileSource
 
-    return_freed_memory()
     loaded: dict[str, tp.Any] = {} if cache is None else cache
 
     def get_model(ref: str) -> tp.Any:
