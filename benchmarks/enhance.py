@@ -18,6 +18,19 @@ does almost nothing. ``--files N`` splits the audio into N files (for ``--jobs``
 1,2`` and ``--precision fp32,bf16`` add rows per value; ``--trees A,B`` runs every case with
 ``PYTHONPATH`` set to each source tree in turn (A, B, A, B, ...: an interleaved before/after
 on a loaded machine) and adds a row per tree.
+
+Measured 2026-12-01, 1 min stereo, 1 torch thread, before (391a67c) / after the engine work of
+issue 13, interleaved, medians (sbr of 5, load ~3.5; the AEROMambas of 3, load 2-5, their
+single runs spread 2x):
+
+    model               wall s before/after   cpu s before/after   peak RSS MiB before/after
+    sbr                 4.0 / 3.2 (15.0x -> 18.5x)   4.0 / 3.2        469 / 395
+    tiny-aeromamba      22.1 / 26.1 (noise)         25.7 / 29.1       957 / 737
+    tiny10k-aeromamba   13.8 / 13.8                 17.0 / 17.6       910 / 707
+
+The AEROMambas' time is their forward passes (~80 %: statistics pass + output pass, each chunk
+with 2 s of Mamba context each side) and imports (torch 190 MiB, numba with its kernels
+140 MiB); the engine's own work (analysis, resampling, splice, overlap-add, writing) is ~3 %.
 """
 
 from __future__ import annotations
