@@ -3,20 +3,42 @@
     python benchmarks/enhance.py                     # 1 h stereo 44.1 kHz with sbr
     python benchmarks/enhance.py --minutes 10 --models apollo,wave-u-mamba,aeromamba
     python benchmarks/enhance.py --minutes 2 --models tiny-aeromamba --files 8 --jobs 1,2
+    python benchmarks/enhance.py --minutes 1 --repeat 5 --models tiny10k-aeromamba,sbr \
+        --trees src,/tmp/before/src          # A/B: runs alternate between two source trees
 
 Each run is a fresh ``upsr enhance`` process (so peak RSS is the tool's own, imports included),
 timed end to end; neural models use random weights saved to a temporary checkpoint. The input
 is band-limited music-like audio written block-wise (the generator never holds the hour).
 Prints a table: model, audio minutes, wall seconds (median of --repeat runs), x real time,
-real-time factor, peak RSS. ``tiny-aeromamba`` is recipes/tiny/aeromamba.toml's network (a few
-thousand parameters: what the engine itself costs); ``--files N`` splits the audio into N files
-(for ``--jobs``); ``--jobs 1,2`` and ``--precision fp32,bf16`` add rows per value.
+real-time factor, CPU seconds (user + system, median), peak RSS. ``tiny-aeromamba`` is
+recipes/tiny/aeromamba.toml's network (28 k parameters) and ``tiny10k-aeromamba`` a smaller
+one (11 k: 32 bins, two encoder layers, hop 8 at 11.025 kHz: twice the frames), both with
+Mamba running (the paper's forward): what the engine itself costs around a model that
+does almost nothing. ``--files N`` splits the audio into N files (for ``--jobs``); ``--jobs
+1,2`` and ``--precision fp32,bf16`` add rows per value; ``--trees A,B`` runs every case with
+``PYTHONPATH`` set to each source tree in turn (A, B, A, B, ...: an interleaved before/after
+on a loaded machine) and adds a row per tree.
+
+Measured 2026-12-01, 1 min stereo, 1 torch thread, before (391a67c) / after the engine work of
+issue 13, interleaved, medians (sbr of 5, load ~3.5; the AEROMambas of 3, load 2-5, their
+single runs spread 2x):
+
+    model               wall s before/after   cpu s before/after   peak RSS MiB before/after
+    sbr                 4.0 / 3.2 (15.0x -> 18.5x)   4.0 / 3.2        469 / 395
+    tiny-aeromamba      22.1 / 26.1 (noise)         25.7 / 29.1       957 / 737
+    tiny10k-aeromamba   13.8 / 13.8                 17.0 / 17.6       910 / 707
+
+The AEROMambas' time is their forward passes (~80 %: statistics pass + output pass, each chunk
+with 2 s of Mamba context each side) and imports (torch 190 MiB, numba with its kernels
+140 MiB); the engine's own work (analysis, resampling, splice, overlap-add, writing) is ~3 %.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,7 +51,10 @@ import soundfile as sf
 
 # small configurations by name: (registry name, build overrides)
 SMALL = {"tiny-aeromamba": ("aeromamba", {"channels": 4, "growth": 1, "n_fft": 128,
-                                          "hop_length": 64, "d_state": 4, "dconv_depth": 1})}
+                                          "hop_length": 64, "d_state": 4, "dconv_depth": 1}),
+         "tiny10k-aeromamba": ("aeromamba", {"channels": 4, "growth": 1, "n_fft": 64,
+                                             "hop_length": 32, "strides": (8, 4),
+                                             "d_state": 4, "dconv_depth": 1})}
 
 
 def make_input(path: Path, minutes: float, sr: int = 44100, cutoff: float = 11000.0) -> None:
@@ -46,19 +71,28 @@ def make_input(path: Path, minutes: float, sr: int = 44100, cutoff: float = 1100
             done += n
 
 
-def run_once(args: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one CLI process."""
+def run_once(args: list[str], tree: str | None = None) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS MiB, CPU seconds: user + system) of one CLI process
+    (``tree``: its PYTHONPATH). On a loaded machine the CPU seconds compare better than the
+    wall time, which then mostly measures the other processes."""
     code = ("import resource, sys; from upsr.cli.main import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
             "    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "    sys.stderr.write(f'\\nPEAK_RSS_KB {rss}\\n'); raise\n")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    env = dict(os.environ)
+    if tree:
+        env["PYTHONPATH"] = str(Path(tree).resolve())
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         env=env)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if res.returncode != 0:
         raise SystemExit(f"enhance failed:\n{res.stderr}")
     rss_kb = int(res.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
-    return wall, rss_kb / 1024.0
+    return wall, rss_kb / 1024.0, cpu
 
 
 def main() -> None:
@@ -71,6 +105,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=1)
     ap.add_argument("--jobs", default="1")
     ap.add_argument("--precision", default="")
+    ap.add_argument("--trees", default="", help="comma-separated source trees to alternate")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     rows = []
@@ -90,30 +125,44 @@ def main() -> None:
                 reg, over = SMALL.get(name, (name, {}))
                 model = str(Path(tmp) / f"{name}.safetensors")
                 checkpoint.save(model, models.build(reg, **over))
+            trees = a.trees.split(",") if a.trees else [""]
             for jobs in a.jobs.split(","):
                 for prec in (a.precision.split(",") if a.precision else [""]):
-                    walls, rss = [], []
+                    walls: dict[str, list[float]] = {t: [] for t in trees}
+                    rss: dict[str, list[float]] = {t: [] for t in trees}
+                    cpus: dict[str, list[float]] = {t: [] for t in trees}
                     for i in range(a.repeat):
-                        out = Path(tmp) / f"out-{name}-{jobs}-{prec}-{i}"
-                        extra = ["--jobs", jobs] if jobs != "1" else []
-                        extra += ["--precision", prec] if prec else []
-                        w, r = run_once(["enhance", str(src_dir), "-o", str(out), "-q",
-                                         "--model", model, "--device", "cpu", "--chunk-s",
-                                         a.chunk_s, *extra])
-                        walls.append(w)
-                        rss.append(r)
-                    wall = statistics.median(walls)
-                    audio_s = a.minutes * 60
-                    label = name + (f" j{jobs}" if jobs != "1" else "") + (
-                        f" {prec}" if prec else "")
-                    rows.append((label, a.minutes, wall, audio_s / wall, wall / audio_s,
-                                 max(rss)))
+                        for tree in trees:  # interleaved: A, B, A, B, ...
+                            out = Path(tmp) / f"out-{name}-{jobs}-{prec}-{i}"
+                            extra = ["--jobs", jobs] if jobs != "1" else []
+                            extra += ["--precision", prec] if prec else []
+                            w, r, cpu = run_once(["enhance", str(src_dir), "-o", str(out), "-q",
+                                             "--model", model, "--device", "cpu", "--chunk-s",
+                                             a.chunk_s, *extra], tree or None)
+                            walls[tree].append(w)
+                            rss[tree].append(r)
+                            cpus[tree].append(cpu)
+                            shutil.rmtree(out, ignore_errors=True)
+                    for tree in trees:
+                        wall = statistics.median(walls[tree])
+                        audio_s = a.minutes * 60
+                        label = name + (f" j{jobs}" if jobs != "1" else "") + (
+                            f" {prec}" if prec else "") + (f" [{tree}]" if tree else "")
+                        rows.append((label, a.minutes, wall, audio_s / wall, wall / audio_s,
+                                     statistics.median(cpus[tree]), max(rss[tree])))
+                        print(f"{label}: wall s {' '.join(f'{w:.1f}' for w in walls[tree])}, "
+                              f"cpu s {' '.join(f'{c:.1f}' for c in cpus[tree])}, "
+                              f"peak RSS MiB {' '.join(f'{r:.0f}' for r in rss[tree])}",
+                              flush=True)
     print(f"\nupsr enhance, {a.minutes:g} min stereo 44.1 kHz, {os.cpu_count()} CPUs, "
-          f"torch threads {a.threads}, median of {a.repeat}")
-    print(f"{'model':<24}{'minutes':>8}{'wall s':>10}{'x real':>9}{'RTF':>8}"
+          f"torch threads {a.threads}, median of {a.repeat}, load average "
+          f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end")
+    width = max([24] + [len(r[0]) + 2 for r in rows])
+    print(f"{'model':<{width}}{'minutes':>8}{'wall s':>10}{'x real':>9}{'RTF':>8}{'cpu s':>8}"
           f"{'peak RSS MiB':>14}")
-    for name, minutes, wall, speed, rtf, rss in rows:
-        print(f"{name:<24}{minutes:>8g}{wall:>10.1f}{speed:>9.2f}{rtf:>8.3f}{rss:>14.0f}")
+    for name, minutes, wall, speed, rtf, cpu, rss in rows:
+        print(f"{name:<{width}}{minutes:>8g}{wall:>10.1f}{speed:>9.2f}{rtf:>8.3f}{cpu:>8.1f}"
+              f"{rss:>14.0f}")
 
 
 if __name__ == "__main__":

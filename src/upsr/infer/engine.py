@@ -275,8 +275,10 @@ def restore_stream(source: Source, model: Model, sink: Callable[[np.ndarray], No
             sink(y.astype(np.float32, copy=False))
 
     chunks = list(plan)
-    row_stats = (_statistics_passes(model, source, r, fwd, C, chunks, opts.stat_passes)
-                 if getattr(model, "global_statistics", False) and chunks else None)
+    row_stats = (_statistics_passes(model, source, r, fwd, C, chunks, opts.stat_passes,
+                                    opts.batch_size)
+                 if getattr(model, "global_statistics", False) and chunks
+                 and not _whole_signal(chunks, r) else None)
     per_step = max(1, opts.batch_size // C)
     for start in range(0, len(chunks), per_step):
         group = chunks[start:start + per_step]
@@ -330,32 +332,63 @@ class Rows(list):  # type: ignore[type-arg]
     stats: list[tp.Any] | None = None
 
 
+#: Shortest signal (seconds at the model's input rate) that :func:`_whole_signal` trusts to
+#: be normalised by its own statistics exactly as a statistics pass would: below it a model may
+#: pad its input internally (AEROMamba pads to 320 samples, 29 ms), and a pass counts only the
+#: signal's frames while the plain call also counts the padding's.
+WHOLE_STATS_MIN_S = 1.0
+
+
+def _whole_signal(chunks: list[tp.Any], r: Rates) -> bool:
+    """Whether the statistics pass is provably unnecessary: the signal is one chunk whose
+    model input is the whole signal (``[0, frames_in)``, no context beyond its ends) and at
+    least :data:`WHOLE_STATS_MIN_S` long. The pass would then run that same input, with its
+    own statistics, and sum over every frame of it (kept region ``[0, frames_in)``, last
+    chunk: every frame to the end), i.e. reproduce the statistics the plain call computes
+    itself (in float64 instead of float32: the outputs agree to float rounding, and the plain
+    call *is* whole-signal inference). Further passes start from those and repeat them."""
+    if len(chunks) != 1:
+        return False
+    c = chunks[0]
+    return (c.lo == 0 and c.hi == r.frames_in and c.keep_lo == 0 and c.keep_hi == r.frames_in
+            and r.frames_in >= WHOLE_STATS_MIN_S * r.model_in)
+
+
 def _statistics_passes(model: tp.Any, source: Source, r: Rates,
                        fwd: Callable[[np.ndarray], np.ndarray] | None, C: int,
-                       chunks: list[tp.Any], passes: int) -> list[tp.Any]:
+                       chunks: list[tp.Any], passes: int, rows: int | None = None
+                       ) -> list[tp.Any]:
     """Two-pass inference for models that normalise by whole-signal statistics (AEROMamba):
     run every chunk, channel by channel as rows, and sum each normalisation's statistics over
     the chunk's share of the signal (its kept region up to where the next one takes over);
     each further pass repeats that with the previous pass's statistics frozen. Returns one
-    statistics object per channel for :meth:`use_statistics` in the output pass."""
+    statistics object per channel for :meth:`use_statistics` in the output pass.
+
+    ``rows``: channels per model call (default all ``C``); each row's statistics are its own,
+    so calls of fewer rows give the same statistics with a smaller peak of activations (the
+    output pass's ``batch_size`` caps them: 1 on CPU in ``upsr enhance``)."""
     import torch
 
     try:
         device = next(iter(model.parameters())).device
     except (AttributeError, StopIteration):
         device = torch.device("cpu")
+    step = max(1, min(C, rows or C))
+    groups = [(g, min(C, g + step)) for g in range(0, C, step)]
     frozen = None
     for _ in range(passes):
         src = Rolling(resampled(source, r.model_in, fwd), C, r.frames_in)
-        acc = None
+        acc: list[tp.Any] = [None] * len(groups)
         for k, c in enumerate(chunks):
-            x = torch.from_numpy(np.ascontiguousarray(src.get(c.lo, c.hi), np.float32))
-            acc = model.collect_statistics(x.to(device), (c.keep_lo - c.lo,
-                                                          c.keep_hi - c.fade_out - c.lo),
-                                           k == len(chunks) - 1, acc, frozen)
+            block = np.ascontiguousarray(src.get(c.lo, c.hi), np.float32)
+            keep = (c.keep_lo - c.lo, c.keep_hi - c.fade_out - c.lo)
+            for i, (a, b) in enumerate(groups):
+                x = torch.from_numpy(block[a:b]).to(device)
+                acc[i] = model.collect_statistics(x, keep, k == len(chunks) - 1, acc[i],
+                                                  None if frozen is None else frozen[a:b])
             if k + 1 < len(chunks):
                 src.release(chunks[k + 1].lo)
-        frozen = model.finish_statistics(acc)
+        frozen = [st for part in acc for st in model.finish_statistics(part)]
     return frozen  # type: ignore[return-value]
 
 
@@ -528,18 +561,19 @@ def run_jobs(jobs: Iterable[Job], runner: Runner, batch_size: int, max_open: int
         start_more()
         while active:
             # rows of every active job, grouped so that each group can share one batch
-            rows: dict[tuple[int, int, bool], list[Row]] = {}
+            rows: dict[tuple[int, int, bool, bool], list[Row]] = {}
             for j, (job, work) in enumerate(active):
                 stats = getattr(work, "stats", None)
                 for i, x in enumerate(work):
-                    key = (x.shape[-1], job.row_rate, job.cutoff_hz is None)
+                    # rows with and without whole-signal statistics never share a call
+                    key = (x.shape[-1], job.row_rate, job.cutoff_hz is None, stats is None)
                     for lane, row in enumerate(_lanes(x, stereo)):
                         st = stats[lane] if stats is not None else None
                         rows.setdefault(key, []).append((j, i, lane, row, st))
             outs: dict[tuple[int, int, int], np.ndarray] = {}
             failed: dict[int, BaseException] = {}
 
-            for (_length, rate, _none), items in rows.items():
+            for (_length, rate, _none, _no_stats), items in rows.items():
                 for s in range(0, len(items), batch_size):
                     part = [it for it in items[s:s + batch_size] if it[0] not in failed]
                     if part:
