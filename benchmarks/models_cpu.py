@@ -27,6 +27,13 @@ before = d37e32e, after = the speed work merged (RTF; bf16 rel. L2 vs float32 in
     aeromamba-official   0.271        0.228       0.135        0.139 (5.2e-3)
     apollo               2.855        2.646       2.066        1.049 (1.2e-2)
     wave-u-mamba         1.270        0.672       0.889        0.647 (1.0e-3)
+
+glibc's allocator, same day, fp32, alternating pairs: with ``MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=68719476736`` in the environment (large temporaries come from the heap
+and are reused instead of being mapped and page-faulted in on every call) wave-u-mamba ran at
+0.531 / 0.517 against 0.679 / 0.723 and aeromamba-official at 0.185 / 0.171 against 0.192 /
+0.239, with its peak RSS 1.2-1.3x higher for wave-u-mamba. Not set by upsr (yet): memory is
+then never returned to the system, which a long batch run would have to be measured for.
 """
 
 from __future__ import annotations
