@@ -70,7 +70,6 @@ import argparse
 import collections
 import os
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -78,6 +77,7 @@ import types
 import typing as tp
 
 import torch
+from _timing import interleaved
 
 SR = 11025
 CASES = ("official", "paper", "collect-official", "collect-paper", "tiny", "collect-tiny")
@@ -120,19 +120,6 @@ def case_fn(model: tp.Any, case: str, x: torch.Tensor, precision: str
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             return model.restore(x)
     return forward
-
-
-def interleaved(fns: list[tp.Callable[[], object]], runs: int) -> list[float]:
-    """Median seconds of each function, called in turn ``runs`` times after one warm-up."""
-    for fn in fns:
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(runs):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
 
 
 def profile(model: torch.nn.Module, fn: tp.Callable[[], object], ops: int = 25) -> None:
