@@ -123,12 +123,17 @@ class _StatNorm(nn.GroupNorm):
         mean, var = ctl.frozen[self.key]
         # y = (x - mean) / sqrt(var + eps) · w + b as one multiply-add per element:
         # scale = w / sqrt(var + eps), shift = b - mean · scale, per (row, channel)
+        # (for a bf16 ``x``, in float32, with the output rounded to bf16 once)
         C = x.shape[1]
-        inv = torch.rsqrt(var.to(x.dtype) + self.eps)  # [N, G]
+        work = torch.promote_types(x.dtype, torch.float32)
+        inv = torch.rsqrt(var.to(work) + self.eps)  # [N, G]
         scale = self.weight.view(1, self.num_groups, C // self.num_groups) * inv[..., None]
-        shift = self.bias.view(1, self.num_groups, -1) - mean.to(x.dtype)[..., None] * scale
+        shift = self.bias.view(1, self.num_groups, -1) - mean.to(work)[..., None] * scale
         shape = [N, C] + [1] * (x.dim() - 2)
-        return torch.addcmul(shift.reshape(shape), x, scale.reshape(shape))
+        if x.dtype == work:
+            return torch.addcmul(shift.reshape(shape), x, scale.reshape(shape))
+        return torch.addcmul(shift.reshape(shape), x, scale.reshape(shape),
+                             out=torch.empty_like(x))
 
 
 RowStats = dict[str, tuple[torch.Tensor, torch.Tensor]]  # norm key -> (mean, var) [R, groups]
@@ -239,6 +244,25 @@ def _inference(module: nn.Module) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
+def _low_precision(module: nn.Module, x: torch.Tensor) -> torch.dtype | None:
+    """``torch.bfloat16`` where ``module`` may take its inference path (eval mode, no autograd)
+    on a CPU tensor ``x`` under a CPU bf16 autocast, else None.
+
+    The model then runs with autocast off and chooses the precision per op itself (see
+    :meth:`AEROMamba._run`): the decoder's 3×3 rewrite convolutions and its transposed convs
+    (nearly all of the network's FLOPs) in bf16, with each conv's sums accumulated in float32
+    by oneDNN and its bias added before the one rounding to bf16; the STFT, the input
+    normalisation, the whole encoder (FTB, DConv, Mamba, the residual stream), every
+    normalisation statistic, the network's last layer and the iSTFT in float32. Plain autocast
+    would also round the encoder's products and activations; the inference path under
+    autocast rounded its in-place sums and bias additions as well (see :func:`_inference`)."""
+    if (module.training or torch.is_grad_enabled() or x.device.type != "cpu"
+            or not torch.is_autocast_enabled("cpu")):
+        return None
+    dtype = torch.get_autocast_dtype("cpu")
+    return dtype if dtype == torch.bfloat16 else None
+
+
 def _fold_bn(block: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
     """(weight, bias) of ``bn(conv(x))`` as one conv, for ``block = (conv, bn, ...)``:
     eval-mode BatchNorm is per-channel ``(y - mean) / sqrt(var + eps) · γ + β``."""
@@ -275,6 +299,35 @@ def _snake_(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     t = torch.mul(x, a)
     t.sin_().square_()
     return x.addcmul_(t, a.reciprocal())
+
+
+def _mamba_residual(mamba: nn.Module, y: torch.Tensor, x: torch.Tensor,
+                    gain: torch.Tensor) -> torch.Tensor:
+    """``x + gain · Mamba(yᵀ)ᵀ`` for ``x, y: [N, C, T]`` (channels first), ``gain: [C]``, at
+    inference (no autograd, float32).
+
+    On the CPU scan backend without projection biases (the published config), the Mamba
+    block reads ``y`` where it lies and writes the residual sum directly: ``in_proj`` is one
+    batched product on ``y``'s transposed view (no copy of ``y`` into ``[N, T, C]``), the
+    channel-last conv/scan kernels of :class:`upsr.nn.mamba.Mamba` run on its ``[N, T, 2·Di]``
+    output as in ``Mamba._forward_channel_last``, and ``out_proj`` with the LayerScale folded in
+    is one batched product added into ``x`` (no ``[N, T, C]`` output and transpose back).
+    Elsewhere: the block's own forward between two transposes."""
+    from upsr.nn.mamba import Mamba
+    from upsr.nn.scan import resolve_backend
+
+    m = tp.cast(Mamba, mamba)
+    yt = y.transpose(1, 2)
+    if (y.dtype != torch.float32 or m.in_proj.bias is not None or m.out_proj.bias is not None
+            or not m._use_channel_last(yt, resolve_backend(m.backend, y.device))):
+        return torch.addcmul(x, gain[:, None].to(y.dtype), m(yt).transpose(1, 2))
+    N = y.shape[0]
+    w_in = m.in_proj.weight.t()  # [C, 2·Di]
+    xz = torch.bmm(yt, w_in.expand(N, *w_in.shape))  # [N, T, 2·Di]
+    h = m._branch_channel_last(xz, m.conv1d, m.x_proj, m.dt_proj, m.A_log, m.D,
+                               reverse=False, out=None)  # [N, T, Di]
+    w_out = m.out_proj.weight * gain[:, None]  # [C, Di]
+    return torch.baddbmm(x, w_out.expand(N, *w_out.shape), h.transpose(1, 2))
 
 
 class Snake(nn.Module):
@@ -330,10 +383,10 @@ class DConvLayer(nn.Module):
             y = self.conv1[1](self.conv1[0](x))
             y = _snake_(y, self.act.a.repeat(batch)[:, None, None].to(y.dtype))
             y = glu(norm(_pointwise(conv, y)))
+            gain = tp.cast(LayerScale, scale).scale
             if self.run_mamba:
-                y = self.mamba(y.transpose(1, 2)).transpose(1, 2)
-            gain = tp.cast(LayerScale, scale).scale[:, None]
-            return torch.addcmul(x, gain.to(y.dtype), y)
+                return _mamba_residual(self.mamba, y, x, gain)
+            return torch.addcmul(x, gain[:, None].to(y.dtype), y)
         y = self.act(self.conv1(x), batch)
         y = glu(norm(conv(y)))
         if self.run_mamba:
@@ -465,7 +518,8 @@ def _freq_conv_transpose(conv: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Ten
         return out
     q = k // s
     w = weight[..., 0].view(C, cout, q, s).flip(2).permute(1, 3, 0, 2).reshape(cout * s, C, q, 1)
-    y = F.conv2d(x, w, bias.repeat_interleave(s), padding=(q - 1, 0))  # [B, C_out·s, F+q-1, T]
+    y = F.conv2d(x, w.to(x.dtype), bias.repeat_interleave(s).to(x.dtype),
+                 padding=(q - 1, 0))  # [B, C_out·s, F+q-1, T]
     rows = y.shape[2]
     return y.view(B, cout, s, rows, T).transpose(2, 3).reshape(B, cout, rows * s, T)
 
@@ -485,9 +539,14 @@ class DecoderLayer(nn.Module):
         self.conv_tr = nn.ConvTranspose2d(chin, chout, (k, 1), (stride, 1))
         self.norm2 = _group_norm(cfg.norm_groups, chout, norm)
 
-    def forward(self, x: torch.Tensor | None, skip: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | None, skip: torch.Tensor,
+                low: torch.dtype | None = None) -> torch.Tensor:
         """``x``: previous decoder output ``[B, C, F, T]``, or None for the bottleneck, where the
-        official code feeds zeros; ``skip``: the encoder output of the same level."""
+        official code feeds zeros; ``skip``: the encoder output of the same level. ``low``
+        (inference only, see :func:`_low_precision`): run the convolutions in that dtype; the
+        output is then in ``low`` too, except the last layer's (float32)."""
+        if low is not None:
+            return self._low(x, skip, low)
         if x is None:
             # cat([0, skip]) through the rewrite conv = the skip half of its weights: the same
             # result without the zero half's FLOPs (19% of the network's at 48 channels)
@@ -500,6 +559,36 @@ class DecoderLayer(nn.Module):
         k, s = self.conv_tr.kernel_size[0], self.conv_tr.stride[0]
         fast = k % s == 0 and _inference(self)
         z = self.norm2(_freq_conv_transpose(self.conv_tr, y) if fast else self.conv_tr(y))
+        if self.pad:
+            z = z[..., self.pad:-self.pad, :]
+        return z if self.last else F.gelu(z)
+
+    def _low(self, x: torch.Tensor | None, skip: torch.Tensor, low: torch.dtype
+             ) -> torch.Tensor:
+        """:meth:`forward` at inference with both convolutions in ``low`` (bf16): their inputs
+        and weights are rounded to ``low``, oneDNN sums in float32 and adds the bias before
+        rounding the output once; the GroupNorms take their statistics in float32 (torch's
+        CPU kernel and :class:`_StatNorm`'s frozen path both do) and GLU/GELU compute in float32
+        internally, rounding their outputs once. The last layer (the network's output
+        spectrum, 2 channels) runs its transposed conv in float32."""
+        C = skip.shape[1]
+        conv = self.rewrite
+        w, b = conv.weight.to(low), tp.cast(torch.Tensor, conv.bias).to(low)
+        if x is None:  # the bottleneck: only the skip half of the weights (see forward)
+            h = skip.to(low)
+            w = w[:, C:]
+        else:  # [x, skip] in one low-precision buffer: no float32 concatenation
+            h = skip.new_empty(skip.shape[0], 2 * C, *skip.shape[2:], dtype=low)
+            h[:, :C].copy_(x)
+            h[:, C:].copy_(skip)
+        y = F.glu(self.norm1(F.conv2d(h, w, b, padding=conv.padding)), dim=1)
+        if self.last:
+            y = y.float()
+        tr = self.conv_tr
+        k, s = tr.kernel_size[0], tr.stride[0]
+        z = _freq_conv_transpose(tr, y) if k % s == 0 else F.conv_transpose2d(
+            y, tr.weight.to(y.dtype), tp.cast(torch.Tensor, tr.bias).to(y.dtype), tr.stride)
+        z = self.norm2(z)
         if self.pad:
             z = z[..., self.pad:-self.pad, :]
         return z if self.last else F.gelu(z)
@@ -812,7 +901,12 @@ class AEROMamba(Restorer):
                 ) -> torch.Tensor:
         """``x: [B, T]`` LR audio → ``[B, scale·T]``; fills ``intermediates`` when given
         (``spec_in``, ``encoder.{k}.out``, ``spec_out`` as in the parity fixture)."""
-        y = self._run(x, intermediates)
+        low = _low_precision(self, x)
+        if low is None:
+            y = self._run(x, intermediates)
+        else:  # bf16 autocast at inference: the model picks each op's precision itself
+            with torch.autocast("cpu", enabled=False):
+                y = self._run(x, intermediates, low)
         assert y is not None
         return y
 
@@ -822,9 +916,10 @@ class AEROMamba(Restorer):
         ctl = self._ctl
         return ctl.mode == "collect" and not ctl.pending
 
-    def _run(self, x: torch.Tensor, intermediates: dict[str, torch.Tensor] | None
-             ) -> torch.Tensor | None:
-        """:meth:`forward`; None where a statistics pass stopped early (:meth:`_collected`)."""
+    def _run(self, x: torch.Tensor, intermediates: dict[str, torch.Tensor] | None,
+             low: torch.dtype | None = None) -> torch.Tensor | None:
+        """:meth:`forward`; None where a statistics pass stopped early (:meth:`_collected`).
+        ``low``: the decoder's convolutions in that dtype (:func:`_low_precision`)."""
         cfg = self.config
         B, length = x.shape
         if length == 0:
@@ -850,11 +945,11 @@ class AEROMamba(Restorer):
         for dec in self.decoder:
             if self._collected():
                 return None
-            out = dec(out, skips.pop())
+            out = dec(out, skips.pop(), low)
         assert out is not None
         if self._collected():
             return None
-        h = out * std + mean
+        h = out * std + mean  # float32 (the last decoder layer's output is, see _low)
         if intermediates is not None:
             intermediates["spec_out"] = h
         return self._ispec(h)[:, :length * cfg.scale]
