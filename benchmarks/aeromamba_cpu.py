@@ -180,15 +180,15 @@ def main(argv: list[str] | None = None) -> None:
     if old is not None:
         head += f" {'A (' + args.against + ') s':>16} {'B/A':>6}"
     print(head)
-    with torch.inference_mode():
-        for case in cases:
-            new = build(aeromamba, case)
-            rows = x.expand(2, -1).contiguous() if case.endswith("tiny") else x
-            models = [new]
-            if old is not None:
-                ref = build(old, case)
-                ref.load_state_dict(new.state_dict())
-                models.append(ref)
+    for case in cases:
+        new = build(aeromamba, case)  # outside inference_mode, as the CLI builds them
+        rows = x.expand(2, -1).contiguous() if case.endswith("tiny") else x
+        models = [new]
+        if old is not None:
+            ref = build(old, case)
+            ref.load_state_dict(new.state_dict())
+            models.append(ref)
+        with torch.inference_mode():
             fns = [case_fn(m, case, rows, args.precision) for m in models]
             collect = case.startswith("collect")
             if collect:  # and one forward of each model, interleaved with the rest

@@ -5,7 +5,6 @@ channels-first entry to the Mamba blocks (paper mode)."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
@@ -43,13 +42,13 @@ def _bf16(model: nn.Module, x: torch.Tensor, inter: dict | None = None) -> torch
         return model(x, inter)
 
 
-@pytest.mark.parametrize("official", [True, False])
-def test_bf16_path_is_close_to_float64_and_keeps_the_encoder_in_float32(official):
-    """Under bf16 autocast at inference the encoder runs in float32 (its outputs equal the
-    float32 forward's bit for bit) and only the decoder's convolutions round to bf16: the output
-    stays within 1 % relative L2 of the float64 network (measured 0.5 %), closer than
-    plain per-op autocast (the autograd path under autocast: measured 0.9 %)."""
-    model = _small(official_forward=official)
+def test_bf16_path_is_close_to_float64_and_keeps_the_encoder_in_float32():
+    """Under bf16 autocast at inference the decoder's convolutions and the first two encoder
+    layers' products round to bf16, the rest stays float32 (the encoder outputs are float32
+    and within 0.5 % of the float32 forward's): the output stays within 1 % relative L2 of the
+    float64 network (measured 0.5 %), closer than plain per-op autocast (the autograd path
+    under autocast: measured 0.9 %)."""
+    model = _small(official_forward=False)  # paper mode: Mamba runs (in float32)
     x = _rows(1501)
     with torch.inference_mode():
         inter32: dict = {}
@@ -61,7 +60,8 @@ def test_bf16_path_is_close_to_float64_and_keeps_the_encoder_in_float32(official
     model.float()
     assert y16.dtype == torch.float32 and y16.shape == y64.shape == (2, 4 * 1501)
     for k in range(4):
-        assert torch.equal(inter16[f"encoder.{k}.out"], inter32[f"encoder.{k}.out"]), k
+        assert inter16[f"encoder.{k}.out"].dtype == torch.float32
+        assert rel_l2(inter16[f"encoder.{k}.out"], inter32[f"encoder.{k}.out"]) < 5e-3, k
     err16 = rel_l2(y16, y64)
     assert 1e-4 < err16 < 1e-2  # > 1e-4: bf16 did run
     assert rel_l2(y32, y64) < 1e-5
@@ -143,3 +143,27 @@ def test_mamba_residual_equals_the_transposed_block_in_float64():
         ref = x.double() + gain.double()[:, None] * m64(y.double().transpose(1, 2)).transpose(1, 2)
     assert got.dtype == torch.float32 and got.shape == x.shape
     assert rel_l2(got - x, ref - x.double()) < 1e-5
+
+
+def test_bf16_weight_cache_follows_weight_updates():
+    """The bf16 copies of the weights are kept between calls, and renewed when the weights
+    change in place (``load_state_dict``, in-place ops; not through ``.data``, which hides
+    them from the version counter) or are replaced: the bf16 output then equals that of a
+    model that never cached the old ones."""
+    model = _small(official_forward=True)
+    x = _rows(1200)
+    _bf16(model, x)  # fills the cache
+    other = _small(official_forward=True)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.1)
+    model.load_state_dict(other.state_dict())
+    assert torch.equal(_bf16(model, x), _bf16(other, x))
+    model.decoder[1].rewrite.weight = nn.Parameter(other.decoder[1].rewrite.weight * 0.5)
+    with torch.no_grad():
+        other.decoder[1].rewrite.weight.mul_(0.5)
+    assert torch.equal(_bf16(model, x), _bf16(other, x))
+    with torch.no_grad():  # an in-place update of a cached weight (an optimiser step's kind)
+        model.encoder[0].conv.weight.add_(0.01)
+        other.encoder[0].conv.weight.add_(0.01)
+    assert torch.equal(_bf16(model, x), _bf16(other, x))

@@ -249,18 +249,44 @@ def _low_precision(module: nn.Module, x: torch.Tensor) -> torch.dtype | None:
     on a CPU tensor ``x`` under a CPU bf16 autocast, else None.
 
     The model then runs with autocast off and chooses the precision per op itself (see
-    :meth:`AEROMamba._run`): the decoder's 3×3 rewrite convolutions and its transposed convs
-    (nearly all of the network's FLOPs) in bf16, with each conv's sums accumulated in float32
-    by oneDNN and its bias added before the one rounding to bf16; the STFT, the input
-    normalisation, the whole encoder (FTB, DConv, Mamba, the residual stream), every
-    normalisation statistic, the network's last layer and the iSTFT in float32. Plain autocast
-    would also round the encoder's products and activations; the inference path under
-    autocast rounded its in-place sums and bias additions as well (see :func:`_inference`)."""
+    :meth:`AEROMamba._run`). In bf16: the decoder's 3×3 rewrite convolutions and transposed
+    convs (nearly all of the network's FLOPs) and, in the encoder layers without GroupNorm
+    (the first two: the widest activations), the FTB's frequency mixing and fusion products
+    and the strided conv; each conv/product sums in float32 (oneDNN/MKL) and adds its bias
+    before rounding its output once. In float32: the STFT, the input normalisation, the
+    encoder layers with GroupNorm (a bf16 conv output with a large mean relative to its
+    spread loses its spread to rounding, which the norm then amplifies: the tiny recipe's
+    bf16 error rose from 0.35 % to 5 % relative L2 with them in bf16), every DConv branch
+    with Mamba and the residual stream, every normalisation statistic, the last decoder
+    layer's transposed conv and the iSTFT. Plain per-op autocast also rounds those (error
+    about 2x larger); the float32 inference path under autocast rounded its in-place sums
+    and bias additions as well (see :func:`_inference`)."""
     if (module.training or torch.is_grad_enabled() or x.device.type != "cpu"
             or not torch.is_autocast_enabled("cpu")):
         return None
     dtype = torch.get_autocast_dtype("cpu")
     return dtype if dtype == torch.bfloat16 else None
+
+
+def _cast(holder: nn.Module, name: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Parameter ``t`` of ``holder`` in ``dtype``, made once and kept on ``holder`` (not in
+    its state dict) until ``t`` changes: a new tensor (``load_state_dict`` into a moved
+    model, ``.to()``) or an in-place update (``load_state_dict``, an optimiser step) bumps its
+    data pointer or version. Saves re-rounding ~14 M decoder weights on every call. (Not for
+    a parameter made under ``inference_mode``, which has no version: cast on every call.
+    Writes through ``.data`` bypass the version counter and so are not seen.)"""
+    if t.is_inference():  # made under inference_mode: no version counter to check
+        return t.to(dtype)
+    cache: dict[str, tuple[tuple[int, int, torch.dtype], torch.Tensor]]
+    cache = holder.__dict__.setdefault("_cast_cache", {})
+    tag = (t.data_ptr(), t._version, dtype)
+    hit = cache.get(name)
+    if hit is not None and hit[0] == tag:
+        return hit[1]
+    with torch.inference_mode(False):  # a normal tensor, usable outside inference mode
+        out = t.detach().to(dtype)
+    cache[name] = (tag, out)
+    return out
 
 
 def _fold_bn(block: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
@@ -406,7 +432,11 @@ class DConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, Fr, T = x.shape
-        y = x.permute(0, 2, 1, 3).reshape(B * Fr, C, T)
+        if x.dtype == torch.bfloat16:  # the low-precision encoder: float32 from here on
+            y = x.permute(0, 2, 1, 3).to(torch.float32, memory_format=torch.contiguous_format)
+            y = y.view(B * Fr, C, T)
+        else:
+            y = x.permute(0, 2, 1, 3).reshape(B * Fr, C, T)
         for layer in self.layers:
             y = layer(y, B)
         return y.view(B, Fr, C, T).permute(0, 2, 1, 3)
@@ -439,6 +469,27 @@ class FTB(nn.Module):
         att = self.freq_fc(att.transpose(2, 3)).transpose(2, 3)
         return self.conv2(torch.cat([att, x], dim=1))
 
+    def _low(self, x: torch.Tensor, low: torch.dtype) -> torch.Tensor:
+        """:meth:`_inference` with the products over the big activation in ``low`` (bf16):
+        the frequency mixing (``freq_fc``, most of the block's FLOPs) on ``x`` rounded to
+        ``low``, and the fusion conv as two products whose first one starts from the bias, so
+        the output is rounded twice. The attention branch (squeeze, k9 time conv, ReLUs) runs
+        in float32 on ``x``. Returns ``[B, C, F, T]`` in ``low``."""
+        B, C, Fr, T = x.shape
+        w, b = _fold_bn(self.conv1)
+        a = F.conv2d(x, w, b).relu_().reshape(B, -1, T)
+        w, b = _fold_bn(self.conv1d)
+        a = F.conv1d(a, w, b, padding=tp.cast(nn.Conv1d, self.conv1d[0]).padding).relu_()
+        xl = x.to(low).view(B, C, Fr * T)
+        fc = _cast(self, "freq_fc", self.freq_fc.weight, low)
+        att = _bmm(fc, xl.view(B * C, Fr, T)).view(B, C, Fr, T)
+        att = att.mul_(a[:, :, None].to(low)).view(B, C, Fr * T)
+        w, b = _fold_bn(self.conv2)
+        w = w.reshape(C, 2 * C).to(low)
+        y = torch.baddbmm(b.to(low)[:, None], w[:, :C].expand(B, C, C), att)
+        y = y.baddbmm_(w[:, C:].expand(B, C, C), xl)
+        return y.relu_().view(B, C, Fr, T)
+
     def _inference(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` in eval mode without autograd: BatchNorms folded into the convs; the
         frequency mixing ``W·(a ⊙ x)`` taken as ``a ⊙ (W·x)`` (``a`` is constant along
@@ -470,6 +521,7 @@ class EncoderLayer(nn.Module):
                  cfg: AEROMambaConfig) -> None:
         super().__init__()
         norm = index >= cfg.norm_starts
+        self.normed = norm
         k = cfg.kernel_size
         if index == 0:
             self.pre_conv = nn.Conv2d(chin, chout, 1)
@@ -481,11 +533,22 @@ class EncoderLayer(nn.Module):
         self.norm2 = _group_norm(cfg.norm_groups, 2 * chout, norm)
         self.dconv = DConv(chout, freqs // stride, cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, low: torch.dtype | None = None) -> torch.Tensor:
+        """``low`` (inference only, see :func:`_low_precision`): the FTB's products and the
+        strided conv in that dtype, the rest (DConv with Mamba, the 1×1 rewrite, norms, GLU,
+        the float32 output) as without."""
         if hasattr(self, "pre_conv"):
             x = self.pre_conv(x)
-        x = self.freq_attn_block(x)
-        x = F.gelu(self.norm1(self.conv(x)))
+        if low is None or self.normed:
+            x = self.freq_attn_block(x)
+            x = F.gelu(self.norm1(self.conv(x)))
+        else:  # FTB → strided conv → GELU in low precision; DConv takes float32 again
+            x = tp.cast(FTB, self.freq_attn_block)._low(x, low)
+            conv = self.conv
+            x = F.conv2d(x, _cast(self, "conv", conv.weight, low),
+                         _cast(self, "conv_bias", tp.cast(torch.Tensor, conv.bias), low),
+                         conv.stride, conv.padding)
+            x = F.gelu(self.norm1(x))
         x = self.dconv(x)
         return F.glu(self.norm2(self.rewrite(x)), dim=1)
 
@@ -573,10 +636,10 @@ class DecoderLayer(nn.Module):
         spectrum, 2 channels) runs its transposed conv in float32."""
         C = skip.shape[1]
         conv = self.rewrite
-        w, b = conv.weight.to(low), tp.cast(torch.Tensor, conv.bias).to(low)
+        w = _cast(self, "rewrite", conv.weight if x is not None else conv.weight[:, C:], low)
+        b = _cast(self, "rewrite_bias", tp.cast(torch.Tensor, conv.bias), low)
         if x is None:  # the bottleneck: only the skip half of the weights (see forward)
             h = skip.to(low)
-            w = w[:, C:]
         else:  # [x, skip] in one low-precision buffer: no float32 concatenation
             h = skip.new_empty(skip.shape[0], 2 * C, *skip.shape[2:], dtype=low)
             h[:, :C].copy_(x)
@@ -935,7 +998,7 @@ class AEROMamba(Restorer):
         h = (z - mean) / (1e-5 + std)
         skips = []
         for idx, enc in enumerate(self.encoder):
-            h = enc(h)
+            h = enc(h, low)
             if intermediates is not None:
                 intermediates[f"encoder.{idx}.out"] = h
             if idx == 0:
