@@ -648,9 +648,13 @@ class DecoderLayer(nn.Module):
         if self.last:
             y = y.float()
         tr = self.conv_tr
-        k, s = tr.kernel_size[0], tr.stride[0]
-        z = _freq_conv_transpose(tr, y) if k % s == 0 else F.conv_transpose2d(
-            y, tr.weight.to(y.dtype), tp.cast(torch.Tensor, tr.bias).to(y.dtype), tr.stride)
+        if self.last:  # float32 (the network's output), as in forward
+            k, s = tr.kernel_size[0], tr.stride[0]
+            z = _freq_conv_transpose(tr, y) if k % s == 0 else tr(y)
+        else:  # oneDNN's bf16 transposed conv: 1.2-1.35x faster than the per-phase convs
+            z = F.conv_transpose2d(y, _cast(self, "conv_tr", tr.weight, low),
+                                   _cast(self, "conv_tr_bias", tp.cast(torch.Tensor, tr.bias),
+                                         low), tr.stride)
         z = self.norm2(z)
         if self.pad:
             z = z[..., self.pad:-self.pad, :]
