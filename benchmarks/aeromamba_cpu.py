@@ -45,6 +45,41 @@ above 2 %), so under autocast the model now takes its plain path, the same as A:
 For the tiny network the per-call cost is dominated by preemption under this load: two more
 interleaved runs gave collect/forward 1.00 and 0.59.
 
+Second session, 2026-12-01 (B = this branch, A = 6ecba3c = main before it; alternating runs in
+one process, medians of 5; the machine was heavily shared: load average 7-11 on 2 cores
+throughout, every process got 30-50 % of a core, so absolute times are 5-8x a quiet
+machine's and only the ratios mean anything, +-10 %):
+
+    threads precision case      B s     A s     B/A
+    2       bf16      official  11.66   11.61   1.00
+    2       bf16      paper     16.45   17.50   0.94
+    2       fp32      official  15.20   16.11   0.94   (no change in B for this case: noise)
+    2       fp32      paper     18.49   20.19   0.92
+    1       bf16      official   7.69    7.30   1.05   (before the bf16 transposed-conv change)
+    1       bf16      paper     14.88   14.16   1.05   (same)
+    1       fp32      official  11.37   11.40   1.00
+    1       fp32      paper     16.50   17.30   0.95
+
+    1 thread, bf16 official, CPU time per forward (getrusage, median of 4, load 7.7):
+    B user 2.59 s + sys 0.41 s, 160 k minor faults; A user 2.39 s + sys 0.69 s, 242 k faults
+
+- bf16: under a CPU bf16 autocast at inference the model now runs its own mixed-precision
+  path (``_low_precision`` in the model): decoder 3×3 and transposed convs and the first two
+  encoder layers' FTB products and strided conv in bf16, all else float32. Its error on real
+  music (benchmarks/bf16_error.py, hr3-caves.ogg, 10 s, 1 thread) is half of plain autocast's:
+  paper mode dLSD 0.0038 / rel. L2 2.51e-3, released forward 0.0035 / 2.49e-3 (plain autocast,
+  A: 0.0064 / 3.36e-3); the tiny recipe model 0.35 % against plain autocast's 1.5 %. Its speed
+  equals plain autocast's (B/A above): both spend ~55-60 % of a bf16 forward in oneDNN's
+  3×3 convolutions (~50 % of this CPU's bf16 peak at 1 thread), which neither changes.
+  Tried and dropped: the GroupNorm'd encoder layers (2, 3) in bf16 (tiny model 5.3 %
+  relative L2: their conv outputs have a mean large against their spread, which the norm
+  amplifies after rounding); the first two layers' DConv and 1×1 rewrite under autocast as
+  well (error 2x, CPU time unchanged); per-phase convs for the transposed convs in bf16
+  (oneDNN's bf16 deconvolution is 1.2-1.35x faster, CPU time, so the bf16 path uses it).
+- paper mode: the Mamba blocks are entered channels-first (``_mamba_residual``: ``in_proj``
+  as a batched product on the transposed view, the LayerScale folded into ``out_proj``, whose
+  product adds into the residual): 0.94-0.95 of A's time, fp32 and bf16.
+
 What was tried for the inference path, adopted or not (10 s, 1 thread, float32, alternating
 runs in one process on the shared 2-core machine, load average 5-12, so +-25 %):
 
