@@ -170,6 +170,36 @@ class DiffusionEmbedding(nn.Module):
         return F.silu(self.projection2(x))
 
 
+def _bimamba_channels_first(mamba: BiMamba, y: torch.Tensor) -> torch.Tensor:
+    """``BiMamba(yᵀ)ᵀ`` for ``y: [N, D, T]`` (channels first).
+
+    At inference on the CPU scan backend (float32, no autocast, no projection biases: the
+    published config) the block reads ``y`` where it lies: ``in_proj`` is one batched product
+    on ``y``'s transposed view (no copy into ``[N, T, D]``), both directions run the
+    channel-last kernels of :class:`upsr.nn.mamba.BiMamba` on its output as in
+    ``BiMamba._forward_channel_last``, and ``out_proj`` is a batched product that writes
+    ``[N, D, T]`` directly (no transpose back). Elsewhere (or with hooks on the block): the
+    block between two transposes."""
+    from upsr.nn.scan import resolve_backend
+
+    m = mamba
+    yt = y.transpose(1, 2)
+    if (y.dtype != torch.float32 or torch.is_autocast_enabled(y.device.type)
+            or m._forward_hooks or m._forward_pre_hooks  # hooks see the block's own call
+            or m.in_proj.bias is not None or m.out_proj.bias is not None
+            or not m._use_channel_last(yt, resolve_backend(m.backend, y.device))):
+        return m(yt).transpose(1, 2)
+    N = y.shape[0]
+    w_in = m.in_proj.weight.t()  # [D, 2·Di]
+    xz = torch.bmm(yt, w_in.expand(N, *w_in.shape))  # [N, T, 2·Di]
+    h = m._branch_channel_last(xz, m.conv1d, m.x_proj, m.dt_proj, m.A_log, m.D,
+                               reverse=False, out=None)
+    h = m._branch_channel_last(xz, m.conv1d_b, m.x_proj_b, m.dt_proj_b, m.A_b_log, m.D_b,
+                               reverse=True, out=h)  # [N, T, Di], both directions summed
+    w_out = m.out_proj.weight  # [D, Di]
+    return torch.bmm(w_out.expand(N, *w_out.shape), h.transpose(1, 2))
+
+
 class ResidualBlock(nn.Module):
     """One residual layer: ``x [B, C, T]``, conditioner ``[B, C, ≥T]``, step ``[B, 512]`` →
     ((x + residual)/√2, skip), both ``[B, C, T]``."""
@@ -189,7 +219,7 @@ class ResidualBlock(nn.Module):
                 step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y = x + self.diffusion_projection(step).unsqueeze(-1)
         y = self.norm_layer(self.dilated_conv(y))
-        y = self.mamba(y.transpose(1, 2)).transpose(1, 2)
+        y = _bimamba_channels_first(self.mamba, y)
         y = y + F.relu(self.conditioner_projection(conditioner))[..., :y.shape[-1]]
         gate, filt = torch.chunk(y, 2, dim=1)
         y = self.output_projection(torch.sigmoid(gate) * torch.tanh(filt))
