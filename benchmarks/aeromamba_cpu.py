@@ -78,7 +78,11 @@ machine's and only the ratios mean anything, +-10 %):
   (oneDNN's bf16 deconvolution is 1.2-1.35x faster, CPU time, so the bf16 path uses it).
 - paper mode: the Mamba blocks are entered channels-first (``_mamba_residual``: ``in_proj``
   as a batched product on the transposed view, the LayerScale folded into ``out_proj``, whose
-  product adds into the residual): 0.94-0.95 of A's time, fp32 and bf16.
+  product adds into the residual): 0.92-0.95 of A's time, fp32 and bf16. Block alone (CPU
+  time, 1 thread, median of 7, load 9): Mamba d48 on 64×1724 with the residual 234-243 ms
+  against 240-272 ms between transposes; MambaWave's BiMamba on 1×48000 (its
+  ``_bimamba_channels_first``): d64 plus the add that follows 238 ms against 242 ms, d128
+  583 ms against 610 ms (0.95-0.98: within this load's noise).
 
 What was tried for the inference path, adopted or not (10 s, 1 thread, float32, alternating
 runs in one process on the shared 2-core machine, load average 5-12, so +-25 %):
