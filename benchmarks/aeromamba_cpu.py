@@ -60,6 +60,12 @@ machine's and only the ratios mean anything, +-10 %):
     1       fp32      official  11.37   11.40   1.00
     1       fp32      paper     16.50   17.30   0.95
 
+    later, load average 3.6-5.6 (the final state of the branch):
+    2       bf16      official   4.84    5.42   0.89
+    2       bf16      paper      6.72    7.50   0.90
+    2       fp32      official   3.16    3.07   1.03   (no change in B for this case: noise)
+    2       fp32      paper      8.52    9.26   0.92
+
     1 thread, bf16 official, CPU time per forward (getrusage, median of 4, load 7.7):
     B user 2.59 s + sys 0.41 s, 160 k minor faults; A user 2.39 s + sys 0.69 s, 242 k faults
 
@@ -69,8 +75,9 @@ machine's and only the ratios mean anything, +-10 %):
   music (benchmarks/bf16_error.py, hr3-caves.ogg, 10 s, 1 thread) is half of plain autocast's:
   paper mode dLSD 0.0038 / rel. L2 2.51e-3, released forward 0.0035 / 2.49e-3 (plain autocast,
   A: 0.0064 / 3.36e-3); the tiny recipe model 0.35 % against plain autocast's 1.5 %. Its speed
-  equals plain autocast's (B/A above): both spend ~55-60 % of a bf16 forward in oneDNN's
-  3×3 convolutions (~50 % of this CPU's bf16 peak at 1 thread), which neither changes.
+  is 0.89-1.05x plain autocast's (B/A above, by load): both spend ~55-60 % of a bf16
+  forward in oneDNN's 3×3 convolutions (~50 % of this CPU's bf16 peak at 1 thread), which
+  neither changes.
   Tried and dropped: the GroupNorm'd encoder layers (2, 3) in bf16 (tiny model 5.3 %
   relative L2: their conv outputs have a mean large against their spread, which the norm
   amplifies after rounding); the first two layers' DConv and 1×1 rewrite under autocast as
