@@ -72,8 +72,8 @@ machine's and only the ratios mean anything, +-10 %):
 - bf16: under a CPU bf16 autocast at inference the model now runs its own mixed-precision
   path (``_low_precision`` in the model): decoder 3×3 and transposed convs and the first two
   encoder layers' FTB products and strided conv in bf16, all else float32. Its error on real
-  music (benchmarks/bf16_error.py, hr3-caves.ogg, 10 s, 1 thread) is half of plain autocast's:
-  paper mode dLSD 0.0038 / rel. L2 2.51e-3, released forward 0.0035 / 2.49e-3 (plain autocast,
+  music (benchmarks/bf16_error.py, hr3-caves.ogg, 10 s, 2 threads) is ~0.6x plain autocast's:
+  paper mode dLSD 0.0037 / rel. L2 2.52e-3, released forward 0.0037 / 2.49e-3 (plain autocast,
   A: 0.0064 / 3.36e-3); the tiny recipe model 0.35 % against plain autocast's 1.5 %. Its speed
   is 0.89-1.05x plain autocast's (B/A above, by load): both spend ~55-60 % of a bf16
   forward in oneDNN's 3×3 convolutions (~50 % of this CPU's bf16 peak at 1 thread), which
