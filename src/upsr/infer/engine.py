@@ -429,7 +429,12 @@ def _splice(lf_replace: tp.Callable[..., np.ndarray], y: np.ndarray, ref: np.nda
             cutoff_hz: float, transition_hz: float) -> np.ndarray:
     """``lf_replace`` on reflect-padded copies: the splice filter then sees a continuous
     signal at the file edges instead of a cut (which would leak the model's band into the low
-    band there). Inside a file the padding falls in the dropped context margin."""
+    band there). Inside a file the padding falls in the dropped context margin. Channel by
+    channel (each is filtered on its own): the float64 work arrays of one chunk at the output
+    rate then exist for one channel at a time."""
+    if y.shape[0] > 1:
+        return np.stack([_splice(lf_replace, y[c:c + 1], ref[c:c + 1], sr, cutoff_hz,
+                                 transition_hz)[0] for c in range(y.shape[0])])
     p = min(LF_N_FFT, y.shape[-1] - 1)
     if p < 1:
         return lf_replace(y, ref, sr, cutoff_hz, transition_hz=transition_hz)
