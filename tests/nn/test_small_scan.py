@@ -70,9 +70,14 @@ def test_dispatch_takes_the_torch_path_only_where_it_applies(monkeypatch) -> Non
     torch.manual_seed(1)
     small = Mamba(4, d_state=4).eval()
     x = torch.randn(2, 50, 4)
+    torch.set_num_threads(2)
     with torch.no_grad():
-        small(x)
+        y = small(x)
         assert calls == [1]
+        assert torch.get_num_threads() == 2  # runs on one thread, then gives the two back
+        torch.set_num_threads(1)
+        torch.testing.assert_close(small(x), y, rtol=0, atol=0)
+        torch.set_num_threads(2)
         assert small._use_small_torch(x)
         assert not Mamba(16, d_state=4)._use_small_torch(torch.randn(2, 50, 16))  # 128 states
         assert not small._use_small_torch(x.double())                 # float64: general path
@@ -80,6 +85,7 @@ def test_dispatch_takes_the_torch_path_only_where_it_applies(monkeypatch) -> Non
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not small._use_small_torch(x)                      # autocast: numba's
     assert not small._use_small_torch(x)                              # autograd: general path
+    assert calls == [1, 1]
 
 
 def test_a_tiny_mamba_on_cpu_never_imports_numba() -> None:

@@ -74,7 +74,21 @@ def mamba_forward_small(m: Mamba, hidden_states: torch.Tensor) -> torch.Tensor:
     """:meth:`upsr.nn.Mamba.forward` in plain torch (inference, float32):
     ``hidden_states [B, L, d_model] -> [B, L, d_model]``. Same math as the general path
     (in_proj, causal depthwise conv + SiLU, x_proj, Δ = softplus(dt_proj), the scan, D skip,
-    SiLU(z) gate, out_proj), computed time-major ``[L, B, ·]``."""
+    SiLU(z) gate, out_proj), computed time-major ``[L, B, ·]``. Runs on one thread: its
+    operations are small (at most ``SEGMENT·M`` numbers), and with two threads each became
+    a parallel region whose start and join cost more than the split saved (measured on the
+    loaded machine: 23 ms at 1 thread, 49-346 ms at 2, one 4-row 20,000-step call)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        return _forward_small(m, hidden_states)
+    torch.set_num_threads(1)
+    try:
+        return _forward_small(m, hidden_states)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _forward_small(m: Mamba, hidden_states: torch.Tensor) -> torch.Tensor:
     bsz, length, _ = hidden_states.shape
     di, n, rank, k = m.d_inner, m.d_state, m.dt_rank, m.d_conv
     h = hidden_states.transpose(0, 1).float().contiguous()           # [L, B, d_model]
