@@ -40,6 +40,13 @@ untouched main (/work/wt/base) with ``--trees``, median of 3, CPU seconds (the l
     tiny10k-aeromamba   9.4 / 6.0 (-36 %)    617 / 428 (runs 598-617 / 411-428)
     sbr                 3.9 / 3.9            387 / 376 (output byte-identical)
 
+The same at 2 torch threads (load 3.9-5; every 2-thread parallel region then waits for a busy
+core, so both trees burned ~4x the CPU of their 1-thread runs, and wall times spread 2x):
+tiny10k-aeromamba wall 34.1 / 30.8 s, CPU 29.7 / 26.4 s, peak RSS 598-640 / 522-533 MiB;
+sbr 9.0 / 8.9 s, 386 / 377 MiB. At 2 threads the transient peaks of the model's parallel
+operations add ~100 MiB over the 1-thread run (RSS after each call ~400 MiB, high-water mark
+482); ``MALLOC_ARENA_MAX=1`` did not change it (515 / 512 MiB). Re-measure on a quiet machine.
+
 What changed, with what it saved (1 thread, CPU s / MiB, measured in isolation):
 - ``--precision auto`` keeps models under 1 M parameters in float32 (infer/precision.py,
   ``BF16_MIN_PARAMS``): bf16 autocast also disables the model's fused inference paths, and with
@@ -48,7 +55,9 @@ What changed, with what it saved (1 thread, CPU s / MiB, measured in isolation):
   (nn/small_scan.py, dispatched first in ``Mamba.forward``), so the process never imports numba
   nor the scipy.linalg numba pulls in: numba + its kernels cost 0.8 CPU s and 135 MiB per
   process (219 -> 356 MiB measured on import + first call), the torch scan ~20 ms more per
-  chunk row than the numba kernel (1 thread: 31 + 9 ms against 14 + 4 ms per 14 s row);
+  chunk row than the numba kernel (1 thread: 31 + 9 ms against 14 + 4 ms per 14 s row); it
+  runs on one thread whatever the caller's count (at 2 threads its small operations each
+  became a parallel region: 49-346 ms instead of 23 on the loaded machine);
 - the statistics pass runs with at most 0.5 s of context (engine ``STATS_CONTEXT_S``), same
   kept regions: 8 % of the file's CPU, chunked-vs-whole error 1.118e-6 -> 1.121e-6;
 - the splice runs channel by channel (float64 work arrays of one channel at a time): peak RSS
