@@ -31,6 +31,54 @@ single runs spread 2x):
 The AEROMambas' time is their forward passes (~80 %: statistics pass + output pass, each chunk
 with 2 s of Mamba context each side) and imports (torch 190 MiB, numba with its kernels
 140 MiB); the engine's own work (analysis, resampling, splice, overlap-add, writing) is ~3 %.
+
+Issue 13, the tiny model (engineer "tiny"), 1 min stereo, --chunk-s 10, interleaved against an
+untouched main (/work/wt/base) with ``--trees``, median of 3, CPU seconds (the load average of
+8-10 on 2 cores made wall times meaningless: other engineers' jobs), 1 torch thread:
+
+    model               cpu s before/after   peak RSS MiB before/after   (load 8.4-8.5)
+    tiny10k-aeromamba   9.4 / 6.0 (-36 %)    617 / 428 (runs 598-617 / 411-428)
+    sbr                 3.9 / 3.9            387 / 376 (output byte-identical)
+
+The same at 2 torch threads (load 3.9-5; every 2-thread parallel region then waits for a busy
+core, so both trees burned ~4x the CPU of their 1-thread runs, and wall times spread 2x):
+tiny10k-aeromamba wall 34.1 / 30.8 s, CPU 29.7 / 26.4 s, peak RSS 598-640 / 522-533 MiB;
+sbr 9.0 / 8.9 s, 386 / 377 MiB. At 2 threads the transient peaks of the model's parallel
+operations add ~100 MiB over the 1-thread run (RSS after each call ~400 MiB, high-water mark
+482); ``MALLOC_ARENA_MAX=1`` did not change it (515 / 512 MiB). Re-measure on a quiet machine.
+
+What changed, with what it saved (1 thread, CPU s / MiB, measured in isolation):
+- ``--precision auto`` keeps models under 1 M parameters in float32 (infer/precision.py,
+  ``BF16_MIN_PARAMS``): bf16 autocast also disables the model's fused inference paths, and with
+  4-channel convolutions it only adds casts: 9.1-10.5 -> 5.9-7.3 CPU s, 611-642 -> 567 MiB;
+- Mamba blocks with ``d_inner·d_state <= 32`` run in plain torch at inference
+  (nn/small_scan.py, dispatched first in ``Mamba.forward``), so the process never imports numba
+  nor the scipy.linalg numba pulls in: numba + its kernels cost 0.8 CPU s and 135 MiB per
+  process (219 -> 356 MiB measured on import + first call), the torch scan ~20 ms more per
+  chunk row than the numba kernel (1 thread: 31 + 9 ms against 14 + 4 ms per 14 s row); it
+  runs on one thread whatever the caller's count (at 2 threads its small operations each
+  became a parallel region: 49-346 ms instead of 23 on the loaded machine);
+- the statistics pass runs with at most 0.5 s of context (engine ``STATS_CONTEXT_S``), same
+  kept regions: 8 % of the file's CPU, chunked-vs-whole error 1.118e-6 -> 1.121e-6;
+- the splice runs channel by channel (float64 work arrays of one channel at a time): peak RSS
+  447-456 -> 407-434 MiB.
+
+Where the 6 s go now (CPU s at 1 thread, from marks in the process): Python + torch import
+1.3, CLI/model load 0.3, analysis 0.25, statistics pass 1.5, output pass 1.6 (12 rows of
+14.45 s), engine around it (resampling, splice, overlap-add, writing) ~0.8. Peak RSS: torch
+alone 219 MiB, 245 after the model loads, 270 after analysis; one forward of a 14.45 s row
+adds 49 MiB transiently; the rest is glibc heap growth over the run (RSS climbs from ~300 to
+~390 MiB through the output pass; with ``MALLOC_MMAP_THRESHOLD_=131072`` the same run peaks
+at 387 MiB but takes twice the CPU).
+
+The 20x / 400 MB target: the pipeline without a neural model (sbr) already takes 3.3 s wall
+(18x) at 2 threads on a quiet machine; torch's import alone is 1.3-1.45 CPU s and 219 MiB,
+single-threaded. With --chunk-s 10, each 10 s chunk runs 14.45 s of input (2 s of Mamba
+context each side, ``MAMBA_REACH_S`` in models/aeromamba.py), twice (statistics + output).
+Not done here (models/aeromamba.py belongs to engineer "aero"): measured on the same model,
+a Mamba reach of 0.5 / 0.25 s instead of 2 s leaves the chunked-vs-whole error at 1.12e-6
+(identical to 3 digits; 0 s: 1.13e-6) and cuts the model's CPU by 26-28 % (30 s, 10 s chunks:
+0.738 -> 0.543 / 0.534 CPU s).
 """
 
 from __future__ import annotations

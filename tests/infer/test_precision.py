@@ -45,6 +45,7 @@ def test_falls_back_to_fp32_where_unsupported(monkeypatch, caplog):
 def test_auto_needs_native_bf16_and_a_small_measured_error(monkeypatch):
     model = _tiny()
     monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(P, "BF16_MIN_PARAMS", 0)  # the size gate has its own test
     monkeypatch.setitem(P.BF16_ERRORS, "aeromamba", P.Bf16Error(P.LSD_BOUND / 2, 1e-3))
     assert P.resolve("auto", model, "cpu") == "bf16"
     monkeypatch.setitem(P.BF16_ERRORS, "aeromamba", P.Bf16Error(P.LSD_BOUND * 2, 1e-2))
@@ -53,6 +54,24 @@ def test_auto_needs_native_bf16_and_a_small_measured_error(monkeypatch):
     assert P.resolve("auto", model, "cpu") == "fp32"   # never measured
     assert P.resolve("bf16", model, "cpu") == "bf16"   # asked for explicitly
     assert P.resolve("bf16", build("sbr"), "cpu") == "fp32"   # nothing to autocast
+
+
+def test_auto_keeps_small_models_in_fp32(monkeypatch):
+    """bf16 does not pay for a model of a few thousand parameters: auto keeps it in float32
+    (an explicit bf16 still applies); the published configurations are above the gate."""
+    model = _tiny()
+    n = sum(p.numel() for p in model.parameters())
+    assert P.parameter_count(model) == n < P.BF16_MIN_PARAMS
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setitem(P.BF16_ERRORS, "aeromamba", P.Bf16Error(1e-3, 1e-3))
+    assert P.resolve("auto", model, "cpu") == "fp32"
+    assert P.resolve("bf16", model, "cpu") == "bf16"
+    monkeypatch.setattr(P, "BF16_MIN_PARAMS", n)
+    assert P.resolve("auto", model, "cpu") == "bf16"
+    for name in P.BF16_ERRORS:
+        with torch.device("meta"):
+            published = build(name)
+        assert P.parameter_count(published) >= P.BF16_MIN_PARAMS, name
 
 
 def test_measured_models_are_within_the_stated_bound():

@@ -28,6 +28,7 @@ from torch import nn
 
 from upsr.errors import UsageError
 from upsr.nn.scan import BACKENDS, resolve_backend, selective_scan
+from upsr.nn.small_scan import MAX_STATE, mamba_forward_small
 
 __all__ = ["Mamba", "BiMamba", "selective_scan"]
 
@@ -188,6 +189,8 @@ class Mamba(nn.Module):
         if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
             raise UsageError(f"Mamba: input must be [B, L, {self.d_model}], got "
                              f"{list(hidden_states.shape)}")
+        if self._use_small_torch(hidden_states):
+            return mamba_forward_small(self, hidden_states)
         backend = resolve_backend(self.backend, hidden_states.device)
         if self._use_channel_last(hidden_states, backend):
             return self._forward_channel_last(hidden_states)
@@ -200,6 +203,14 @@ class Mamba(nn.Module):
         if not torch.is_grad_enabled():
             return False
         return hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())
+
+    def _use_small_torch(self, hidden_states: torch.Tensor) -> bool:
+        """float32 inference on CPU (backend ``auto``, no autocast) of a block whose state per
+        row is tiny (``d_inner·d_state <= MAX_STATE``) runs in plain torch
+        (:mod:`upsr.nn.small_scan`): numba would cost more to load than to run."""
+        return (self.backend == "auto" and self.d_inner * self.d_state <= MAX_STATE
+                and hidden_states.device.type == "cpu" and hidden_states.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu") and not self._needs_grad(hidden_states))
 
     def _use_channel_last(self, hidden_states: torch.Tensor, backend: str) -> bool:
         """Inference on CPU in float32/bf16 takes the channel-last numba path."""
