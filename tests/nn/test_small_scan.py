@@ -98,3 +98,16 @@ def test_a_tiny_mamba_on_cpu_never_imports_numba() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_tiny_aeromamba_with_mamba_running_never_imports_numba() -> None:
+    """AEROMamba's channels-first Mamba entry (paper mode) must honour the same dispatch: the
+    11 k-parameter model of benchmarks/enhance.py runs without loading numba."""
+    code = ("import sys, torch; from upsr.models import build\n"
+            "m = build('aeromamba', channels=4, growth=1, n_fft=64, hop_length=32,"
+            " strides=(8, 4), d_state=4, dconv_depth=1).eval()\n"
+            "with torch.inference_mode(): y = m(torch.randn(1, 2205))\n"
+            "print('numba' in sys.modules, bool(torch.isfinite(y).all()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["False", "True"]

@@ -338,7 +338,8 @@ def _mamba_residual(mamba: nn.Module, y: torch.Tensor, x: torch.Tensor,
     channel-last conv/scan kernels of :class:`upsr.nn.mamba.Mamba` run on its ``[N, T, 2·Di]``
     output as in ``Mamba._forward_channel_last``, and ``out_proj`` with the LayerScale folded in
     is one batched product added into ``x`` (no ``[N, T, C]`` output and transpose back).
-    Elsewhere (or with hooks on the block): its own forward between two transposes."""
+    Elsewhere (with hooks on the block, or a block tiny enough for :mod:`upsr.nn.small_scan`):
+    its own forward between two transposes."""
     from upsr.nn.mamba import Mamba
     from upsr.nn.scan import resolve_backend
 
@@ -346,6 +347,7 @@ def _mamba_residual(mamba: nn.Module, y: torch.Tensor, x: torch.Tensor,
     yt = y.transpose(1, 2)
     if (y.dtype != torch.float32 or m.in_proj.bias is not None or m.out_proj.bias is not None
             or m._forward_hooks or m._forward_pre_hooks  # hooks see the block's own call
+            or m._use_small_torch(yt)  # tiny widths: plain torch, numba never loaded
             or not m._use_channel_last(yt, resolve_backend(m.backend, y.device))):
         return torch.addcmul(x, gain[:, None].to(y.dtype), m(yt).transpose(1, 2))
     N = y.shape[0]
