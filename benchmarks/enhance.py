@@ -71,20 +71,51 @@ def make_input(path: Path, minutes: float, sr: int = 44100, cutoff: float = 1100
             done += n
 
 
-def run_once(args: list[str], tree: str | None = None) -> tuple[float, float, float]:
-    """(wall seconds, peak RSS MiB, CPU seconds: user + system) of one CLI process
-    (``tree``: its PYTHONPATH). On a loaded machine the CPU seconds compare better than the
-    wall time, which then mostly measures the other processes."""
-    code = ("import resource, sys; from upsr.cli.main import main\n"
-            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
-            "    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "    sys.stderr.write(f'\\nPEAK_RSS_KB {rss}\\n'); raise\n")
+# The CLI run as the ``upsr`` command runs (``main()`` without argv: upsr owns the process),
+# plus the RSS after each finished file (one process: --jobs 1) and the peak RSS at the end.
+CHILD = """\
+import os, resource, sys
+from upsr.cli.main import main
+per_file = []
+def rss_mib():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+try:
+    import upsr.infer.workers as W
+    plain = W.enhance_files
+    def counted(items, *args, on_item=None, **kwargs):
+        def note(item):
+            if on_item is not None:
+                on_item(item)
+            per_file.append(rss_mib())
+        return plain(items, *args, on_item=note, **kwargs)
+    W.enhance_files = counted
+except (ImportError, AttributeError):
+    pass
+try:
+    main()
+except SystemExit:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    files = " ".join(f"{r:.0f}" for r in per_file)
+    sys.stderr.write(f"\\nRSS_FILES_MIB {files}\\nPEAK_RSS_KB {peak}\\n")
+    raise
+"""
+
+
+def run_once(args: list[str], tree: str | None = None, malloc: str = ""
+             ) -> tuple[float, float, float, list[float]]:
+    """(wall seconds, peak RSS MiB, CPU seconds: user + system, RSS MiB after each file) of
+    one CLI process (``tree``: its PYTHONPATH; ``malloc``: its UPSR_MALLOC). On a loaded
+    machine the CPU seconds compare better than the wall time, which then mostly measures the
+    other processes."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     env = dict(os.environ)
     if tree:
         env["PYTHONPATH"] = str(Path(tree).resolve())
-    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+    if malloc:
+        env["UPSR_MALLOC"] = malloc
+    res = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True,
                          env=env)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -92,7 +123,9 @@ def run_once(args: list[str], tree: str | None = None) -> tuple[float, float, fl
     if res.returncode != 0:
         raise SystemExit(f"enhance failed:\n{res.stderr}")
     rss_kb = int(res.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
-    return wall, rss_kb / 1024.0, cpu
+    per_file = [float(v) for v in
+                res.stderr.rsplit("RSS_FILES_MIB", 1)[1].split("\n", 1)[0].split()]
+    return wall, rss_kb / 1024.0, cpu, per_file
 
 
 def main() -> None:
@@ -106,6 +139,8 @@ def main() -> None:
     ap.add_argument("--jobs", default="1")
     ap.add_argument("--precision", default="")
     ap.add_argument("--trees", default="", help="comma-separated source trees to alternate")
+    ap.add_argument("--malloc", default="", help="comma-separated UPSR_MALLOC values to "
+                    "alternate (reuse: upsr's default; default: glibc's)")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     rows = []
@@ -126,34 +161,43 @@ def main() -> None:
                 model = str(Path(tmp) / f"{name}.safetensors")
                 checkpoint.save(model, models.build(reg, **over))
             trees = a.trees.split(",") if a.trees else [""]
+            arms = [(t, m) for t in trees for m in (a.malloc.split(",") if a.malloc else [""])]
             for jobs in a.jobs.split(","):
                 for prec in (a.precision.split(",") if a.precision else [""]):
-                    walls: dict[str, list[float]] = {t: [] for t in trees}
-                    rss: dict[str, list[float]] = {t: [] for t in trees}
-                    cpus: dict[str, list[float]] = {t: [] for t in trees}
+                    walls: dict[tuple[str, str], list[float]] = {arm: [] for arm in arms}
+                    peaks: dict[tuple[str, str], list[float]] = {arm: [] for arm in arms}
+                    cpus: dict[tuple[str, str], list[float]] = {arm: [] for arm in arms}
+                    files: dict[tuple[str, str], list[float]] = {}
                     for i in range(a.repeat):
-                        for tree in trees:  # interleaved: A, B, A, B, ...
+                        for arm in arms:  # interleaved: A, B, A, B, ...
                             out = Path(tmp) / f"out-{name}-{jobs}-{prec}-{i}"
                             extra = ["--jobs", jobs] if jobs != "1" else []
                             extra += ["--precision", prec] if prec else []
-                            w, r, cpu = run_once(["enhance", str(src_dir), "-o", str(out), "-q",
-                                             "--model", model, "--device", "cpu", "--chunk-s",
-                                             a.chunk_s, *extra], tree or None)
-                            walls[tree].append(w)
-                            rss[tree].append(r)
-                            cpus[tree].append(cpu)
+                            w, r, cpu, per_file = run_once(
+                                ["enhance", str(src_dir), "-o", str(out), "-q", "--model",
+                                 model, "--device", "cpu", "--chunk-s", a.chunk_s, *extra],
+                                arm[0] or None, arm[1])
+                            walls[arm].append(w)
+                            peaks[arm].append(r)
+                            cpus[arm].append(cpu)
+                            files[arm] = per_file
                             shutil.rmtree(out, ignore_errors=True)
-                    for tree in trees:
-                        wall = statistics.median(walls[tree])
+                    for arm in arms:
+                        tree, malloc = arm
+                        wall = statistics.median(walls[arm])
                         audio_s = a.minutes * 60
                         label = name + (f" j{jobs}" if jobs != "1" else "") + (
-                            f" {prec}" if prec else "") + (f" [{tree}]" if tree else "")
+                            f" {prec}" if prec else "") + (f" [{tree}]" if tree else "") + (
+                            f" malloc={malloc}" if malloc else "")
                         rows.append((label, a.minutes, wall, audio_s / wall, wall / audio_s,
-                                     statistics.median(cpus[tree]), max(rss[tree])))
-                        print(f"{label}: wall s {' '.join(f'{w:.1f}' for w in walls[tree])}, "
-                              f"cpu s {' '.join(f'{c:.1f}' for c in cpus[tree])}, "
-                              f"peak RSS MiB {' '.join(f'{r:.0f}' for r in rss[tree])}",
+                                     statistics.median(cpus[arm]), max(peaks[arm])))
+                        print(f"{label}: wall s {' '.join(f'{w:.1f}' for w in walls[arm])}, "
+                              f"cpu s {' '.join(f'{c:.1f}' for c in cpus[arm])}, "
+                              f"peak RSS MiB {' '.join(f'{r:.0f}' for r in peaks[arm])}",
                               flush=True)
+                        if len(files[arm]) > 1:
+                            print(f"  RSS MiB after each file (last run): "
+                                  f"{' '.join(f'{r:.0f}' for r in files[arm])}", flush=True)
     print(f"\nupsr enhance, {a.minutes:g} min stereo 44.1 kHz, {os.cpu_count()} CPUs, "
           f"torch threads {a.threads}, median of {a.repeat}, load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end")

@@ -109,22 +109,37 @@ def _autocast(precision: str) -> tp.ContextManager[tp.Any]:
     return autocast(precision, "cpu")
 
 
-def _peak_memory_child(name: str, seconds: float, threads: int, precision: str) -> None:
+def _allocator(malloc: str) -> None:
+    """``reuse``: glibc's allocator as ``upsr enhance`` sets it (upsr.infer.malloc; this
+    script owns its process); ``default``: left alone."""
+    if malloc == "reuse":
+        from upsr.infer import malloc as alloc
+
+        alloc.own_process()
+        status = alloc.for_inference()
+        if status != "applied":
+            print(f"allocator settings not applied: {status}", file=sys.stderr)
+
+
+def _peak_memory_child(name: str, seconds: float, threads: int, precision: str,
+                       malloc: str) -> None:
     """Run in a fresh process: print the RSS high-water mark one cold forward adds (bytes)."""
+    _allocator(malloc)
     torch.set_num_threads(threads)
     model, sr = MODELS[name]()
     x = _signal(seconds, sr)
     before = _rss_bytes()
     with torch.inference_mode(), _autocast(precision):
-        model.restore(x)
+        model.restore(x)  # type: ignore[operator]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     print(json.dumps({"peak_bytes": max(0, peak - before)}))
 
 
-def peak_memory(name: str, seconds: float, threads: int, precision: str) -> int:
+def peak_memory(name: str, seconds: float, threads: int, precision: str,
+                malloc: str = "default") -> int:
     out = subprocess.run([sys.executable, __file__, "--memory-child", name,
                           "--seconds", str(seconds), "--threads", str(threads),
-                          "--precision", precision],
+                          "--precision", precision, "--malloc", malloc],
                          check=True, capture_output=True, text=True).stdout
     return int(json.loads(out.strip().splitlines()[-1])["peak_bytes"])
 
@@ -178,7 +193,7 @@ def scan_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def bench(name: str, seconds: float, runs: int, threads: int, mm_gflops: float,
-          precision: str = "fp32") -> dict:
+          precision: str = "fp32", malloc: str = "default") -> dict:
     model, sr = MODELS[name]()
     x = _signal(seconds, sr)
     rel_l2 = float("nan")
@@ -189,17 +204,20 @@ def bench(name: str, seconds: float, runs: int, threads: int, mm_gflops: float,
                 y32 = model.restore(x)  # type: ignore[operator]
             rel_l2 = float((y.float() - y32).norm() / y32.norm())
         times = []
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(runs):
             t0 = time.perf_counter()
             model.restore(x)  # type: ignore[operator]
             times.append(time.perf_counter() - t0)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     wall = statistics.median(times)
     flops = count_flops(model, x) + scan_flops(model, x)
     return {
         "model": name,
         "rtf": wall / seconds,
         "wall_s": wall,
-        "peak_mib": peak_memory(name, seconds, threads, precision) / 2**20,
+        "peak_mib": peak_memory(name, seconds, threads, precision, malloc) / 2**20,
+        "faults_per_run": faults / runs,
         "rel_l2": rel_l2,
         "gflop_per_audio_s": flops / seconds / 1e9,
         "matmul_fraction": flops / wall / 1e9 / mm_gflops,
@@ -213,11 +231,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
+                    help="glibc allocator: as upsr enhance sets it (reuse) or glibc's default")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_child:
-        _peak_memory_child(args.memory_child, args.seconds, args.threads, args.precision)
+        _peak_memory_child(args.memory_child, args.seconds, args.threads, args.precision,
+                           args.malloc)
         return
+    _allocator(args.malloc)
     torch.set_num_threads(args.threads)
     names = args.names or list(MODELS)
     unknown = [n for n in names if n not in MODELS]
@@ -225,14 +247,14 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"unknown model {unknown[0]!r} (known: {', '.join(MODELS)})")
     mm = matmul_gflops()
     print(f"threads {args.threads}, {args.seconds:g} s of audio, median of {args.runs}, "
-          f"{args.precision}; matmul (fp32) {mm:.1f} GFLOP/s")
-    print(f"{'model':<20} {'RTF':>8} {'wall s':>8} {'peak MiB':>9} {'GFLOP/s audio':>14} "
-          f"{'of matmul':>10} {'rel L2 vs fp32':>15}")
+          f"{args.precision}, malloc {args.malloc}; matmul (fp32) {mm:.1f} GFLOP/s")
+    print(f"{'model':<20} {'RTF':>8} {'wall s':>8} {'peak MiB':>9} {'faults/run':>11} "
+          f"{'GFLOP/s audio':>14} {'of matmul':>10} {'rel L2 vs fp32':>15}")
     for name in names:
-        r = bench(name, args.seconds, args.runs, args.threads, mm, args.precision)
+        r = bench(name, args.seconds, args.runs, args.threads, mm, args.precision, args.malloc)
         print(f"{r['model']:<20} {r['rtf']:>8.3f} {r['wall_s']:>8.2f} {r['peak_mib']:>9.0f} "
-              f"{r['gflop_per_audio_s']:>14.2f} {r['matmul_fraction']:>10.1%} "
-              f"{r['rel_l2']:>15.2e}", flush=True)
+              f"{r['faults_per_run']:>11.0f} {r['gflop_per_audio_s']:>14.2f} "
+              f"{r['matmul_fraction']:>10.1%} {r['rel_l2']:>15.2e}", flush=True)
 
 
 if __name__ == "__main__":
