@@ -16,7 +16,10 @@ With ``--precision bf16`` the timed forwards (and the memory child) run under
 table then also gives the relative L2 difference of the bf16 output from the float32 one.
 
 Usage: ``python benchmarks/models_cpu.py [NAME ...] [--seconds 10] [--runs 5] [--threads 2]
-[--precision fp32|bf16]``.
+[--precision fp32|bf16] [--malloc reuse|default] [--no-flops]``. ``--malloc reuse`` (the
+default) sets glibc's allocator as ``upsr enhance`` does (:mod:`upsr.infer.malloc`, the same
+function), ``default`` leaves it alone; the table also gives the median CPU seconds (user +
+system, all threads) and the minor page faults per timed forward.
 Add a model by adding an entry to ``MODELS`` (a function returning the model and its input rate).
 
 Measured 2026-12-01 (issue 13), 2 threads, 10 s, median of 3, quiet machine (load 0.2-2),
@@ -193,7 +196,7 @@ def scan_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def bench(name: str, seconds: float, runs: int, threads: int, mm_gflops: float,
-          precision: str = "fp32", malloc: str = "default") -> dict:
+          precision: str = "fp32", malloc: str = "default", flops: bool = True) -> dict:
     model, sr = MODELS[name]()
     x = _signal(seconds, sr)
     rel_l2 = float("nan")
@@ -203,24 +206,26 @@ def bench(name: str, seconds: float, runs: int, threads: int, mm_gflops: float,
             with torch.autocast("cpu", enabled=False):
                 y32 = model.restore(x)  # type: ignore[operator]
             rel_l2 = float((y.float() - y32).norm() / y32.norm())
-        times = []
+        times, cpu_times = [], []
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(runs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model.restore(x)  # type: ignore[operator]
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     wall = statistics.median(times)
-    flops = count_flops(model, x) + scan_flops(model, x)
+    counted = count_flops(model, x) + scan_flops(model, x) if flops else float("nan")
     return {
         "model": name,
         "rtf": wall / seconds,
         "wall_s": wall,
+        "cpu_s": statistics.median(cpu_times),
         "peak_mib": peak_memory(name, seconds, threads, precision, malloc) / 2**20,
         "faults_per_run": faults / runs,
         "rel_l2": rel_l2,
-        "gflop_per_audio_s": flops / seconds / 1e9,
-        "matmul_fraction": flops / wall / 1e9 / mm_gflops,
+        "gflop_per_audio_s": counted / seconds / 1e9,
+        "matmul_fraction": counted / wall / 1e9 / mm_gflops,
     }
 
 
@@ -233,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
                     help="glibc allocator: as upsr enhance sets it (reuse) or glibc's default")
+    ap.add_argument("--flops", action=argparse.BooleanOptionalAction, default=True,
+                    help="count FLOPs (two more forward passes per model)")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_child:
@@ -248,11 +255,13 @@ def main(argv: list[str] | None = None) -> None:
     mm = matmul_gflops()
     print(f"threads {args.threads}, {args.seconds:g} s of audio, median of {args.runs}, "
           f"{args.precision}, malloc {args.malloc}; matmul (fp32) {mm:.1f} GFLOP/s")
-    print(f"{'model':<20} {'RTF':>8} {'wall s':>8} {'peak MiB':>9} {'faults/run':>11} "
+    print(f"{'model':<20} {'RTF':>8} {'wall s':>8} {'cpu s':>8} {'peak MiB':>9} {'faults/run':>11} "
           f"{'GFLOP/s audio':>14} {'of matmul':>10} {'rel L2 vs fp32':>15}")
     for name in names:
-        r = bench(name, args.seconds, args.runs, args.threads, mm, args.precision, args.malloc)
-        print(f"{r['model']:<20} {r['rtf']:>8.3f} {r['wall_s']:>8.2f} {r['peak_mib']:>9.0f} "
+        r = bench(name, args.seconds, args.runs, args.threads, mm, args.precision, args.malloc,
+                  args.flops)
+        print(f"{r['model']:<20} {r['rtf']:>8.3f} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} "
+              f"{r['peak_mib']:>9.0f} "
               f"{r['faults_per_run']:>11.0f} {r['gflop_per_audio_s']:>14.2f} "
               f"{r['matmul_fraction']:>10.1%} {r['rel_l2']:>15.2e}", flush=True)
 

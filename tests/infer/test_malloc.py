@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 # The ``upsr`` command as the console script runs it (main() without argv: upsr owns the
 # process), then a 64 MiB probe allocation: does glibc still serve it with mmap?
 CHILD = """\
-import ctypes, json, sys
+import ctypes, json, os, sys
 from upsr.cli.main import main
 from upsr.infer import malloc
 code = 0
@@ -38,7 +38,8 @@ before = malloc.mapped_bytes()
 probe = libc.malloc(64 << 20)
 mapped = malloc.mapped_bytes() - before
 libc.free(probe)
-print(json.dumps({"code": code, "mapped": mapped, "applied": malloc.applied()}))
+print(json.dumps({"code": code, "mapped": mapped, "applied": malloc.applied(),
+                  "exported": os.environ.get("MALLOC_MMAP_MAX_")}))
 """
 
 
@@ -89,8 +90,10 @@ def test_neural_run_keeps_large_blocks_in_the_heap_and_outputs_are_unchanged(tin
                                "--device", "cpu", "--precision", "fp32"], env)
         runs[name]["bytes"] = (out / "in.wav").read_bytes()
     assert runs["reuse"]["applied"] and runs["reuse"]["mapped"] == 0
+    assert runs["reuse"]["exported"] == "0"   # --jobs workers start with the same setting
     for name in ("opted-out", "user"):   # glibc's default: a 64 MiB block is an mmap
         assert not runs[name]["applied"] and runs[name]["mapped"] >= 64 << 20
+        assert runs[name]["exported"] is None
     assert runs["reuse"]["bytes"] == runs["opted-out"]["bytes"]
     assert runs["reuse"]["bytes"] == runs["user"]["bytes"]
 
