@@ -80,7 +80,15 @@ per_file = []
 def rss_mib():
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-try:
+try:  # after the memory handed back between files (upsr.infer.malloc), else at each file
+    import upsr.infer.malloc as M
+    trim = M.between_files
+    def noted():
+        released = trim()
+        per_file.append(rss_mib())
+        return released
+    M.between_files = noted
+except (ImportError, AttributeError):
     import upsr.infer.workers as W
     plain = W.enhance_files
     def counted(items, *args, on_item=None, **kwargs):
@@ -90,8 +98,6 @@ try:
             per_file.append(rss_mib())
         return plain(items, *args, on_item=note, **kwargs)
     W.enhance_files = counted
-except (ImportError, AttributeError):
-    pass
 try:
     main()
 except SystemExit:

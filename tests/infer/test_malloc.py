@@ -161,3 +161,45 @@ def test_bad_opt_out_value_is_one_line(tmp_path):
     assert res.stderr.strip().splitlines() == [
         "upsr: error: UPSR_MALLOC='off': expected one of reuse, default"]
     assert not (tmp_path / "o" / "a.wav").exists()
+
+
+def test_free_memory_goes_back_between_files_only_under_upsr_settings(monkeypatch):
+    calls = []
+    monkeypatch.setattr(malloc, "release_free_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(malloc, "_APPLIED", False)
+    for _, _, name, _ in malloc.SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    assert not malloc.between_files() and calls == []      # glibc's defaults: left alone
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")             # the user's own setting
+    assert not malloc.between_files() and calls == []
+    for _, _, name, text in malloc.SETTINGS:                 # a --jobs worker of upsr's
+        monkeypatch.setenv(name, text)
+    assert malloc.between_files() and calls == [1]
+
+
+def test_trim_hands_free_heap_pages_back():
+    """The real malloc_trim: a freed 64 MiB heap block leaves the resident set (run in a child
+    whose allocator has upsr's settings from the start, as a --jobs worker has)."""
+    _glibc_only()
+    code = ("import ctypes, os\n"
+            "from upsr.infer import malloc\n"
+            "libc = ctypes.CDLL(None)\n"
+            "libc.malloc.restype = ctypes.c_void_p\n"
+            "libc.malloc.argtypes = [ctypes.c_size_t]\n"
+            "libc.free.argtypes = [ctypes.c_void_p]\n"
+            "def rss():\n"
+            "    return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+            "base = rss()\n"
+            "p = libc.malloc(64 << 20)\n"
+            "ctypes.memset(p, 1, 64 << 20)\n"
+            "small = libc.malloc(64)\n"   # keeps the block below the heap's top
+            "libc.free(p)\n"
+            "kept = rss() - base\n"
+            "released = malloc.between_files()\n"
+            "print(kept >> 20, (rss() - base) >> 20, released, malloc.mapped_bytes())\n")
+    env = _clean_env(**{name: text for _, _, name, text in malloc.SETTINGS})
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    kept, after, released, mapped = res.stdout.split()
+    assert int(kept) >= 60 and int(after) < 8 and released == "True" and mapped == "0"

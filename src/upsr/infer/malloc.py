@@ -14,8 +14,10 @@ each 4 KiB page, and that cost Wave-U-Mamba ~25 % of its time (``benchmarks/mode
   the free top of the heap is not handed back after every call (it would be faulted in again);
 
 and exports the same as ``MALLOC_MMAP_MAX_`` / ``MALLOC_TRIM_THRESHOLD_`` so that processes
-started afterwards (``--jobs`` workers) run alike. Memory freed is then kept by the process;
-:func:`release_free_memory` (``malloc_trim(0)``) hands the free pages back to the system.
+started afterwards (``--jobs`` workers) run alike. Memory freed is then kept by the process
+until :func:`between_files` (``malloc_trim(0)``, after every finished file) hands the free
+pages back to the system: within a file the chunks reuse the blocks, a batch holds no more
+than its largest file needs.
 
 It is process-wide, so only a process ``upsr`` owns changes it (``upsr ...``, ``python -m
 upsr``), never a program that imports upsr. It does nothing where the C library is not glibc
@@ -142,6 +144,16 @@ def applied() -> bool:
     return _APPLIED
 
 
+def between_files() -> bool:
+    """After a file (or a group of files) is finished: where this process runs with this
+    module's settings (applied here, or inherited from the exported variables by a worker
+    process), hand the heap's free memory back, so that a batch holds no more than its largest
+    file needs (a batch of files of different lengths otherwise fragments the heap and grows).
+    True when something was released."""
+    inherited = all(os.environ.get(name) == text for _, _, name, text in SETTINGS)
+    return (_APPLIED or inherited) and release_free_memory()
+
+
 def release_free_memory() -> bool:
     """Hand free heap memory back to the system (``malloc_trim(0)``) where glibc is the
     allocator; True when some was released."""
@@ -164,6 +176,6 @@ def mapped_bytes() -> int | None:
     return int(fn().hblkhd)
 
 
-__all__ = ["ENV", "MODES", "SETTINGS", "applied", "for_inference", "glibc", "mapped_bytes",
-           "mode", "own_process", "release_free_memory", "reuse_large_blocks",
+__all__ = ["ENV", "MODES", "SETTINGS", "applied", "between_files", "for_inference", "glibc",
+           "mapped_bytes", "mode", "own_process", "release_free_memory", "reuse_large_blocks",
            "user_settings"]
