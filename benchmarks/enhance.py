@@ -17,7 +17,8 @@ Mamba running (the paper's forward): what the engine itself costs around a model
 does almost nothing. ``--files N`` splits the audio into N files (for ``--jobs``); ``--jobs
 1,2`` and ``--precision fp32,bf16`` add rows per value; ``--trees A,B`` runs every case with
 ``PYTHONPATH`` set to each source tree in turn (A, B, A, B, ...: an interleaved before/after
-on a loaded machine) and adds a row per tree.
+on a loaded machine) and adds a row per tree; ``--malloc default,reuse`` does the same with
+``UPSR_MALLOC``. With several files the RSS after each one (last run) is printed too.
 
 Measured 2026-12-01, 1 min stereo, 1 torch thread, before (391a67c) / after the engine work of
 issue 13, interleaved, medians (sbr of 5, load ~3.5; the AEROMambas of 3, load 2-5, their
@@ -27,6 +28,25 @@ single runs spread 2x):
     sbr                 4.0 / 3.2 (15.0x -> 18.5x)   4.0 / 3.2        469 / 395
     tiny-aeromamba      22.1 / 26.1 (noise)         25.7 / 29.1       957 / 737
     tiny10k-aeromamba   13.8 / 13.8                 17.0 / 17.6       910 / 707
+
+glibc's allocator (``--malloc default,reuse``: UPSR_MALLOC per run, alternating; upsr's
+default is reuse, :mod:`upsr.infer.malloc`), 2026-12-01, 1 torch thread, 1 min stereo, medians;
+load 1-2 (sbr) and 5 (the others) on 2 cores:
+
+    model                          wall s default/reuse  cpu s default/reuse  peak RSS MiB
+    sbr (5 runs)                   3.6 / 3.3             3.5 / 3.2            394 / 386
+    tiny10k-aeromamba (3 runs)     25.7 / 22.8           8.9 / 7.8            657 / 640
+    aeromamba, 20 files (3 runs)   113.8 / 83.9          50.7 / 43.4          706 / 684
+
+(before malloc_trim between files.) RSS after each of the 20 equal files was flat (596 MiB
+default, 643 MiB reuse). A batch of 30 files of different lengths (0.5-11.7 s, 180 s in all,
+published AEROMamba, 1 run each, load ~9) is what grows: RSS after each file rose from 569 to
+1376 MiB with glibc's defaults (peak 1574 MiB, CPU 220 s) and from 567 to 2452 MiB with the
+heap reused and never trimmed (peak 2453 MiB, CPU 192 s). With ``malloc_trim(0)`` after
+every file (what upsr does) it rose from 484 to 727 MiB (peak 2144 MiB, CPU 188 s), against
+520 to 1657 MiB (peak 1858 MiB, CPU 201 s) in a default run right after it. (RSS read after
+each file's trim; what still grows with glibc's defaults is the heap's free memory, which
+its automatic trim only returns from the top.)
 
 The AEROMambas' time is their forward passes (~80 %: statistics pass + output pass, each chunk
 with 2 s of Mamba context each side) and imports (torch 190 MiB, numba with its kernels

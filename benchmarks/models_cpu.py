@@ -35,8 +35,34 @@ glibc's allocator, same day, fp32, alternating pairs: with ``MALLOC_MMAP_MAX_=0
 MALLOC_TRIM_THRESHOLD_=68719476736`` in the environment (large temporaries come from the heap
 and are reused instead of being mapped and page-faulted in on every call) wave-u-mamba ran at
 0.531 / 0.517 against 0.679 / 0.723 and aeromamba-official at 0.185 / 0.171 against 0.192 /
-0.239, with its peak RSS 1.2-1.3x higher for wave-u-mamba. Not set by upsr (yet): memory is
-then never returned to the system, which a long batch run would have to be measured for.
+0.239, with its peak RSS 1.2-1.3x higher for wave-u-mamba.
+
+``upsr enhance`` now sets this itself (:mod:`upsr.infer.malloc`; ``--malloc reuse``, this
+script's default). Measured 2026-12-01 ~19:55-21:05 UTC, 1 torch thread, ``--runs 3 --no-flops``,
+alternating processes (default, reuse; the order flipped each repeat), medians over the
+repeats; the machine was heavily loaded by other engineers (1-min load 3.5-11, median ~8 on
+2 cores), so the wall-time RTF is mostly other processes' time and the CPU seconds per forward
+(user + system) compare better:
+
+    model               audio prec  CPU s default  CPU s reuse  ratio  faults/fwd default  reuse
+    aeromamba-official  10 s  fp32  {aof}
+    aeromamba-official  10 s  bf16  {aob}
+    aeromamba (paper)   10 s  fp32  {apf}
+    aeromamba (paper)   10 s  bf16  {apb}
+    wave-u-mamba         5 s  fp32  {wuf}
+    wave-u-mamba         5 s  bf16  {wub}
+    apollo               2 s  fp32  {apof}
+    apollo               2 s  bf16  {apob}
+
+Peak RSS of one cold forward (memory child) moved by -10 % to +50 % between the arms
+(fragmentation of the heap; single runs spread ~20 %). Apollo in bf16 hardly allocates large
+blocks per call (25 k faults), so it gains nothing. Alternatives, reasoned from mallopt(3)
+and not measured: only raising ``M_TRIM_THRESHOLD`` / ``M_TOP_PAD`` cannot help, because
+setting either freezes the mmap threshold at 128 KiB (no dynamic raise), so even more blocks
+are mapped; ``M_MMAP_MAX=0`` alone leaves the trim threshold at 128 KiB, so the heap's top
+would be handed back (and faulted in again) after every call; a fixed ``M_MMAP_THRESHOLD`` of
+e.g. 1 GiB (glibc 2.36 accepts it) with trimming off would act like ``M_MMAP_MAX=0`` here
+(no block of these models reaches 1 GiB) but keep larger ones mapped.
 """
 
 from __future__ import annotations

@@ -86,9 +86,10 @@ ENVIRONMENT: Items = [
     ("NO_COLOR", "Disables colour (progress bars and tables)."),
     ("OMP_NUM_THREADS", "CPU threads torch uses."),
     ("UPSR_MALLOC", "default: leave glibc's allocator as it is. Otherwise upsr enhance keeps "
-                    "large blocks in the heap for reuse (MALLOC_MMAP_MAX_=0, no trimming; "
-                    "also for its worker processes), unless any MALLOC_* variable or a "
-                    "glibc.malloc tunable is set: the user's settings win."),
+                    "large blocks in the heap for reuse (MALLOC_MMAP_MAX_=0, no automatic "
+                    "trimming; also in its worker processes) and hands free memory back after "
+                    "every file, unless any MALLOC_* variable or a glibc.malloc tunable is set: "
+                    "the user's settings win."),
 ]
 
 EXAMPLES: dict[str, list[str]] = {
