@@ -38,26 +38,27 @@ and are reused instead of being mapped and page-faulted in on every call) wave-u
 0.239, with its peak RSS 1.2-1.3x higher for wave-u-mamba.
 
 ``upsr enhance`` now sets this itself (:mod:`upsr.infer.malloc`; ``--malloc reuse``, this
-script's default). Measured 2026-12-01 ~19:55-21:05 UTC, 1 torch thread, ``--runs 3 --no-flops``,
+script's default). Measured 2026-12-01 19:56-20:55 UTC, 1 torch thread, ``--runs 3 --no-flops``,
 alternating processes (default, reuse; the order flipped each repeat), medians over the
 repeats; the machine was heavily loaded by other engineers (1-min load 3.5-11, median ~8 on
 2 cores), so the wall-time RTF is mostly other processes' time and the CPU seconds per forward
 (user + system) compare better:
 
     model               audio prec  CPU s default  CPU s reuse  ratio  faults/fwd default  reuse
-    aeromamba-official  10 s  fp32  {aof}
-    aeromamba-official  10 s  bf16  {aob}
-    aeromamba (paper)   10 s  fp32  {apf}
-    aeromamba (paper)   10 s  bf16  {apb}
-    wave-u-mamba         5 s  fp32  {wuf}
-    wave-u-mamba         5 s  bf16  {wub}
-    apollo               2 s  fp32  {apof}
-    apollo               2 s  bf16  {apob}
+    aeromamba-official  10 s  fp32  4.11           3.65        0.89   272 k               5 k
+    aeromamba-official  10 s  bf16  2.51           2.08        0.83   138 k               7 k
+    aeromamba (paper)   10 s  fp32  6.28           4.89        0.78   376 k               3 k
+    aeromamba (paper)   10 s  bf16  3.76           3.58        0.95   220 k               7 k
+    wave-u-mamba         5 s  fp32  5.96           4.76        0.80   416 k              11 k
+    wave-u-mamba         5 s  bf16  5.14           4.25        0.83   360 k               6 k
+    apollo               2 s  fp32  9.21           8.74        0.95   461 k               1 k
+    apollo               2 s  bf16  3.75           3.77        1.01    25 k               0
 
-Peak RSS of one cold forward (memory child) moved by -10 % to +50 % between the arms
-(fragmentation of the heap; single runs spread ~20 %). Apollo in bf16 hardly allocates large
-blocks per call (25 k faults), so it gains nothing. Alternatives, reasoned from mallopt(3)
-and not measured: only raising ``M_TRIM_THRESHOLD`` / ``M_TOP_PAD`` cannot help, because
+Peak RSS of one cold forward (memory child, medians) moved by -3 % to +54 % (aeromamba-
+official fp32 457 -> 704 MiB, wave-u-mamba bf16 780 -> 978 MiB, apollo fp32 501 -> 579 MiB):
+the heap fragments where mapped blocks would have been returned. Apollo in bf16 hardly
+allocates large blocks per call (25 k faults), so it gains nothing. Alternatives, reasoned
+from mallopt(3) and not measured: only raising ``M_TRIM_THRESHOLD`` / ``M_TOP_PAD`` cannot help, because
 setting either freezes the mmap threshold at 128 KiB (no dynamic raise), so even more blocks
 are mapped; ``M_MMAP_MAX=0`` alone leaves the trim threshold at 128 KiB, so the heap's top
 would be handed back (and faulted in again) after every call; a fixed ``M_MMAP_THRESHOLD`` of
