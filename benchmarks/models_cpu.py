@@ -54,16 +54,16 @@ repeats; the machine was heavily loaded by other engineers (1-min load 3.5-11, m
     apollo               2 s  fp32  9.21           8.74        0.95   461 k               1 k
     apollo               2 s  bf16  3.75           3.77        1.01    25 k               0
 
-Peak RSS of one cold forward (memory child, medians) moved by -3 % to +54 % (aeromamba-
-official fp32 457 -> 704 MiB, wave-u-mamba bf16 780 -> 978 MiB, apollo fp32 501 -> 579 MiB):
-the heap fragments where mapped blocks would have been returned. Apollo in bf16 hardly
-allocates large blocks per call (25 k faults), so it gains nothing. Alternatives, reasoned from
-mallopt(3) and not measured: only raising ``M_TRIM_THRESHOLD`` / ``M_TOP_PAD`` cannot help,
-because setting either freezes the mmap threshold at 128 KiB (no dynamic raise), so even more
-blocks are mapped; ``M_MMAP_MAX=0`` alone leaves the trim threshold at 128 KiB, so the heap's
-top would be handed back (and faulted in again) after every call; a fixed ``M_MMAP_THRESHOLD``
-of e.g. 1 GiB (glibc 2.36 accepts it) with trimming off would act like ``M_MMAP_MAX=0`` here
-(no block of these models reaches 1 GiB) but keep larger ones mapped.
+Peak RSS of one cold forward (memory child, medians) moved by -3 % to +54 % (aeromamba-official
+fp32 457 -> 704 MiB, wave-u-mamba bf16 780 -> 978 MiB, apollo fp32 501 -> 579 MiB): the heap
+fragments where mapped blocks would have been returned. Apollo in bf16 hardly allocates large
+blocks per call (25 k faults), so it gains nothing. Alternatives, reasoned from mallopt(3) and
+not measured: only raising ``M_TRIM_THRESHOLD`` / ``M_TOP_PAD`` cannot help, because setting
+either freezes the mmap threshold at 128 KiB (no dynamic raise), so even more blocks are
+mapped; ``M_MMAP_MAX=0`` alone leaves the trim threshold at 128 KiB, so the heap's top would be
+handed back (and faulted in again) after every call; a fixed ``M_MMAP_THRESHOLD`` of e.g. 1 GiB
+(glibc 2.36 accepts it) with trimming off would act like ``M_MMAP_MAX=0`` here (no block of
+these models reaches 1 GiB) but keep larger ones mapped.
 """
 
 from __future__ import annotations
