@@ -151,16 +151,16 @@ def test_user_settings_win_and_opt_out():
         malloc.mode({"UPSR_MALLOC": "mmap"})
 
 
-def test_bad_opt_out_value_is_one_line(tmp_path):
+def test_bad_opt_out_value_is_one_line(monkeypatch, run_cli, tmp_path):
+    monkeypatch.setattr(malloc, "_OWNED", True)   # as under the upsr command
+    monkeypatch.setenv("UPSR_MALLOC", "off")
     x = np.zeros((1, 2205), dtype=np.float32)
     sf.write(str(tmp_path / "a.wav"), x.T, 22050, subtype="PCM_16")
-    res = subprocess.run([sys.executable, "-m", "upsr", "enhance", str(tmp_path / "a.wav"),
-                          "-o", str(tmp_path / "o")], capture_output=True, text=True,
-                         env=_clean_env(UPSR_MALLOC="off"), timeout=120)
-    assert res.returncode == 1
-    assert res.stderr.strip().splitlines() == [
+    code, _, err = run_cli("enhance", tmp_path / "a.wav", "-o", tmp_path / "o")
+    assert code == 1
+    assert err.strip().splitlines() == [
         "upsr: error: UPSR_MALLOC='off': expected one of reuse, default"]
-    assert not (tmp_path / "o" / "a.wav").exists()
+    assert not (tmp_path / "o" / "a.wav").exists() and not malloc.applied()
 
 
 def test_free_memory_goes_back_between_files_only_under_upsr_settings(monkeypatch):
