@@ -57,13 +57,17 @@ repeats; the machine was heavily loaded by other engineers (1-min load 3.5-11, m
 Peak RSS of one cold forward (memory child, medians) moved by -3 % to +54 % (aeromamba-official
 fp32 457 -> 704 MiB, wave-u-mamba bf16 780 -> 978 MiB, apollo fp32 501 -> 579 MiB): the heap
 fragments where mapped blocks would have been returned. Apollo in bf16 hardly allocates large
-blocks per call (25 k faults), so it gains nothing. Alternatives, reasoned from mallopt(3) and
-not measured: only raising ``M_TRIM_THRESHOLD`` / ``M_TOP_PAD`` cannot help, because setting
-either freezes the mmap threshold at 128 KiB (no dynamic raise), so even more blocks are
-mapped; ``M_MMAP_MAX=0`` alone leaves the trim threshold at 128 KiB, so the heap's top would be
-handed back (and faulted in again) after every call; a fixed ``M_MMAP_THRESHOLD`` of e.g. 1 GiB
-(glibc 2.36 accepts it) with trimming off would act like ``M_MMAP_MAX=0`` here (no block of
-these models reaches 1 GiB) but keep larger ones mapped.
+blocks per call (25 k faults), so it gains nothing. Alternatives, measured 21:00 UTC on
+aeromamba-official fp32 10 s (1 thread, 2 alternating repeats, load 3.4-5.6; CPU s per forward,
+faults per forward, peak MiB): glibc default 4.29 / 4.39, 308-319 k, 425-469;
+``MALLOC_MMAP_MAX_=0`` alone 4.12 / 4.33, 265 k, 568-576 (setting it freezes the trim threshold
+at 128 KiB: the heap's top is handed back and faulted in again after every call);
+``MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=1073741824`` (mmap left on) 3.72 / 4.17, 14
+k, 594-605 (a 1 GiB top pad lets the heap's top serve the large blocks before mmap is tried);
+upsr's setting 3.90 / 3.51, 2-7 k, 487-595. Raising trim threshold and top pad works almost as
+well, but depends on the pad exceeding what a call needs; ``M_MMAP_MAX=0`` does not. A fixed
+``M_MMAP_THRESHOLD`` of e.g. 1 GiB (glibc 2.36 accepts it) with trimming off would act like
+``M_MMAP_MAX=0`` here (not measured).
 """
 
 from __future__ import annotations
