@@ -17,7 +17,8 @@ Mamba running (the paper's forward): what the engine itself costs around a model
 does almost nothing. ``--files N`` splits the audio into N files (for ``--jobs``); ``--jobs
 1,2`` and ``--precision fp32,bf16`` add rows per value; ``--trees A,B`` runs every case with
 ``PYTHONPATH`` set to each source tree in turn (A, B, A, B, ...: an interleaved before/after
-on a loaded machine) and adds a row per tree.
+on a loaded machine) and adds a row per tree; ``--malloc default,reuse`` does the same with
+``UPSR_MALLOC``. With several files the RSS after each one (last run) is printed too.
 
 Measured 2026-12-01, 1 min stereo, 1 torch thread, before (391a67c) / after the engine work of
 issue 13, interleaved, medians (sbr of 5, load ~3.5; the AEROMambas of 3, load 2-5, their
@@ -27,6 +28,25 @@ single runs spread 2x):
     sbr                 4.0 / 3.2 (15.0x -> 18.5x)   4.0 / 3.2        469 / 395
     tiny-aeromamba      22.1 / 26.1 (noise)         25.7 / 29.1       957 / 737
     tiny10k-aeromamba   13.8 / 13.8                 17.0 / 17.6       910 / 707
+
+glibc's allocator (``--malloc default,reuse``: UPSR_MALLOC per run, alternating; upsr's
+default is reuse, :mod:`upsr.infer.malloc`), 2026-12-01, 1 torch thread, 1 min stereo, medians;
+load 1-2 (sbr) and 5 (the others) on 2 cores:
+
+    model                          wall s default/reuse  cpu s default/reuse  peak RSS MiB
+    sbr (5 runs)                   3.6 / 3.3             3.5 / 3.2            394 / 386
+    tiny10k-aeromamba (3 runs)     25.7 / 22.8           8.9 / 7.8            657 / 640
+    aeromamba, 20 files (3 runs)   113.8 / 83.9          50.7 / 43.4          706 / 684
+
+(before malloc_trim between files.) RSS after each of the 20 equal files was flat (596 MiB
+default, 643 MiB reuse). A batch of 30 files of different lengths (0.5-11.7 s, 180 s in all,
+published AEROMamba, 1 run each, load ~9) is what grows: RSS after each file rose from 569 to
+1376 MiB with glibc's defaults (peak 1574 MiB, CPU 220 s) and from 567 to 2452 MiB with the
+heap reused and never trimmed (peak 2453 MiB, CPU 192 s). With ``malloc_trim(0)`` after
+every file (what upsr does) it rose from 484 to 727 MiB (peak 2144 MiB, CPU 188 s), against
+520 to 1657 MiB (peak 1858 MiB, CPU 201 s) in a default run right after it. (RSS read after
+each file's trim; what still grows with glibc's defaults is the heap's free memory, which
+its automatic trim only returns from the top.)
 
 The AEROMambas' time is their forward passes (~80 %: statistics pass + output pass, each chunk
 with 2 s of Mamba context each side) and imports (torch 190 MiB, numba with its kernels
@@ -119,20 +139,57 @@ def make_input(path: Path, minutes: float, sr: int = 44100, cutoff: float = 1100
             done += n
 
 
-def run_once(args: list[str], tree: str | None = None) -> tuple[float, float, float]:
-    """(wall seconds, peak RSS MiB, CPU seconds: user + system) of one CLI process
-    (``tree``: its PYTHONPATH). On a loaded machine the CPU seconds compare better than the
-    wall time, which then mostly measures the other processes."""
-    code = ("import resource, sys; from upsr.cli.main import main\n"
-            "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
-            "    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "    sys.stderr.write(f'\\nPEAK_RSS_KB {rss}\\n'); raise\n")
+# The CLI run as the ``upsr`` command runs (``main()`` without argv: upsr owns the process),
+# plus the RSS after each finished file (one process: --jobs 1) and the peak RSS at the end.
+CHILD = """\
+import os, resource, sys
+from upsr.cli.main import main
+per_file = []
+def rss_mib():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+try:  # after the memory handed back between files (upsr.infer.malloc), else at each file
+    import upsr.infer.malloc as M
+    trim = M.between_files
+    def noted():
+        released = trim()
+        per_file.append(rss_mib())
+        return released
+    M.between_files = noted
+except (ImportError, AttributeError):
+    import upsr.infer.workers as W
+    plain = W.enhance_files
+    def counted(items, *args, on_item=None, **kwargs):
+        def note(item):
+            if on_item is not None:
+                on_item(item)
+            per_file.append(rss_mib())
+        return plain(items, *args, on_item=note, **kwargs)
+    W.enhance_files = counted
+try:
+    main()
+except SystemExit:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    files = " ".join(f"{r:.0f}" for r in per_file)
+    sys.stderr.write(f"\\nRSS_FILES_MIB {files}\\nPEAK_RSS_KB {peak}\\n")
+    raise
+"""
+
+
+def run_once(args: list[str], tree: str | None = None, malloc: str = ""
+             ) -> tuple[float, float, float, list[float]]:
+    """(wall seconds, peak RSS MiB, CPU seconds: user + system, RSS MiB after each file) of
+    one CLI process (``tree``: its PYTHONPATH; ``malloc``: its UPSR_MALLOC). On a loaded
+    machine the CPU seconds compare better than the wall time, which then mostly measures the
+    other processes."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     env = dict(os.environ)
     if tree:
         env["PYTHONPATH"] = str(Path(tree).resolve())
-    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+    if malloc:
+        env["UPSR_MALLOC"] = malloc
+    res = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True,
                          env=env)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -140,7 +197,9 @@ def run_once(args: list[str], tree: str | None = None) -> tuple[float, float, fl
     if res.returncode != 0:
         raise SystemExit(f"enhance failed:\n{res.stderr}")
     rss_kb = int(res.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0])
-    return wall, rss_kb / 1024.0, cpu
+    per_file = [float(v) for v in
+                res.stderr.rsplit("RSS_FILES_MIB", 1)[1].split("\n", 1)[0].split()]
+    return wall, rss_kb / 1024.0, cpu, per_file
 
 
 def main() -> None:
@@ -154,6 +213,8 @@ def main() -> None:
     ap.add_argument("--jobs", default="1")
     ap.add_argument("--precision", default="")
     ap.add_argument("--trees", default="", help="comma-separated source trees to alternate")
+    ap.add_argument("--malloc", default="", help="comma-separated UPSR_MALLOC values to "
+                    "alternate (reuse: upsr's default; default: glibc's)")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
     rows = []
@@ -174,34 +235,43 @@ def main() -> None:
                 model = str(Path(tmp) / f"{name}.safetensors")
                 checkpoint.save(model, models.build(reg, **over))
             trees = a.trees.split(",") if a.trees else [""]
+            arms = [(t, m) for t in trees for m in (a.malloc.split(",") if a.malloc else [""])]
             for jobs in a.jobs.split(","):
                 for prec in (a.precision.split(",") if a.precision else [""]):
-                    walls: dict[str, list[float]] = {t: [] for t in trees}
-                    rss: dict[str, list[float]] = {t: [] for t in trees}
-                    cpus: dict[str, list[float]] = {t: [] for t in trees}
+                    walls: dict[tuple[str, str], list[float]] = {arm: [] for arm in arms}
+                    peaks: dict[tuple[str, str], list[float]] = {arm: [] for arm in arms}
+                    cpus: dict[tuple[str, str], list[float]] = {arm: [] for arm in arms}
+                    files: dict[tuple[str, str], list[float]] = {}
                     for i in range(a.repeat):
-                        for tree in trees:  # interleaved: A, B, A, B, ...
+                        for arm in arms:  # interleaved: A, B, A, B, ...
                             out = Path(tmp) / f"out-{name}-{jobs}-{prec}-{i}"
                             extra = ["--jobs", jobs] if jobs != "1" else []
                             extra += ["--precision", prec] if prec else []
-                            w, r, cpu = run_once(["enhance", str(src_dir), "-o", str(out), "-q",
-                                             "--model", model, "--device", "cpu", "--chunk-s",
-                                             a.chunk_s, *extra], tree or None)
-                            walls[tree].append(w)
-                            rss[tree].append(r)
-                            cpus[tree].append(cpu)
+                            w, r, cpu, per_file = run_once(
+                                ["enhance", str(src_dir), "-o", str(out), "-q", "--model",
+                                 model, "--device", "cpu", "--chunk-s", a.chunk_s, *extra],
+                                arm[0] or None, arm[1])
+                            walls[arm].append(w)
+                            peaks[arm].append(r)
+                            cpus[arm].append(cpu)
+                            files[arm] = per_file
                             shutil.rmtree(out, ignore_errors=True)
-                    for tree in trees:
-                        wall = statistics.median(walls[tree])
+                    for arm in arms:
+                        tree, malloc = arm
+                        wall = statistics.median(walls[arm])
                         audio_s = a.minutes * 60
                         label = name + (f" j{jobs}" if jobs != "1" else "") + (
-                            f" {prec}" if prec else "") + (f" [{tree}]" if tree else "")
+                            f" {prec}" if prec else "") + (f" [{tree}]" if tree else "") + (
+                            f" malloc={malloc}" if malloc else "")
                         rows.append((label, a.minutes, wall, audio_s / wall, wall / audio_s,
-                                     statistics.median(cpus[tree]), max(rss[tree])))
-                        print(f"{label}: wall s {' '.join(f'{w:.1f}' for w in walls[tree])}, "
-                              f"cpu s {' '.join(f'{c:.1f}' for c in cpus[tree])}, "
-                              f"peak RSS MiB {' '.join(f'{r:.0f}' for r in rss[tree])}",
+                                     statistics.median(cpus[arm]), max(peaks[arm])))
+                        print(f"{label}: wall s {' '.join(f'{w:.1f}' for w in walls[arm])}, "
+                              f"cpu s {' '.join(f'{c:.1f}' for c in cpus[arm])}, "
+                              f"peak RSS MiB {' '.join(f'{r:.0f}' for r in peaks[arm])}",
                               flush=True)
+                        if len(files[arm]) > 1:
+                            print(f"  RSS MiB after each file (last run): "
+                                  f"{' '.join(f'{r:.0f}' for r in files[arm])}", flush=True)
     print(f"\nupsr enhance, {a.minutes:g} min stereo 44.1 kHz, {os.cpu_count()} CPUs, "
           f"torch threads {a.threads}, median of {a.repeat}, load average "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())} at the end")

@@ -16,7 +16,10 @@ With ``--precision bf16`` the timed forwards (and the memory child) run under
 table then also gives the relative L2 difference of the bf16 output from the float32 one.
 
 Usage: ``python benchmarks/models_cpu.py [NAME ...] [--seconds 10] [--runs 5] [--threads 2]
-[--precision fp32|bf16]``.
+[--precision fp32|bf16] [--malloc reuse|default] [--no-flops]``. ``--malloc reuse`` (the
+default) sets glibc's allocator as ``upsr enhance`` does (:mod:`upsr.infer.malloc`, the same
+function), ``default`` leaves it alone; the table also gives the median CPU seconds (user +
+system, all threads) and the minor page faults per timed forward.
 Add a model by adding an entry to ``MODELS`` (a function returning the model and its input rate).
 
 Measured 2026-12-01 (issue 13), 2 threads, 10 s, median of 3, quiet machine (load 0.2-2),
@@ -32,8 +35,39 @@ glibc's allocator, same day, fp32, alternating pairs: with ``MALLOC_MMAP_MAX_=0
 MALLOC_TRIM_THRESHOLD_=68719476736`` in the environment (large temporaries come from the heap
 and are reused instead of being mapped and page-faulted in on every call) wave-u-mamba ran at
 0.531 / 0.517 against 0.679 / 0.723 and aeromamba-official at 0.185 / 0.171 against 0.192 /
-0.239, with its peak RSS 1.2-1.3x higher for wave-u-mamba. Not set by upsr (yet): memory is
-then never returned to the system, which a long batch run would have to be measured for.
+0.239, with its peak RSS 1.2-1.3x higher for wave-u-mamba.
+
+``upsr enhance`` now sets this itself (:mod:`upsr.infer.malloc`; ``--malloc reuse``, this
+script's default). Measured 2026-12-01 19:56-20:55 UTC, 1 torch thread, ``--runs 3 --no-flops``,
+alternating processes (default, reuse; the order flipped each repeat), medians over the
+repeats; the machine was heavily loaded by other engineers (1-min load 3.5-11, median ~8 on
+2 cores), so the wall-time RTF is mostly other processes' time and the CPU seconds per forward
+(user + system) compare better:
+
+    model               audio prec  CPU s default  CPU s reuse  ratio  faults/fwd default  reuse
+    aeromamba-official  10 s  fp32  4.11           3.65        0.89   272 k               5 k
+    aeromamba-official  10 s  bf16  2.51           2.08        0.83   138 k               7 k
+    aeromamba (paper)   10 s  fp32  6.28           4.89        0.78   376 k               3 k
+    aeromamba (paper)   10 s  bf16  3.76           3.58        0.95   220 k               7 k
+    wave-u-mamba         5 s  fp32  5.96           4.76        0.80   416 k              11 k
+    wave-u-mamba         5 s  bf16  5.14           4.25        0.83   360 k               6 k
+    apollo               2 s  fp32  9.21           8.74        0.95   461 k               1 k
+    apollo               2 s  bf16  3.75           3.77        1.01    25 k               0
+
+Peak RSS of one cold forward (memory child, medians) moved by -3 % to +54 % (aeromamba-official
+fp32 457 -> 704 MiB, wave-u-mamba bf16 780 -> 978 MiB, apollo fp32 501 -> 579 MiB): the heap
+fragments where mapped blocks would have been returned. Apollo in bf16 hardly allocates large
+blocks per call (25 k faults), so it gains nothing. Alternatives, measured 21:00 UTC on
+aeromamba-official fp32 10 s (1 thread, 2 alternating repeats, load 3.4-5.6; CPU s per forward,
+faults per forward, peak MiB): glibc default 4.29 / 4.39, 308-319 k, 425-469;
+``MALLOC_MMAP_MAX_=0`` alone 4.12 / 4.33, 265 k, 568-576 (setting it freezes the trim threshold
+at 128 KiB: the heap's top is handed back and faulted in again after every call);
+``MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=1073741824`` (mmap left on) 3.72 / 4.17, 14
+k, 594-605 (a 1 GiB top pad lets the heap's top serve the large blocks before mmap is tried);
+upsr's setting 3.90 / 3.51, 2-7 k, 487-595. Raising trim threshold and top pad works almost as
+well, but depends on the pad exceeding what a call needs; ``M_MMAP_MAX=0`` does not. A fixed
+``M_MMAP_THRESHOLD`` of e.g. 1 GiB (glibc 2.36 accepts it) with trimming off would act like
+``M_MMAP_MAX=0`` here (not measured).
 """
 
 from __future__ import annotations
@@ -109,22 +143,37 @@ def _autocast(precision: str) -> tp.ContextManager[tp.Any]:
     return autocast(precision, "cpu")
 
 
-def _peak_memory_child(name: str, seconds: float, threads: int, precision: str) -> None:
+def _allocator(malloc: str) -> None:
+    """``reuse``: glibc's allocator as ``upsr enhance`` sets it (upsr.infer.malloc; this
+    script owns its process); ``default``: left alone."""
+    if malloc == "reuse":
+        from upsr.infer import malloc as alloc
+
+        alloc.own_process()
+        status = alloc.for_inference()
+        if status != "applied":
+            print(f"allocator settings not applied: {status}", file=sys.stderr)
+
+
+def _peak_memory_child(name: str, seconds: float, threads: int, precision: str,
+                       malloc: str) -> None:
     """Run in a fresh process: print the RSS high-water mark one cold forward adds (bytes)."""
+    _allocator(malloc)
     torch.set_num_threads(threads)
     model, sr = MODELS[name]()
     x = _signal(seconds, sr)
     before = _rss_bytes()
     with torch.inference_mode(), _autocast(precision):
-        model.restore(x)
+        model.restore(x)  # type: ignore[operator]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     print(json.dumps({"peak_bytes": max(0, peak - before)}))
 
 
-def peak_memory(name: str, seconds: float, threads: int, precision: str) -> int:
+def peak_memory(name: str, seconds: float, threads: int, precision: str,
+                malloc: str = "default") -> int:
     out = subprocess.run([sys.executable, __file__, "--memory-child", name,
                           "--seconds", str(seconds), "--threads", str(threads),
-                          "--precision", precision],
+                          "--precision", precision, "--malloc", malloc],
                          check=True, capture_output=True, text=True).stdout
     return int(json.loads(out.strip().splitlines()[-1])["peak_bytes"])
 
@@ -178,7 +227,7 @@ def scan_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def bench(name: str, seconds: float, runs: int, threads: int, mm_gflops: float,
-          precision: str = "fp32") -> dict:
+          precision: str = "fp32", malloc: str = "default", flops: bool = True) -> dict:
     model, sr = MODELS[name]()
     x = _signal(seconds, sr)
     rel_l2 = float("nan")
@@ -188,21 +237,26 @@ def bench(name: str, seconds: float, runs: int, threads: int, mm_gflops: float,
             with torch.autocast("cpu", enabled=False):
                 y32 = model.restore(x)  # type: ignore[operator]
             rel_l2 = float((y.float() - y32).norm() / y32.norm())
-        times = []
+        times, cpu_times = [], []
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(runs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model.restore(x)  # type: ignore[operator]
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     wall = statistics.median(times)
-    flops = count_flops(model, x) + scan_flops(model, x)
+    counted = count_flops(model, x) + scan_flops(model, x) if flops else float("nan")
     return {
         "model": name,
         "rtf": wall / seconds,
         "wall_s": wall,
-        "peak_mib": peak_memory(name, seconds, threads, precision) / 2**20,
+        "cpu_s": statistics.median(cpu_times),
+        "peak_mib": peak_memory(name, seconds, threads, precision, malloc) / 2**20,
+        "faults_per_run": faults / runs,
         "rel_l2": rel_l2,
-        "gflop_per_audio_s": flops / seconds / 1e9,
-        "matmul_fraction": flops / wall / 1e9 / mm_gflops,
+        "gflop_per_audio_s": counted / seconds / 1e9,
+        "matmul_fraction": counted / wall / 1e9 / mm_gflops,
     }
 
 
@@ -213,11 +267,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
+                    help="glibc allocator: as upsr enhance sets it (reuse) or glibc's default")
+    ap.add_argument("--flops", action=argparse.BooleanOptionalAction, default=True,
+                    help="count FLOPs (two more forward passes per model)")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_child:
-        _peak_memory_child(args.memory_child, args.seconds, args.threads, args.precision)
+        _peak_memory_child(args.memory_child, args.seconds, args.threads, args.precision,
+                           args.malloc)
         return
+    _allocator(args.malloc)
     torch.set_num_threads(args.threads)
     names = args.names or list(MODELS)
     unknown = [n for n in names if n not in MODELS]
@@ -225,14 +285,16 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"unknown model {unknown[0]!r} (known: {', '.join(MODELS)})")
     mm = matmul_gflops()
     print(f"threads {args.threads}, {args.seconds:g} s of audio, median of {args.runs}, "
-          f"{args.precision}; matmul (fp32) {mm:.1f} GFLOP/s")
-    print(f"{'model':<20} {'RTF':>8} {'wall s':>8} {'peak MiB':>9} {'GFLOP/s audio':>14} "
-          f"{'of matmul':>10} {'rel L2 vs fp32':>15}")
+          f"{args.precision}, malloc {args.malloc}; matmul (fp32) {mm:.1f} GFLOP/s")
+    print(f"{'model':<20} {'RTF':>8} {'wall s':>8} {'cpu s':>8} {'peak MiB':>9} {'faults/run':>11} "
+          f"{'GFLOP/s audio':>14} {'of matmul':>10} {'rel L2 vs fp32':>15}")
     for name in names:
-        r = bench(name, args.seconds, args.runs, args.threads, mm, args.precision)
-        print(f"{r['model']:<20} {r['rtf']:>8.3f} {r['wall_s']:>8.2f} {r['peak_mib']:>9.0f} "
-              f"{r['gflop_per_audio_s']:>14.2f} {r['matmul_fraction']:>10.1%} "
-              f"{r['rel_l2']:>15.2e}", flush=True)
+        r = bench(name, args.seconds, args.runs, args.threads, mm, args.precision, args.malloc,
+                  args.flops)
+        print(f"{r['model']:<20} {r['rtf']:>8.3f} {r['wall_s']:>8.2f} {r['cpu_s']:>8.2f} "
+              f"{r['peak_mib']:>9.0f} "
+              f"{r['faults_per_run']:>11.0f} {r['gflop_per_audio_s']:>14.2f} "
+              f"{r['matmul_fraction']:>10.1%} {r['rel_l2']:>15.2e}", flush=True)
 
 
 if __name__ == "__main__":

@@ -224,6 +224,9 @@ def enhance(
     if dry_run:
         _print_plan(items, opts)
         return
+    from upsr.infer import malloc
+
+    malloc.for_inference()  # large temporaries reused, not re-mapped, call after call
 
     counts: dict[str, int] = {}
     t0 = time.perf_counter()

@@ -153,7 +153,13 @@ def command() -> tp.Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; map every failure to a one-line message and the documented exit code."""
+    """Run the CLI; map every failure to a one-line message and the documented exit code.
+    Without ``argv`` (the ``upsr`` command itself) upsr owns the process and may tune its
+    allocator for inference (:mod:`upsr.infer.malloc`); a caller passing ``argv`` keeps its own."""
+    if argv is None:
+        from upsr.infer import malloc
+
+        malloc.own_process()
     command_ = command()
     _common.on_interrupt(lambda: "")  # forget a note left by an earlier in-process run
     code: tp.Any = 0

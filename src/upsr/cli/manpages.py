@@ -85,6 +85,11 @@ ENVIRONMENT: Items = [
                        "(default ~/.cache/upsr/models)."),
     ("NO_COLOR", "Disables colour (progress bars and tables)."),
     ("OMP_NUM_THREADS", "CPU threads torch uses."),
+    ("UPSR_MALLOC", "default: leave glibc's allocator as it is. Otherwise upsr enhance keeps "
+                    "large blocks in the heap for reuse (MALLOC_MMAP_MAX_=0, no automatic "
+                    "trimming; also in its worker processes) and hands free memory back after "
+                    "every file, unless any MALLOC_* variable or a glibc.malloc tunable is set: "
+                    "the user's settings win."),
 ]
 
 EXAMPLES: dict[str, list[str]] = {

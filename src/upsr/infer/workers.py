@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from upsr.errors import UsageError
+from upsr.infer import malloc
 from upsr.infer.batch import BatchOptions, Item, enhance_files, remove_stale_outputs
 from upsr.infer.claims import Claims
 
@@ -179,6 +180,7 @@ def run_claimed(items: tp.Iterable[Item], model_ref: str, opts: BatchOptions, cl
             for t in targets:
                 claims.release(t)
             batch.clear()
+            malloc.between_files()  # free heap pages back to the system (upsr.infer.malloc)
 
     def take(it: Item) -> bool:
         if it.dst == "-":
