@@ -315,3 +315,24 @@ def test_bitrate_auto_sees_the_band_limit_of_long_files(run_cli, tmp_path, monke
     rec = json.loads((tmp_path / "r.json").read_text())["files"][0]
     assert rec["status"] == "done"  # not mistaken for full band
     assert 15000 < rec["cutoff_hz"] <= 16100
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_the_model_is_loaded_once_per_process(run_cli, tree, tmp_path, monkeypatch, jobs):
+    """The CLI loads the model to check --model before any work; its own worker reuses that
+    load instead of reading the weights a second time (with --jobs the workers are other
+    processes, so this one loads it only for the check)."""
+    from upsr import models
+
+    calls: list[str] = []
+    real = models.load_model
+
+    def counting(ref, *args, **kwargs):
+        calls.append(ref)
+        return real(ref, *args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", counting)
+    code, _, err = run_cli("enhance", tree, "-o", tmp_path / "out", "--jobs", str(jobs))
+    assert code == 0, err
+    assert calls == ["sbr"]
+    assert len(list((tmp_path / "out").rglob("*.*"))) == 3

@@ -209,11 +209,15 @@ def enhance(
 
     first = family_ref(model, bitrate_auto)  # --bitrate-auto: installed variants suffice
     pending = hub.pending_pull(first) if dry_run and not offline else None
+    loaded: dict[str, object] = {}  # models by reference, for this process's worker
     if pending is not None:  # a dry run downloads nothing; it says that the run will
         print(f"upsr: {pending.name} is not installed: the run downloads it from "
               f"{pending.where} first", file=sys.stderr)
     else:  # fail (or fetch weights) before any work on a bad --model/option
-        models.load_model(first, pull=not offline, **overrides)
+        checked = models.load_model(first, pull=not offline, **overrides)
+        if jobs == 1:  # this process restores the files: the model is not loaded twice
+            loaded[first] = checked if where == "cpu" else checked.to(where)
+        del checked
     from upsr.audio.quiet import captured
 
     with captured():
@@ -242,7 +246,7 @@ def enhance(
     bar = _AudioProgress() if _common.show_progress(quiet) else None
     try:
         done = workers.run_workers(items, model, opts, out, jobs=jobs, rank=rank,
-                                   claim_timeout_s=claim_timeout,
+                                   claim_timeout_s=claim_timeout, cache=loaded,
                                    on_item=on_item if bar is None else bar.wrap(on_item),
                                    progress=bar.advance if bar else None,
                                    on_planned=bar.start if bar else None)

@@ -325,10 +325,13 @@ def run_workers(items: list[Item], model_ref: str, opts: BatchOptions, out: str,
                 claim_timeout_s: float = 600.0, rank: Rank | None = None,
                 on_item: Callback | None = None,
                 progress: Progress | None = None,
-                poll_s: float = POLL_S, on_planned: Planned | None = None) -> list[Item]:
+                poll_s: float = POLL_S, on_planned: Planned | None = None,
+                cache: dict[str, tp.Any] | None = None) -> list[Item]:
     """Restore ``items`` (as planned by ``plan_items``) as this worker's part of a possibly
     shared run; returns the items in the order they finished. ``progress``/``on_planned`` as
-    in :func:`upsr.infer.batch.enhance_files` (with ``--jobs``, whole files as they finish)."""
+    in :func:`upsr.infer.batch.enhance_files` (with ``--jobs``, whole files as they finish).
+    ``cache``: models already loaded (by reference, on ``opts.device``) for this process's
+    own worker; ``--jobs`` workers load their own."""
     if jobs < 1:
         raise UsageError("--jobs must be >= 1")
     if claim_timeout_s <= 0:
@@ -350,7 +353,7 @@ def run_workers(items: list[Item], model_ref: str, opts: BatchOptions, out: str,
     else:
         with Claims(claim_timeout_s) as claims:
             run_claimed(mine, model_ref, opts, claims, emit, progress, group=group,
-                        poll_s=poll_s, on_planned=on_planned)
+                        poll_s=poll_s, on_planned=on_planned, cache=cache)
     return done
 
 
