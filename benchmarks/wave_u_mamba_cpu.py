@@ -4,8 +4,9 @@ Published configuration (19 Mamba blocks, 4.2 M parameters), weights drawn with 
 ``--seconds`` of noise at 48 kHz (0.1 RMS), ``restore`` under ``inference_mode``; ``--precision
 bf16`` runs under bf16 autocast as ``upsr enhance --precision bf16`` does.
 
-- default: the split of one forward between the 19 Mamba blocks (:class:`upsr.nn.mamba.Mamba`,
-  timed with forward hooks) and the rest (convolutions, LayerNorms, activations, copies), in
+- default: the split of one forward between the 8 Mamba stacks (the 19 Mamba blocks with their
+  LayerNorms and residual adds, :class:`upsr.models.wave_u_mamba.MambaStack`, timed with
+  forward hooks) and the rest (convolutions, LayerNorms, activations, copies), in
   wall and CPU seconds (median of ``--runs``), then the ``--top`` functions by CPU time
   (cProfile with a process-CPU-time clock, so time other processes take from a shared machine
   is not counted; torch ops appear as their Python entry points);
@@ -91,8 +92,10 @@ def _load_file(path: str) -> tp.Any:
 
 
 def split(model: torch.nn.Module, x: torch.Tensor, runs: int, precision: str) -> None:
-    """Median wall/CPU seconds of a forward, and of the part inside the Mamba blocks."""
-    from upsr.nn.mamba import Mamba
+    """Median wall/CPU seconds of a forward, and of the part inside the Mamba stacks (the 19
+    blocks with their LayerNorms and residual adds; hooks on the stacks, not on the Mamba
+    modules: a hooked block runs as a module, not chunked)."""
+    from upsr.models.wave_u_mamba import MambaStack
 
     inside = {"wall": 0.0, "cpu": 0.0}
     start: dict[str, float] = {}
@@ -104,7 +107,7 @@ def split(model: torch.nn.Module, x: torch.Tensor, runs: int, precision: str) ->
         inside["wall"] += time.perf_counter() - start["wall"]
         inside["cpu"] += time.process_time() - start["cpu"]
 
-    hooks = [h for m in model.modules() if isinstance(m, Mamba)
+    hooks = [h for m in model.modules() if isinstance(m, MambaStack)
              for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
     rows: dict[str, list[float]] = {k: [] for k in ("wall", "cpu", "mwall", "mcpu")}
     with torch.inference_mode(), _autocast(precision):
@@ -124,7 +127,7 @@ def split(model: torch.nn.Module, x: torch.Tensor, runs: int, precision: str) ->
     print(f"{'':<14}{'wall s':>9}{'CPU s':>9}{'CPU share':>11}")
     print(f"{'forward':<14}{med['wall']:>9.3f}{med['cpu']:>9.3f}{1:>11.1%}   "
           f"(RTF {med['wall'] / seconds:.3f} wall, {med['cpu'] / seconds:.3f} CPU)")
-    print(f"{'Mamba blocks':<14}{med['mwall']:>9.3f}{med['mcpu']:>9.3f}"
+    print(f"{'Mamba stacks':<14}{med['mwall']:>9.3f}{med['mcpu']:>9.3f}"
           f"{med['mcpu'] / med['cpu']:>11.1%}")
     print(f"{'rest':<14}{med['wall'] - med['mwall']:>9.3f}{med['cpu'] - med['mcpu']:>9.3f}"
           f"{1 - med['mcpu'] / med['cpu']:>11.1%}")

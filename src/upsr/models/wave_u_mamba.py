@@ -40,6 +40,7 @@ from upsr.errors import CheckpointError, UsageError
 from upsr.models import register
 from upsr.models.base import Restorer
 from upsr.models.importers import Overrides
+from upsr.nn.scan import resolve_backend
 
 LRELU_SLOPE = 0.1  # every LeakyReLU except the one before the output conv (PyTorch's 0.01)
 STAGES = 4  # down blocks = up stages; each halves / doubles the time axis
@@ -177,6 +178,15 @@ class TimeMamba(nn.Module):
         return self.mamba(x.transpose(1, 2)).transpose(1, 2)
 
 
+def _has_forward_hooks(module: nn.Module) -> bool:
+    """Whether a forward (pre-)hook is registered on ``module``, a submodule or globally."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
 class MambaStack(nn.Module):
     """``n`` pre-LN residual Mamba blocks, ``x ← x + Mamba(LN(x))`` on ``[B, C, L]``
     (block ``j`` is ``blocks.j.0`` = LN, ``blocks.j.1`` = Mamba, as in the official
@@ -190,18 +200,52 @@ class MambaStack(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, L] -> [B, C, L]``, computed on the ``[B, L, C]`` view: for a channel-last
         ``x`` (the model's layout, see :func:`conv1d`) not one copy (the block-by-block
-        official layout transposes four times and copies twice per block); the same sums in
-        the same order as ``x ← x + block(x)``, so the result is bit-identical."""
+        official layout transposes four times and copies twice per block).
+
+        Inference on CPU (no autograd, float32 or bf16 autocast) runs each block as
+        :func:`upsr.nn.mamba_chunked.mamba_chunked`: LayerNorm, Mamba and the residual add
+        chunk by chunk in time, the stack's output one buffer updated in place (the same
+        math as ``x ← x + block(x)``, float32 rounding apart). Elsewhere (training, float64,
+        other devices, forward hooks on the blocks) they run one after the other as
+        modules."""
         if not self.blocks:
             return x
         h = x.transpose(1, 2)  # [B, L, C]: contiguous when x is channel-last
+        if self._chunked(h):
+            return self._forward_chunked(h).transpose(1, 2)
         for block in self.blocks:
-            norm, mamba = tp.cast(tuple[ChannelLayerNorm, TimeMamba],
-                                  tuple(tp.cast(nn.Sequential, block)))
+            norm, mamba = self._parts(block)
             # float32 under autocast (see WaveUMamba); Mamba's output first: the sum takes its
             # contiguous [B, L, C] layout
             h = float32_region(mamba.mamba, norm.layernorm(h)) + h
         return h.transpose(1, 2)
+
+    @staticmethod
+    def _parts(block: nn.Module) -> tuple[ChannelLayerNorm, TimeMamba]:
+        return tp.cast(tuple[ChannelLayerNorm, TimeMamba], tuple(tp.cast(nn.Sequential, block)))
+
+    def _chunked(self, h: torch.Tensor) -> bool:
+        """Whether the blocks take Mamba's CPU inference path (then: the chunked one) and no
+        forward hook waits for their modules' inputs or outputs (which it would not see)."""
+        if h.dtype not in (torch.float32, torch.bfloat16) or _has_forward_hooks(self.blocks):
+            return False
+        mamba = self._parts(self.blocks[0])[1].mamba
+        return mamba._use_channel_last(h, resolve_backend(mamba.backend, h.device))
+
+    def _forward_chunked(self, h: torch.Tensor) -> torch.Tensor:
+        """The stack on ``h: [B, L, C]`` with :func:`mamba_chunked`; float32 result (the
+        blocks are float32 regions under autocast, see :class:`WaveUMamba`)."""
+        from upsr.nn.mamba_chunked import mamba_chunked
+
+        src = h.float().contiguous()
+        out: torch.Tensor | None = None
+        for block in self.blocks:
+            norm, mamba = self._parts(block)
+            out = mamba_chunked(mamba.mamba, src, src if out is not None else None,
+                                norm=norm.layernorm, residual=src)
+            src = out
+        assert out is not None
+        return out
 
 
 class DownBlock(nn.Module):
