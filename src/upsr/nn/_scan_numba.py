@@ -380,6 +380,68 @@ def _backward(u, delta, A, Bt, Ct, D, gate, has_gate, gout, glast, ckpt,
             dD_part[w, d] += dD_loc
 
 
+@_njit(nogil=True, fastmath=FASTMATH, error_model="numpy")
+def _scan_cl_job(x, xdbl, dt_rank, wdt_t, bdt, a_t, D, gate, gate_offset, has_gate, reverse,
+                 accumulate, out, last, carry, b, d0, nb):  # pragma: no cover - compiled
+    """One job of :func:`_mamba_scan_cl`: batch row ``b``, channels ``d0 .. d0+nb``."""
+    n_state = a_t.shape[0]
+    length = out.shape[1]
+    one = out.dtype.type(1.0)
+    at = np.ascontiguousarray(a_t[:, d0:d0 + nb])  # [N, nb], A·log2(e)
+    wt = np.ascontiguousarray(wdt_t[:, d0:d0 + nb])  # [R, nb]
+    bias = bdt[d0:d0 + nb].copy()
+    skip = D[d0:d0 + nb].copy()
+    h = np.zeros((n_state, nb), dtype=out.dtype)
+    if carry:
+        for j in range(nb):
+            for n in range(n_state):
+                h[n, j] = last[b, d0 + j, n]
+    dl = np.empty(nb, dtype=out.dtype)
+    du = np.empty(nb, dtype=out.dtype)
+    acc = np.empty(nb, dtype=out.dtype)
+    for step in range(length):
+        t = length - 1 - step if reverse else step
+        xr = xdbl[b, t]
+        ur = x[b, t, d0:d0 + nb]  # slices, not offset indices: those compile to gathers
+        orow = out[b, t, d0:d0 + nb]
+        for j in range(nb):
+            dl[j] = bias[j]
+        for r in range(dt_rank):
+            s = xr[r]
+            wr = wt[r]
+            for j in range(nb):
+                dl[j] += s * wr[j]
+        for j in range(nb):
+            v = softplus_ad(dl[j])
+            uj = ur[j]
+            dl[j] = v
+            du[j] = v * uj
+            acc[j] = skip[j] * uj
+        for n in range(n_state):
+            bn = xr[dt_rank + n]
+            cn = xr[dt_rank + n_state + n]
+            hn = h[n]
+            an = at[n]
+            for j in range(nb):
+                hv = exp2_ad(dl[j] * an[j]) * hn[j] + du[j] * bn
+                hn[j] = hv
+                acc[j] += hv * cn
+        if has_gate:  # SiLU(z) fused: z is read from the in_proj output itself
+            zr = gate[b, t, gate_offset + d0:gate_offset + d0 + nb]
+            for j in range(nb):
+                zt = zr[j]
+                acc[j] = acc[j] * zt / (one + exp_ad(-zt))
+        if accumulate:
+            for j in range(nb):
+                orow[j] += acc[j]
+        else:
+            for j in range(nb):
+                orow[j] = acc[j]
+    for j in range(nb):
+        for n in range(n_state):
+            last[b, d0 + j, n] = h[n, j]
+
+
 @_njit(parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 def _mamba_scan_cl(x, xdbl, dt_rank, wdt_t, bdt, a_t, D, gate, gate_offset, has_gate,
                    reverse, accumulate, out, last, carry, block):  # pragma: no cover - compiled
@@ -403,66 +465,51 @@ def _mamba_scan_cl(x, xdbl, dt_rank, wdt_t, bdt, a_t, D, gate, gate_offset, has_
     lives in ``h: [N, block]``.
     """
     bsz, length, di = out.shape
-    n_state = a_t.shape[0]
     n_blocks = (di + block - 1) // block
-    one = out.dtype.type(1.0)
     for job in prange(bsz * n_blocks):
         b = job // n_blocks
         d0 = (job % n_blocks) * block
-        nb = min(di, d0 + block) - d0
-        at = np.ascontiguousarray(a_t[:, d0:d0 + nb])  # [N, nb], A·log2(e)
-        wt = np.ascontiguousarray(wdt_t[:, d0:d0 + nb])  # [R, nb]
-        bias = bdt[d0:d0 + nb].copy()
-        skip = D[d0:d0 + nb].copy()
-        h = np.zeros((n_state, nb), dtype=out.dtype)
-        if carry:
-            for j in range(nb):
-                for n in range(n_state):
-                    h[n, j] = last[b, d0 + j, n]
-        dl = np.empty(nb, dtype=out.dtype)
-        du = np.empty(nb, dtype=out.dtype)
-        acc = np.empty(nb, dtype=out.dtype)
-        for step in range(length):
-            t = length - 1 - step if reverse else step
-            xr = xdbl[b, t]
-            ur = x[b, t, d0:d0 + nb]  # slices, not offset indices: those compile to gathers
-            orow = out[b, t, d0:d0 + nb]
-            for j in range(nb):
-                dl[j] = bias[j]
-            for r in range(dt_rank):
-                s = xr[r]
-                wr = wt[r]
-                for j in range(nb):
-                    dl[j] += s * wr[j]
-            for j in range(nb):
-                v = softplus_ad(dl[j])
-                uj = ur[j]
-                dl[j] = v
-                du[j] = v * uj
-                acc[j] = skip[j] * uj
-            for n in range(n_state):
-                bn = xr[dt_rank + n]
-                cn = xr[dt_rank + n_state + n]
-                hn = h[n]
-                an = at[n]
-                for j in range(nb):
-                    hv = exp2_ad(dl[j] * an[j]) * hn[j] + du[j] * bn
-                    hn[j] = hv
-                    acc[j] += hv * cn
-            if has_gate:  # SiLU(z) fused: z is read from the in_proj output itself
-                zr = gate[b, t, gate_offset + d0:gate_offset + d0 + nb]
-                for j in range(nb):
-                    zt = zr[j]
-                    acc[j] = acc[j] * zt / (one + exp_ad(-zt))
-            if accumulate:
-                for j in range(nb):
-                    orow[j] += acc[j]
+        _scan_cl_job(x, xdbl, dt_rank, wdt_t, bdt, a_t, D, gate, gate_offset, has_gate, reverse,
+                     accumulate, out, last, carry, b, d0, min(di, d0 + block) - d0)
+
+
+@_njit(nogil=True, fastmath=FASTMATH, error_model="numpy")
+def _mamba_scan_cl_serial(x, xdbl, dt_rank, wdt_t, bdt, a_t, D, gate, gate_offset, has_gate,
+                          out, last, carry, c0, c1, block):  # pragma: no cover - compiled
+    """:func:`_mamba_scan_cl` (forward in time, no accumulation) on the calling thread, for
+    channels ``c0 .. c1`` only, in blocks of ``block``: one lane of
+    :mod:`upsr.nn.mamba_chunked`, which runs one such call per core on its own threads."""
+    for b in range(out.shape[0]):
+        for d0 in range(c0, c1, block):
+            _scan_cl_job(x, xdbl, dt_rank, wdt_t, bdt, a_t, D, gate, gate_offset, has_gate,
+                         False, False, out, last, carry, b, d0, min(c1, d0 + block) - d0)
+
+
+@_njit(nogil=True, fastmath=FASTMATH, error_model="numpy")
+def _conv_cl_rows(x, hist, wt, bias, out, b, t0, t1, reverse):  # pragma: no cover - compiled
+    """Steps ``t0 .. t1`` of batch row ``b`` of :func:`_conv_silu_cl`; ``wt: [K, Di]``."""
+    length, di = out.shape[1], out.shape[2]
+    k = wt.shape[0]
+    one = out.dtype.type(1.0)
+    acc = np.empty(di, dtype=out.dtype)
+    for t in range(t0, t1):
+        for d in range(di):
+            acc[d] = bias[d]
+        for j in range(k):
+            s = t + k - 1 - j if reverse else t - k + 1 + j
+            if 0 <= s < length:
+                xrow = x[b, s]
+            elif hist.shape[1] > 0:
+                xrow = hist[b, s - length if reverse else s + k - 1]
             else:
-                for j in range(nb):
-                    orow[j] = acc[j]
-        for j in range(nb):
-            for n in range(n_state):
-                last[b, d0 + j, n] = h[n, j]
+                continue
+            wrow = wt[j]
+            for d in range(di):
+                acc[d] += wrow[d] * xrow[d]
+        orow = out[b, t]
+        for d in range(di):
+            v = acc[d]
+            orow[d] = v / (one + exp_ad(-v))
 
 
 @_njit(parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
@@ -475,34 +522,21 @@ def _conv_silu_cl(x, hist, weight, bias, out, block, reverse):  # pragma: no cov
     time-reversed sequence, in the original time order. ``hist: [Bsz, K-1, ≥Di]`` holds the
     inputs before step 0 (with ``reverse``: after step L-1), in time order, for a sequence
     run chunk by chunk; ``[Bsz, 0, ·]`` means zeros."""
-    bsz, length, di = out.shape
-    k = weight.shape[1]
+    bsz, length = out.shape[0], out.shape[1]
     n_blocks = (length + block - 1) // block
     wt = np.ascontiguousarray(weight.T)  # [K, Di]
-    one = out.dtype.type(1.0)
     for job in prange(bsz * n_blocks):
-        b = job // n_blocks
         t0 = (job % n_blocks) * block
-        t1 = min(length, t0 + block)
-        acc = np.empty(di, dtype=out.dtype)
-        for t in range(t0, t1):
-            for d in range(di):
-                acc[d] = bias[d]
-            for j in range(k):
-                s = t + k - 1 - j if reverse else t - k + 1 + j
-                if 0 <= s < length:
-                    xrow = x[b, s]
-                elif hist.shape[1] > 0:
-                    xrow = hist[b, s - length if reverse else s + k - 1]
-                else:
-                    continue
-                wrow = wt[j]
-                for d in range(di):
-                    acc[d] += wrow[d] * xrow[d]
-            orow = out[b, t]
-            for d in range(di):
-                v = acc[d]
-                orow[d] = v / (one + exp_ad(-v))
+        _conv_cl_rows(x, hist, wt, bias, out, job // n_blocks, t0, min(length, t0 + block),
+                      reverse)
+
+
+@_njit(nogil=True, fastmath=FASTMATH, error_model="numpy")
+def _conv_silu_cl_serial(x, hist, wt, bias, out):  # pragma: no cover - compiled
+    """:func:`_conv_silu_cl` (causal) on the calling thread, ``wt: [K, Di]``: one lane of
+    :mod:`upsr.nn.mamba_chunked`."""
+    for b in range(out.shape[0]):
+        _conv_cl_rows(x, hist, wt, bias, out, b, 0, out.shape[1], False)
 
 
 def conv_silu_channel_last(xz: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
