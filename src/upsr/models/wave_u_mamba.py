@@ -49,6 +49,9 @@ UP_KERNELS = (4, 4, 8, 8)  # ConvTranspose1d kernel sizes, stride 2, padding (k 
 RES_KERNEL = 3  # HiFi-GAN ResBlock kernel and dilations
 RES_DILATIONS = (1, 3)
 POST_KERNEL = 7
+# Mamba projections run as bf16 GEMMs under bf16 autocast (the scan, conv, x_proj and the
+# residual stream stay float32; see WaveUMamba)
+MAMBA_BF16 = ("in_proj", "out_proj")
 _WEIGHT_CACHE = "_upsr_conv_weight"  # instance attribute (not state): (key, weight)
 
 
@@ -237,12 +240,17 @@ class MambaStack(nn.Module):
         blocks are float32 regions under autocast, see :class:`WaveUMamba`)."""
         from upsr.nn.mamba_chunked import mamba_chunked
 
+        bf16 = torch.is_autocast_enabled("cpu") and (
+            torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        proj = {name: torch.bfloat16 if bf16 and name in MAMBA_BF16 else torch.float32
+                for name in ("in_proj", "out_proj")}
         src = h.float().contiguous()
         out: torch.Tensor | None = None
         for block in self.blocks:
             norm, mamba = self._parts(block)
             out = mamba_chunked(mamba.mamba, src, src if out is not None else None,
-                                norm=norm.layernorm, residual=src)
+                                norm=norm.layernorm, residual=src, proj_dtype=proj["in_proj"],
+                                out_proj_dtype=proj["out_proj"])
             src = out
         assert out is not None
         return out

@@ -137,13 +137,15 @@ def _np(t: torch.Tensor) -> tp.Any:
 
 def mamba_chunked(m: Mamba, h: torch.Tensor, out: torch.Tensor | None = None, *,
                   norm: nn.LayerNorm | None = None, residual: torch.Tensor | None = None,
-                  proj_dtype: torch.dtype = torch.float32, chunk: int | None = None,
+                  proj_dtype: torch.dtype = torch.float32,
+                  out_proj_dtype: torch.dtype | None = None, chunk: int | None = None,
                   lanes: int | None = None) -> torch.Tensor:
     """``out = residual + m(norm(h))`` (``residual``/``norm`` optional), inference on CPU.
 
     ``h, residual, out: [B, L, d_model]`` float32, C-contiguous; ``out`` (allocated when
     None) may be ``h`` or ``residual`` (in place). ``norm``: a LayerNorm over ``d_model``
-    applied to ``h`` first. ``proj_dtype``: float32, or bfloat16 for in_proj/out_proj.
+    applied to ``h`` first. ``proj_dtype``: float32, or bfloat16 for in_proj and (unless
+    ``out_proj_dtype`` says otherwise) out_proj.
     ``chunk``: steps per chunk (default :func:`chunk_steps`); ``lanes``: threads (default
     torch's thread count). Returns ``out``.
     """
@@ -173,10 +175,12 @@ def mamba_chunked(m: Mamba, h: torch.Tensor, out: torch.Tensor | None = None, *,
     di, k, n_state, rank = m.d_inner, m.d_conv, m.d_state, m.dt_rank
     steps = min(length, chunk_steps(di, n_lanes) if chunk is None else chunk)
     low = proj_dtype != torch.float32
+    out_dtype = proj_dtype if out_proj_dtype is None else out_proj_dtype
+    low_out = out_dtype != torch.float32
     compile_notice(_mamba_scan_cl_serial, "channel-last forward")
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
         w_in = m.in_proj.weight.detach().to(proj_dtype).t()  # [d_model, 2·Di]
-        w_out = m.out_proj.weight.detach().to(proj_dtype).t()  # [Di, d_model]
+        w_out = m.out_proj.weight.detach().to(out_dtype).t()  # [Di, d_model]
         b_in = None if m.in_proj.bias is None else m.in_proj.bias.detach().to(proj_dtype)
         b_out = None if m.out_proj.bias is None else m.out_proj.bias.detach().float()
         w_x = m.x_proj.weight.detach().float().t()  # [Di, R+2N]
@@ -242,8 +246,8 @@ def mamba_chunked(m: Mamba, h: torch.Tensor, out: torch.Tensor | None = None, *,
             o = out[b, t0 + r0:t0 + r1]
             r = None if residual is None else residual[b, t0 + r0:t0 + r1]
             src = y[0, r0:r1]
-            if low:
-                p = torch.mm(src.to(proj_dtype), w_out)
+            if low_out:
+                p = torch.mm(src.to(out_dtype), w_out)
                 if r is None:
                     o.copy_(p)
                 else:
