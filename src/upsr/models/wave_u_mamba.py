@@ -475,18 +475,20 @@ class WaveUMamba(Restorer):
     widths. Trained weights with slower state decay would need more: measure a new checkpoint
     before relying on chunked output to better than 1e-4.
 
-    Under bf16 autocast the four transposed convolutions (``ups``), the output conv
-    (``conv_post``) and the 19 Mamba blocks stay in float32 (:func:`float32_region`); the
-    other convolutions (down path, bottleneck, ResBlocks) run in bf16. Measured with
-    ``benchmarks/bf16_error.py`` (10 s of real music, seeded weights): all layers in bf16 moved
-    the LSD by 0.0206 (rel. L2 4.35e-3), above ``--precision auto``'s 0.01 bound; with ``ups``
-    and ``conv_post`` in float32, 0.0051 (2.28e-3); with the Mamba blocks too (as now),
-    0.0026 (1.93e-3; ``upsr.infer.precision.BF16_ERRORS``). Keeping one group at a time in
-    float32 (4 s excerpt; 0.0232 with none): output conv 0.0159, ``ups`` 0.0165, Mamba
+    Under bf16 autocast the four transposed convolutions (``ups``) and the output conv
+    (``conv_post``) stay in float32 (:func:`float32_region`); the other convolutions (down
+    path, bottleneck, ResBlocks) and the Mamba blocks' ``in_proj``/``out_proj`` (``MAMBA_BF16``)
+    run in bf16, while the blocks' LayerNorms, causal conv, ``x_proj``, scan (state included)
+    and the residual stream stay float32. Measured with ``benchmarks/bf16_error.py``'s method
+    (10 s of real music, seeded weights): all layers in bf16 moved the LSD by 0.0206 (rel. L2
+    4.35e-3), above ``--precision auto``'s 0.01 bound; with ``ups`` and ``conv_post`` in
+    float32, 0.0051 (2.28e-3); as now, 0.0030 (1.95e-3; the Mamba projections in float32 as
+    well: 0.0028 / 1.93e-3; ``upsr.infer.precision.BF16_ERRORS``). Keeping one group at a time
+    in float32 (4 s excerpt; 0.0232 with none): output conv 0.0159, ``ups`` 0.0165, Mamba
     ``out_proj`` 0.0166, down-path convs 0.0178, ResBlocks 0.0208, bottleneck convs or Mamba
-    ``in_proj`` no change; ``ups`` + output conv 0.0062. The Mamba blocks stay float32 for
-    speed: in bf16 their in/out projections cost more in casts (the scan is float32) than they
-    save (``benchmarks/wave_u_mamba_cpu.py``, 1 s, 1 thread, bf16: 0.87× the CPU time).
+    ``in_proj`` no change; ``ups`` + output conv 0.0062. (Before the chunked blocks, bf16
+    projections did not pay: the casts of the full-length float32 scan tensors cost more than
+    the GEMMs saved; inside a chunk the casts run on cached data.)
     """
 
     config_cls = WaveUMambaConfig
