@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import queue
 import threading
 import typing as tp
@@ -101,6 +102,16 @@ class _Lanes:
 
 _LANES: dict[int, _Lanes] = {}
 _LANES_LOCK = threading.Lock()
+
+
+def _forget_lanes_after_fork() -> None:
+    """A forked child has none of the parent's worker threads: start new ones on demand."""
+    global _LANES_LOCK
+    _LANES.clear()
+    _LANES_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_lanes_after_fork)
 
 
 _WORKER = threading.local()
