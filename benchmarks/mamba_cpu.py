@@ -62,6 +62,15 @@ First Mamba inference call in a new process with an empty NUMBA_CACHE_DIR (impor
 ``Mamba(8)`` forward, 2 runs each alternating): base 6.3 / 6.1 CPU s (14.1 / 15.2 s wall),
 new 8.0 / 8.3 CPU s (19.5 / 21.0 s wall); cached 2.1-2.2 CPU s for both: the fused kernel
 costs ≈2 CPU s more to compile once.
+
+Second round (chunked blocks, :mod:`upsr.nn.mamba_chunked`): the channel-last scan and conv
+kernels are now per-job bodies (``_scan_cl_job``, ``_conv_cl_rows``) called from the parallel
+drivers (``prange``, the whole-sequence path of Mamba/BiMamba) and from serial ones (one lane
+of the chunked path). First Wave-U-Mamba forward in a new process (import, build, 0.1 s of
+audio) with an empty NUMBA_CACHE_DIR, main (6ecba3c) / this tree alternating, 2 rounds, load
+7-9: cold 10.7 / 12.1 CPU s vs 7.2 / 6.4 CPU s (102 / 154 s vs 64 / 95 s wall); cached
+3.5 / 3.8 vs 2.5 / 2.4 CPU s: the serial kernels it compiles instead of the ``prange`` ones
+compile faster (parfors lowering is the slow part).
 """
 
 from __future__ import annotations

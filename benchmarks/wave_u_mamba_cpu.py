@@ -4,8 +4,9 @@ Published configuration (19 Mamba blocks, 4.2 M parameters), weights drawn with 
 ``--seconds`` of noise at 48 kHz (0.1 RMS), ``restore`` under ``inference_mode``; ``--precision
 bf16`` runs under bf16 autocast as ``upsr enhance --precision bf16`` does.
 
-- default: the split of one forward between the 19 Mamba blocks (:class:`upsr.nn.mamba.Mamba`,
-  timed with forward hooks) and the rest (convolutions, LayerNorms, activations, copies), in
+- default: the split of one forward between the 8 Mamba stacks (the 19 Mamba blocks with their
+  LayerNorms and residual adds, :class:`upsr.models.wave_u_mamba.MambaStack`, timed with
+  forward hooks) and the rest (convolutions, LayerNorms, activations, copies), in
   wall and CPU seconds (median of ``--runs``), then the ``--top`` functions by CPU time
   (cProfile with a process-CPU-time clock, so time other processes take from a shared machine
   is not counted; torch ops appear as their Python entry points);
@@ -17,10 +18,45 @@ bf16`` runs under bf16 autocast as ``upsr enhance --precision bf16`` does.
     python benchmarks/wave_u_mamba_cpu.py [--seconds 1] [--threads 1] [--runs 5]
         [--precision fp32|bf16] [--baseline FILE] [--top 15]
 
-Measured 2026-12-01 on the shared 2-core development machine (AMD EPYC with avx512_bf16,
-torch 2.13), 1 s of audio, while other jobs kept the load average at 6–12: absolute times are
-inflated 2–5×, so only the interleaved ratios mean much. A = the model file before issue 13's
-changes (official layout), B = this tree; medians of 5, CPU seconds (wall in brackets):
+**Chunked Mamba blocks (issue 13, second round).** The 19 blocks now run as
+:func:`upsr.nn.mamba_chunked.mamba_chunked` (LayerNorm, block and residual add chunk by chunk in
+time, intermediates in cache, phases on lanes of threads instead of two OpenMP pools; bf16
+in_proj/out_proj under autocast). Measured 2026-12-01 20:27-20:55 UTC, 10 s of audio, 2
+threads, ``--baseline`` = the model file of main (6ecba3c) in the same process, medians of 5
+(A,B,B,A,...), while other engineers' jobs kept the load average at 7-9 (wall times inflated
+~5×; CPU seconds in brackets):
+
+    fp32   A 46.31 (16.03)   B 29.92 (11.84)   B/A 0.646 (0.739)   rel. L2 1.65e-7   load 7.4-7.6
+    bf16   A 37.34 (14.05)   B 23.51 (9.32)    B/A 0.630 (0.663)   rel. L2 1.10e-3   load 7.4-10.5
+
+Scaled to the quiet-machine 2-thread RTFs of main (``benchmarks/models_cpu.py``, 19:40 UTC,
+load 0.6-2: fp32 0.693, bf16 0.744) these ratios give about 0.45-0.51 (fp32) and 0.47-0.49
+(bf16): an estimate, to be re-measured on a quiet machine. The old whole-sequence path after
+the kernel split (``Mamba(32)``/``BiMamba(32)`` forward, L=48000, 1 thread, CPU ms, main /
+this tree in alternating processes, 3 rounds, load 9.6): Mamba 77.6/76.7/51.6 vs
+75.2/54.2/71.3, BiMamba 127.2/126.6/104.7 vs 120.6/100.9/115.2 (no change beyond noise).
+
+1 thread, 4 s, bf16, load 9.4-10: A 16.63 (5.09), B 11.12 (3.39): B/A 0.669 (0.666).
+Per block at 1 thread (``Mamba(C)`` + LN + residual on L·C = 3.84 M values, CPU s, old path /
+chunked): C=16 0.240 / 0.116-0.129, C=64 0.214 / 0.131, C=256 0.310 / 0.266; chunk sizes
+256-16384 tried, 1 MiB of in_proj output per lane was best (kept as ``LANE_BYTES``). At 2
+threads the first chunked version (numba's OpenMP ``prange`` between torch's OpenMP GEMMs,
+~6 regions per chunk) took 5.7 s per C=128 block against 0.38 s at 1 thread: torch ships its
+own libgomp, numba's omppool links the system one, and each pool's idle workers spin for 4-10
+ms after every region (CPU time burnt during a sleep after one ``mm`` / ``prange``), so one
+core was always spinning for the other runtime. The lanes (caller + worker threads blocking
+on queues, torch at 1 thread, serial numba kernels) fixed it.
+
+Split of B's fp32 forward now (10 s, 1 thread, CPU s, load 8.5): Mamba stacks 7.55 (67 %),
+rest 3.79; largest own CPU times (cProfile): torch.mm 2.39, scan kernel 2.37, conv2d 2.07,
+addmm 1.08, layer_norm 0.69, leaky_relu 0.51, conv kernel 0.37. bf16 (4 s, 1 thread): scan
+1.12 of 3.09 CPU s, torch.mm 0.91, conv2d 0.40: the float32 scan is now the largest part.
+
+First round, measured 2026-12-01 on the shared 2-core development machine (AMD EPYC with
+avx512_bf16, torch 2.13), 1 s of audio, while other jobs kept the load average at 6–12:
+absolute times are inflated 2–5×, so only the interleaved ratios mean much. A = the model
+file before issue 13's changes (official layout), B = that round's tree; medians of 5, CPU
+seconds (wall in brackets):
 
     fp32, 1 thread     A 3.910 (9.79)   B 3.473 (9.11)   B/A 0.888 (0.930)   load 6.6-7.8
     fp32, 2 threads    A 5.477 (13.98)  B 3.792 (9.76)   B/A 0.692 (0.698)   load 9.0-9.2
@@ -91,8 +127,10 @@ def _load_file(path: str) -> tp.Any:
 
 
 def split(model: torch.nn.Module, x: torch.Tensor, runs: int, precision: str) -> None:
-    """Median wall/CPU seconds of a forward, and of the part inside the Mamba blocks."""
-    from upsr.nn.mamba import Mamba
+    """Median wall/CPU seconds of a forward, and of the part inside the Mamba stacks (the 19
+    blocks with their LayerNorms and residual adds; hooks on the stacks, not on the Mamba
+    modules: a hooked block runs as a module, not chunked)."""
+    from upsr.models.wave_u_mamba import MambaStack
 
     inside = {"wall": 0.0, "cpu": 0.0}
     start: dict[str, float] = {}
@@ -104,7 +142,7 @@ def split(model: torch.nn.Module, x: torch.Tensor, runs: int, precision: str) ->
         inside["wall"] += time.perf_counter() - start["wall"]
         inside["cpu"] += time.process_time() - start["cpu"]
 
-    hooks = [h for m in model.modules() if isinstance(m, Mamba)
+    hooks = [h for m in model.modules() if isinstance(m, MambaStack)
              for h in (m.register_forward_pre_hook(pre), m.register_forward_hook(post))]
     rows: dict[str, list[float]] = {k: [] for k in ("wall", "cpu", "mwall", "mcpu")}
     with torch.inference_mode(), _autocast(precision):
@@ -124,7 +162,7 @@ def split(model: torch.nn.Module, x: torch.Tensor, runs: int, precision: str) ->
     print(f"{'':<14}{'wall s':>9}{'CPU s':>9}{'CPU share':>11}")
     print(f"{'forward':<14}{med['wall']:>9.3f}{med['cpu']:>9.3f}{1:>11.1%}   "
           f"(RTF {med['wall'] / seconds:.3f} wall, {med['cpu'] / seconds:.3f} CPU)")
-    print(f"{'Mamba blocks':<14}{med['mwall']:>9.3f}{med['mcpu']:>9.3f}"
+    print(f"{'Mamba stacks':<14}{med['mwall']:>9.3f}{med['mcpu']:>9.3f}"
           f"{med['mcpu'] / med['cpu']:>11.1%}")
     print(f"{'rest':<14}{med['wall'] - med['mwall']:>9.3f}{med['cpu'] - med['mcpu']:>9.3f}"
           f"{1 - med['mcpu'] / med['cpu']:>11.1%}")

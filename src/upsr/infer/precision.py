@@ -57,10 +57,11 @@ BF16_ERRORS: dict[str, Bf16Error] = {
     # (BSNets in bf16, embedding/head/STFT in float32; upsr.models.apollo). Plain per-op
     # autocast measured 0.0002 / 1.09e-2 on the same excerpt.
     "apollo": Bf16Error(lsd=0.0001, rel_l2=1.28e-2),
-    # bf16 only in the down-path, bottleneck and ResBlock convs: the model keeps its transposed
-    # convs, output conv and Mamba blocks in float32 under autocast (10 s, 1 thread). All
-    # layers in bf16: 0.0206 / 4.35e-3; only ups + conv_post in float32: 0.0051 / 2.28e-3
-    "wave-u-mamba": Bf16Error(lsd=0.0026, rel_l2=1.93e-3),
+    # bf16 in the down-path, bottleneck and ResBlock convs and the Mamba blocks' in_proj/
+    # out_proj; transposed convs, output conv, Mamba scan/conv/x_proj/LayerNorms float32
+    # (10 s, 2 threads). All layers in bf16: 0.0206 / 4.35e-3; only ups + conv_post in
+    # float32: 0.0051 / 2.28e-3; Mamba projections float32 too: 0.0028 / 1.93e-3
+    "wave-u-mamba": Bf16Error(lsd=0.0030, rel_l2=1.95e-3),
 }
 
 

@@ -40,6 +40,7 @@ from upsr.errors import CheckpointError, UsageError
 from upsr.models import register
 from upsr.models.base import Restorer
 from upsr.models.importers import Overrides
+from upsr.nn.scan import resolve_backend
 
 LRELU_SLOPE = 0.1  # every LeakyReLU except the one before the output conv (PyTorch's 0.01)
 STAGES = 4  # down blocks = up stages; each halves / doubles the time axis
@@ -48,6 +49,9 @@ UP_KERNELS = (4, 4, 8, 8)  # ConvTranspose1d kernel sizes, stride 2, padding (k 
 RES_KERNEL = 3  # HiFi-GAN ResBlock kernel and dilations
 RES_DILATIONS = (1, 3)
 POST_KERNEL = 7
+# Mamba projections run as bf16 GEMMs under bf16 autocast (the scan, conv, x_proj and the
+# residual stream stay float32; see WaveUMamba)
+MAMBA_BF16 = ("in_proj", "out_proj")
 _WEIGHT_CACHE = "_upsr_conv_weight"  # instance attribute (not state): (key, weight)
 
 
@@ -177,6 +181,15 @@ class TimeMamba(nn.Module):
         return self.mamba(x.transpose(1, 2)).transpose(1, 2)
 
 
+def _has_forward_hooks(module: nn.Module) -> bool:
+    """Whether a forward (pre-)hook is registered on ``module``, a submodule or globally."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
 class MambaStack(nn.Module):
     """``n`` pre-LN residual Mamba blocks, ``x ← x + Mamba(LN(x))`` on ``[B, C, L]``
     (block ``j`` is ``blocks.j.0`` = LN, ``blocks.j.1`` = Mamba, as in the official
@@ -190,18 +203,57 @@ class MambaStack(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, L] -> [B, C, L]``, computed on the ``[B, L, C]`` view: for a channel-last
         ``x`` (the model's layout, see :func:`conv1d`) not one copy (the block-by-block
-        official layout transposes four times and copies twice per block); the same sums in
-        the same order as ``x ← x + block(x)``, so the result is bit-identical."""
+        official layout transposes four times and copies twice per block).
+
+        Inference on CPU (no autograd, float32 or bf16 autocast) runs each block as
+        :func:`upsr.nn.mamba_chunked.mamba_chunked`: LayerNorm, Mamba and the residual add
+        chunk by chunk in time, the stack's output one buffer updated in place (the same
+        math as ``x ← x + block(x)``, float32 rounding apart). Elsewhere (training, float64,
+        other devices, forward hooks on the blocks) they run one after the other as
+        modules."""
         if not self.blocks:
             return x
         h = x.transpose(1, 2)  # [B, L, C]: contiguous when x is channel-last
+        if self._chunked(h):
+            return self._forward_chunked(h).transpose(1, 2)
         for block in self.blocks:
-            norm, mamba = tp.cast(tuple[ChannelLayerNorm, TimeMamba],
-                                  tuple(tp.cast(nn.Sequential, block)))
+            norm, mamba = self._parts(block)
             # float32 under autocast (see WaveUMamba); Mamba's output first: the sum takes its
             # contiguous [B, L, C] layout
             h = float32_region(mamba.mamba, norm.layernorm(h)) + h
         return h.transpose(1, 2)
+
+    @staticmethod
+    def _parts(block: nn.Module) -> tuple[ChannelLayerNorm, TimeMamba]:
+        return tp.cast(tuple[ChannelLayerNorm, TimeMamba], tuple(tp.cast(nn.Sequential, block)))
+
+    def _chunked(self, h: torch.Tensor) -> bool:
+        """Whether the blocks take Mamba's CPU inference path (then: the chunked one) and no
+        forward hook waits for their modules' inputs or outputs (which it would not see)."""
+        if h.dtype not in (torch.float32, torch.bfloat16) or _has_forward_hooks(self.blocks):
+            return False
+        mamba = self._parts(self.blocks[0])[1].mamba
+        return mamba._use_channel_last(h, resolve_backend(mamba.backend, h.device))
+
+    def _forward_chunked(self, h: torch.Tensor) -> torch.Tensor:
+        """The stack on ``h: [B, L, C]`` with :func:`mamba_chunked`; float32 result (the
+        blocks are float32 regions under autocast, see :class:`WaveUMamba`)."""
+        from upsr.nn.mamba_chunked import mamba_chunked
+
+        bf16 = torch.is_autocast_enabled("cpu") and (
+            torch.get_autocast_dtype("cpu") == torch.bfloat16)
+        proj = {name: torch.bfloat16 if bf16 and name in MAMBA_BF16 else torch.float32
+                for name in ("in_proj", "out_proj")}
+        src = h.float().contiguous()
+        out: torch.Tensor | None = None
+        for block in self.blocks:
+            norm, mamba = self._parts(block)
+            out = mamba_chunked(mamba.mamba, src, src if out is not None else None,
+                                norm=norm.layernorm, residual=src, proj_dtype=proj["in_proj"],
+                                out_proj_dtype=proj["out_proj"])
+            src = out
+        assert out is not None
+        return out
 
 
 class DownBlock(nn.Module):
@@ -423,18 +475,20 @@ class WaveUMamba(Restorer):
     widths. Trained weights with slower state decay would need more: measure a new checkpoint
     before relying on chunked output to better than 1e-4.
 
-    Under bf16 autocast the four transposed convolutions (``ups``), the output conv
-    (``conv_post``) and the 19 Mamba blocks stay in float32 (:func:`float32_region`); the
-    other convolutions (down path, bottleneck, ResBlocks) run in bf16. Measured with
-    ``benchmarks/bf16_error.py`` (10 s of real music, seeded weights): all layers in bf16 moved
-    the LSD by 0.0206 (rel. L2 4.35e-3), above ``--precision auto``'s 0.01 bound; with ``ups``
-    and ``conv_post`` in float32, 0.0051 (2.28e-3); with the Mamba blocks too (as now),
-    0.0026 (1.93e-3; ``upsr.infer.precision.BF16_ERRORS``). Keeping one group at a time in
-    float32 (4 s excerpt; 0.0232 with none): output conv 0.0159, ``ups`` 0.0165, Mamba
+    Under bf16 autocast the four transposed convolutions (``ups``) and the output conv
+    (``conv_post``) stay in float32 (:func:`float32_region`); the other convolutions (down
+    path, bottleneck, ResBlocks) and the Mamba blocks' ``in_proj``/``out_proj`` (``MAMBA_BF16``)
+    run in bf16, while the blocks' LayerNorms, causal conv, ``x_proj``, scan (state included)
+    and the residual stream stay float32. Measured with ``benchmarks/bf16_error.py``'s method
+    (10 s of real music, seeded weights): all layers in bf16 moved the LSD by 0.0206 (rel. L2
+    4.35e-3), above ``--precision auto``'s 0.01 bound; with ``ups`` and ``conv_post`` in
+    float32, 0.0051 (2.28e-3); as now, 0.0030 (1.95e-3; the Mamba projections in float32 as
+    well: 0.0028 / 1.93e-3; ``upsr.infer.precision.BF16_ERRORS``). Keeping one group at a time
+    in float32 (4 s excerpt; 0.0232 with none): output conv 0.0159, ``ups`` 0.0165, Mamba
     ``out_proj`` 0.0166, down-path convs 0.0178, ResBlocks 0.0208, bottleneck convs or Mamba
-    ``in_proj`` no change; ``ups`` + output conv 0.0062. The Mamba blocks stay float32 for
-    speed: in bf16 their in/out projections cost more in casts (the scan is float32) than they
-    save (``benchmarks/wave_u_mamba_cpu.py``, 1 s, 1 thread, bf16: 0.87× the CPU time).
+    ``in_proj`` no change; ``ups`` + output conv 0.0062. (Before the chunked blocks, bf16
+    projections did not pay: the casts of the full-length float32 scan tensors cost more than
+    the GEMMs saved; inside a chunk the casts run on cached data.)
     """
 
     config_cls = WaveUMambaConfig

@@ -380,9 +380,71 @@ def _backward(u, delta, A, Bt, Ct, D, gate, has_gate, gout, glast, ckpt,
             dD_part[w, d] += dD_loc
 
 
+@_njit(nogil=True, fastmath=FASTMATH, error_model="numpy")
+def _scan_cl_job(x, xdbl, dt_rank, wdt_t, bdt, a_t, D, gate, gate_offset, has_gate, reverse,
+                 accumulate, out, last, carry, b, d0, nb):  # pragma: no cover - compiled
+    """One job of :func:`_mamba_scan_cl`: batch row ``b``, channels ``d0 .. d0+nb``."""
+    n_state = a_t.shape[0]
+    length = out.shape[1]
+    one = out.dtype.type(1.0)
+    at = np.ascontiguousarray(a_t[:, d0:d0 + nb])  # [N, nb], A·log2(e)
+    wt = np.ascontiguousarray(wdt_t[:, d0:d0 + nb])  # [R, nb]
+    bias = bdt[d0:d0 + nb].copy()
+    skip = D[d0:d0 + nb].copy()
+    h = np.zeros((n_state, nb), dtype=out.dtype)
+    if carry:
+        for j in range(nb):
+            for n in range(n_state):
+                h[n, j] = last[b, d0 + j, n]
+    dl = np.empty(nb, dtype=out.dtype)
+    du = np.empty(nb, dtype=out.dtype)
+    acc = np.empty(nb, dtype=out.dtype)
+    for step in range(length):
+        t = length - 1 - step if reverse else step
+        xr = xdbl[b, t]
+        ur = x[b, t, d0:d0 + nb]  # slices, not offset indices: those compile to gathers
+        orow = out[b, t, d0:d0 + nb]
+        for j in range(nb):
+            dl[j] = bias[j]
+        for r in range(dt_rank):
+            s = xr[r]
+            wr = wt[r]
+            for j in range(nb):
+                dl[j] += s * wr[j]
+        for j in range(nb):
+            v = softplus_ad(dl[j])
+            uj = ur[j]
+            dl[j] = v
+            du[j] = v * uj
+            acc[j] = skip[j] * uj
+        for n in range(n_state):
+            bn = xr[dt_rank + n]
+            cn = xr[dt_rank + n_state + n]
+            hn = h[n]
+            an = at[n]
+            for j in range(nb):
+                hv = exp2_ad(dl[j] * an[j]) * hn[j] + du[j] * bn
+                hn[j] = hv
+                acc[j] += hv * cn
+        if has_gate:  # SiLU(z) fused: z is read from the in_proj output itself
+            zr = gate[b, t, gate_offset + d0:gate_offset + d0 + nb]
+            for j in range(nb):
+                zt = zr[j]
+                acc[j] = acc[j] * zt / (one + exp_ad(-zt))
+        if accumulate:
+            for j in range(nb):
+                orow[j] += acc[j]
+        else:
+            for j in range(nb):
+                orow[j] = acc[j]
+    for j in range(nb):
+        for n in range(n_state):
+            last[b, d0 + j, n] = h[n, j]
+
+
 @_njit(parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 def _mamba_scan_cl(x, xdbl, dt_rank, wdt_t, bdt, a_t, D, gate, gate_offset, has_gate,
-                   reverse, accumulate, out, last, block):  # pragma: no cover - compiled
+                   reverse, accumulate, out, last, carry, block):  # pragma: no cover - compiled
     """Channel-last inference scan of a Mamba branch, Δ computed inside.
 
     ``x: [Bsz, L, Di]`` (the SiLU(conv) output = the scan's ``u``), ``xdbl: [Bsz, L, R+2N]``
@@ -391,7 +453,9 @@ def _mamba_scan_cl(x, xdbl, dt_rank, wdt_t, bdt, a_t, D, gate, gate_offset, has_
     ``a_t: [N, Di]`` (A·log2(e), transposed: ``exp(Δ·A)`` is computed as ``2**(Δ·a_t)``),
     ``D: [Di]``, the gate input ``z = gate[...,
     gate_offset:gate_offset + Di]`` (SiLU applied here), ``out: [Bsz, L, Di]``,
-    ``last: [Bsz, Di, N]``. ``Δ = softplus(bdt + wdt_t^T·xdbl[:R])`` (torch's threshold 20).
+    ``last: [Bsz, Di, N]`` (the state after the last step; with ``carry`` it also holds the
+    state to start from, so a sequence can be scanned chunk by chunk).
+    ``Δ = softplus(bdt + wdt_t^T·xdbl[:R])`` (torch's threshold 20).
     With ``reverse`` time runs from L-1 down to 0 (the backward branch of a bidirectional
     block, without flipping anything); with ``accumulate`` the result is added to ``out``.
 
@@ -401,123 +465,114 @@ def _mamba_scan_cl(x, xdbl, dt_rank, wdt_t, bdt, a_t, D, gate, gate_offset, has_
     lives in ``h: [N, block]``.
     """
     bsz, length, di = out.shape
-    n_state = a_t.shape[0]
     n_blocks = (di + block - 1) // block
-    one = out.dtype.type(1.0)
     for job in prange(bsz * n_blocks):
         b = job // n_blocks
         d0 = (job % n_blocks) * block
-        nb = min(di, d0 + block) - d0
-        at = np.ascontiguousarray(a_t[:, d0:d0 + nb])  # [N, nb], A·log2(e)
-        wt = np.ascontiguousarray(wdt_t[:, d0:d0 + nb])  # [R, nb]
-        bias = bdt[d0:d0 + nb].copy()
-        skip = D[d0:d0 + nb].copy()
-        h = np.zeros((n_state, nb), dtype=out.dtype)
-        dl = np.empty(nb, dtype=out.dtype)
-        du = np.empty(nb, dtype=out.dtype)
-        acc = np.empty(nb, dtype=out.dtype)
-        for step in range(length):
-            t = length - 1 - step if reverse else step
-            xr = xdbl[b, t]
-            ur = x[b, t, d0:d0 + nb]  # slices, not offset indices: those compile to gathers
-            orow = out[b, t, d0:d0 + nb]
-            for j in range(nb):
-                dl[j] = bias[j]
-            for r in range(dt_rank):
-                s = xr[r]
-                wr = wt[r]
-                for j in range(nb):
-                    dl[j] += s * wr[j]
-            for j in range(nb):
-                v = softplus_ad(dl[j])
-                uj = ur[j]
-                dl[j] = v
-                du[j] = v * uj
-                acc[j] = skip[j] * uj
-            for n in range(n_state):
-                bn = xr[dt_rank + n]
-                cn = xr[dt_rank + n_state + n]
-                hn = h[n]
-                an = at[n]
-                for j in range(nb):
-                    hv = exp2_ad(dl[j] * an[j]) * hn[j] + du[j] * bn
-                    hn[j] = hv
-                    acc[j] += hv * cn
-            if has_gate:  # SiLU(z) fused: z is read from the in_proj output itself
-                zr = gate[b, t, gate_offset + d0:gate_offset + d0 + nb]
-                for j in range(nb):
-                    zt = zr[j]
-                    acc[j] = acc[j] * zt / (one + exp_ad(-zt))
-            if accumulate:
-                for j in range(nb):
-                    orow[j] += acc[j]
+        _scan_cl_job(x, xdbl, dt_rank, wdt_t, bdt, a_t, D, gate, gate_offset, has_gate, reverse,
+                     accumulate, out, last, carry, b, d0, min(di, d0 + block) - d0)
+
+
+@_njit(nogil=True, fastmath=FASTMATH, error_model="numpy")
+def _mamba_scan_cl_serial(x, xdbl, dt_rank, wdt_t, bdt, a_t, D, gate, gate_offset, has_gate,
+                          out, last, carry, c0, c1, block):  # pragma: no cover - compiled
+    """:func:`_mamba_scan_cl` (forward in time, no accumulation) on the calling thread, for
+    channels ``c0 .. c1`` only, in blocks of ``block``: one lane of
+    :mod:`upsr.nn.mamba_chunked`, which runs one such call per core on its own threads."""
+    for b in range(out.shape[0]):
+        for d0 in range(c0, c1, block):
+            _scan_cl_job(x, xdbl, dt_rank, wdt_t, bdt, a_t, D, gate, gate_offset, has_gate,
+                         False, False, out, last, carry, b, d0, min(c1, d0 + block) - d0)
+
+
+@_njit(nogil=True, fastmath=FASTMATH, error_model="numpy")
+def _conv_cl_rows(x, hist, wt, bias, out, b, t0, t1, reverse):  # pragma: no cover - compiled
+    """Steps ``t0 .. t1`` of batch row ``b`` of :func:`_conv_silu_cl`; ``wt: [K, Di]``."""
+    length, di = out.shape[1], out.shape[2]
+    k = wt.shape[0]
+    one = out.dtype.type(1.0)
+    acc = np.empty(di, dtype=out.dtype)
+    for t in range(t0, t1):
+        for d in range(di):
+            acc[d] = bias[d]
+        for j in range(k):
+            s = t + k - 1 - j if reverse else t - k + 1 + j
+            if 0 <= s < length:
+                xrow = x[b, s]
+            elif hist.shape[1] > 0:
+                xrow = hist[b, s - length if reverse else s + k - 1]
             else:
-                for j in range(nb):
-                    orow[j] = acc[j]
-        for j in range(nb):
-            for n in range(n_state):
-                last[b, d0 + j, n] = h[n, j]
+                continue
+            wrow = wt[j]
+            for d in range(di):
+                acc[d] += wrow[d] * xrow[d]
+        orow = out[b, t]
+        for d in range(di):
+            v = acc[d]
+            orow[d] = v / (one + exp_ad(-v))
 
 
 @_njit(parallel=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
-def _conv_silu_cl(x, weight, bias, out, block, reverse):  # pragma: no cover - compiled
+def _conv_silu_cl(x, hist, weight, bias, out, block, reverse):  # pragma: no cover - compiled
     """``out[b, t, d] = SiLU(bias[d] + Σ_k weight[d, k]·x[b, t-K+1+k, d])`` (zeros before
     t = 0): the causal depthwise conv and its SiLU in one pass over channel-last ``x: [Bsz, L,
     ≥Di]`` (the first Di channels are used, so x may be the whole in_proj output), parallel
     over (batch, block of ``block`` time steps), vectorised over channels. With ``reverse``
     the conv is anti-causal, ``x[b, t+K-1-k, d]`` (zeros after L-1): the causal conv of the
-    time-reversed sequence, in the original time order."""
-    bsz, length, di = out.shape
-    k = weight.shape[1]
+    time-reversed sequence, in the original time order. ``hist: [Bsz, K-1, ≥Di]`` holds the
+    inputs before step 0 (with ``reverse``: after step L-1), in time order, for a sequence
+    run chunk by chunk; ``[Bsz, 0, ·]`` means zeros."""
+    bsz, length = out.shape[0], out.shape[1]
     n_blocks = (length + block - 1) // block
     wt = np.ascontiguousarray(weight.T)  # [K, Di]
-    one = out.dtype.type(1.0)
     for job in prange(bsz * n_blocks):
-        b = job // n_blocks
         t0 = (job % n_blocks) * block
-        t1 = min(length, t0 + block)
-        acc = np.empty(di, dtype=out.dtype)
-        for t in range(t0, t1):
-            for d in range(di):
-                acc[d] = bias[d]
-            for j in range(k):
-                s = t + k - 1 - j if reverse else t - k + 1 + j
-                if 0 <= s < length:
-                    xrow = x[b, s]
-                    wrow = wt[j]
-                    for d in range(di):
-                        acc[d] += wrow[d] * xrow[d]
-            orow = out[b, t]
-            for d in range(di):
-                v = acc[d]
-                orow[d] = v / (one + exp_ad(-v))
+        _conv_cl_rows(x, hist, wt, bias, out, job // n_blocks, t0, min(length, t0 + block),
+                      reverse)
+
+
+@_njit(nogil=True, fastmath=FASTMATH, error_model="numpy")
+def _conv_silu_cl_serial(x, hist, wt, bias, out):  # pragma: no cover - compiled
+    """:func:`_conv_silu_cl` (causal) on the calling thread, ``wt: [K, Di]``: one lane of
+    :mod:`upsr.nn.mamba_chunked`."""
+    for b in range(out.shape[0]):
+        _conv_cl_rows(x, hist, wt, bias, out, b, 0, out.shape[1], False)
 
 
 def conv_silu_channel_last(xz: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                           channels: int, reverse: bool = False) -> torch.Tensor:
+                           channels: int, reverse: bool = False,
+                           hist: torch.Tensor | None = None) -> torch.Tensor:
     """SiLU of the causal depthwise conv over the first ``channels`` channels of channel-last
     ``xz: [Bsz, L, ≥channels]`` (C-contiguous) → ``[Bsz, L, channels]``; ``weight: [Di, 1, K]``
     (nn.Conv1d's layout). ``reverse``: the conv of the time-reversed sequence, returned in
-    the original order (= ``flip(conv(flip(x)))``). Inference only."""
+    the original order (= ``flip(conv(flip(x)))``). ``hist: [Bsz, K-1, ≥channels]``: the
+    inputs just before step 0 (with ``reverse``: just after step L-1), in time order, for a
+    sequence run chunk by chunk; None = zeros. Inference only."""
     bsz, length, _ = xz.shape
     out = xz.new_empty(bsz, length, channels)
     if length == 0:
         return out
+    k = weight.shape[-1]
     w = weight.detach()[:, 0, :].to(xz.dtype).contiguous()
     b = xz.new_zeros(channels) if bias is None else bias.detach().to(xz.dtype).contiguous()
+    if hist is None:
+        hist = xz.new_zeros(bsz, 0, channels)
+    elif hist.shape[:2] != (bsz, k - 1) or hist.shape[2] < channels:
+        raise ValueError(f"conv_silu_channel_last: hist is {list(hist.shape)}, expected "
+                         f"[{bsz}, {k - 1}, >={channels}]")
     threads = _num_threads()
     block = max(64, -(-length // (4 * threads)))
     numba.set_num_threads(threads)
     compile_notice(_conv_silu_cl, "causal conv")
-    _conv_silu_cl(xz.detach().contiguous().numpy(), w.numpy(), b.numpy(), out.numpy(), block,
-                  reverse)
+    _conv_silu_cl(xz.detach().contiguous().numpy(), hist.detach().to(xz.dtype).contiguous()
+                  .numpy(), w.numpy(), b.numpy(), out.numpy(), block, reverse)
     return out
 
 
 def mamba_scan_channel_last(x: torch.Tensor, xdbl: torch.Tensor, dt_weight: torch.Tensor,
                             dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor | None,
                             z: torch.Tensor | None, z_offset: int = 0, reverse: bool = False,
-                            out: torch.Tensor | None = None
+                            out: torch.Tensor | None = None, state: torch.Tensor | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference-only gated selective scan of one Mamba branch on channel-last tensors.
 
@@ -530,8 +585,9 @@ def mamba_scan_channel_last(x: torch.Tensor, xdbl: torch.Tensor, dt_weight: torc
     bf16 arguments from autocast are converted: the state stays float32). ``reverse`` scans
     from the last step to the first (a bidirectional block's backward branch, no flips);
     ``out`` (float32/64 ``[Bsz, L, Di]``, contiguous), when given, is added to instead of
-    overwritten. Returns ``out`` and the last state ``[Bsz, Di, N]`` (the state after step 0
-    with ``reverse``).
+    overwritten. ``state: [Bsz, Di, N]``: the state to start from (a sequence scanned chunk by
+    chunk; None = zeros). Returns ``out`` and the last state ``[Bsz, Di, N]`` (the state after
+    step 0 with ``reverse``).
     """
     bsz, length, di = x.shape
     n_state = A.shape[1]
@@ -546,7 +602,13 @@ def mamba_scan_channel_last(x: torch.Tensor, xdbl: torch.Tensor, dt_weight: torc
     elif out.shape != (bsz, length, di) or out.dtype != cdt or not out.is_contiguous():
         raise ValueError("mamba_scan_channel_last: out must be a contiguous "
                          f"[{bsz}, {length}, {di}] {cdt} tensor")
-    last = x.new_zeros(bsz, di, n_state, dtype=cdt)
+    if state is None:
+        last = x.new_zeros(bsz, di, n_state, dtype=cdt)
+    elif state.shape != (bsz, di, n_state):
+        raise ValueError(f"mamba_scan_channel_last: state is {list(state.shape)}, expected "
+                         f"[{bsz}, {di}, {n_state}]")
+    else:
+        last = state.detach().to(cdt, copy=True).contiguous()
     if length == 0:
         return out, last
     threads = _num_threads()
@@ -562,7 +624,7 @@ def mamba_scan_channel_last(x: torch.Tensor, xdbl: torch.Tensor, dt_weight: torc
     a_t = (A.detach().to(cdt) * math.log2(math.e)).t().contiguous()  # exp(Δ·A) = 2**(Δ·A·log2 e)
     _mamba_scan_cl(x.numpy(), xdbl.numpy(), rank, wdt_t.numpy(), bias.numpy(), a_t.numpy(),
                    Dc.numpy(), g.numpy(), z_offset, z is not None, reverse, accumulate,
-                   out.numpy(), last.numpy(), block)
+                   out.numpy(), last.numpy(), state is not None, block)
     return out, last
 
 
