@@ -68,6 +68,25 @@ upsr's setting 3.90 / 3.51, 2-7 k, 487-595. Raising trim threshold and top pad w
 well, but depends on the pad exceeding what a call needs; ``M_MMAP_MAX=0`` does not. A fixed
 ``M_MMAP_THRESHOLD`` of e.g. 1 GiB (glibc 2.36 accepts it) with trimming off would act like
 ``M_MMAP_MAX=0`` here (not measured).
+
+Second round of issue 13 (2026-12-01 21:11-21:29 UTC, 2 threads, 10 s, median of 3 forwards
+per run, load 1.2-1.9 with nothing else running): before = 6ecba3c (the table above's "after",
+glibc defaults), after = the allocator setting, the AEROMamba bf16 path and the chunked
+Wave-U-Mamba stacks merged (this script's default ``--malloc reuse``). Runs alternated
+before/after; RTF per run, then the median (bf16 rel. L2 vs float32 in brackets):
+
+    fp32                 before runs    after runs                       after median
+    aeromamba (paper)    0.340 0.370    0.258 0.268                      0.26
+    aeromamba-official   0.218 0.265    0.163 0.190                      0.18
+    wave-u-mamba         0.675 0.747    0.459 0.594 0.554 0.493 0.557    0.55
+    bf16                 before runs    after runs                       after median (rel. L2)
+    aeromamba (paper)    0.238 0.270    0.180 0.180                      0.18 (3.6e-3)
+    aeromamba-official   0.142 0.124    0.119 0.109                      0.11 (3.3e-3)
+    wave-u-mamba         0.583 0.581    0.510 0.467 0.462 0.468 0.433    0.47 (1.2-5.3e-3)
+
+(wave-u-mamba's last three runs of each precision alternated fp32/bf16 with ``--no-flops``;
+the bf16 rel. L2 moves run to run with the random input.) Apollo was not re-run: its code is
+unchanged and the allocator measured 0.95 (fp32) / 1.01 (bf16) of its CPU time above.
 """
 
 from __future__ import annotations

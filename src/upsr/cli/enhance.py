@@ -96,7 +96,8 @@ def enhance(
                       ] = Device.auto,
     precision: Annotated[Precision, typer.Option("--precision", help="bf16 autocast where "
                          "the device computes bf16 natively and the model's measured bf16 "
-                         "error is small (auto), always (bf16) or never (fp32).")
+                         "error is small and it has >= 1 M parameters (auto), always (bf16) "
+                         "or never (fp32).")
                          ] = Precision.auto,
     fmt: Annotated[Fmt | None, typer.Option("--format", help="Output format (default: FLAC "
                    "for FLAC/lossy inputs, WAV otherwise).", show_default=False)] = None,
