@@ -99,6 +99,16 @@ Not done here (models/aeromamba.py belongs to engineer "aero"): measured on the 
 a Mamba reach of 0.5 / 0.25 s instead of 2 s leaves the chunked-vs-whole error at 1.12e-6
 (identical to 3 digits; 0 s: 1.13e-6) and cuts the model's CPU by 26-28 % (30 s, 10 s chunks:
 0.738 -> 0.543 / 0.534 CPU s).
+
+The lead's check after merging all of issue 13's second round (2026-12-01 21:23 UTC, 2 threads,
+``--trees`` alternating 6ecba3c / the merge, medians of 3, load 1.5-1.9, nothing else running):
+
+    model               wall s       x real          cpu s        peak RSS MiB
+    sbr                 3.4 -> 3.0   17.9 -> 20.0    4.0 -> 3.5   395 -> 379
+    tiny10k-aeromamba   8.9 -> 5.0    6.8 -> 12.0   12.2 -> 7.1   626 -> 637
+
+At 2 threads the tiny model's peak stays above 600 MiB (its runs: 565, 607, 637 MiB): the
+allocator setting (heap reuse, trimmed only between files) holds what 1 thread's 428 MiB freed.
 """
 
 from __future__ import annotations
