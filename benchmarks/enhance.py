@@ -107,8 +107,11 @@ The lead's check after merging all of issue 13's second round (2026-12-01 21:23 
     sbr                 3.4 -> 3.0   17.9 -> 20.0    4.0 -> 3.5   395 -> 379
     tiny10k-aeromamba   8.9 -> 5.0    6.8 -> 12.0   12.2 -> 7.1   626 -> 637
 
-At 2 threads the tiny model's peak stays above 600 MiB (its runs: 565, 607, 637 MiB): the
-allocator setting (heap reuse, trimmed only between files) holds what 1 thread's 428 MiB freed.
+At 2 threads the tiny model's peak stays near 600 MiB (its runs: 565, 607, 637 MiB). Right
+after, ``--malloc default,reuse`` (same tree, 2 threads, medians of 3, load 1.3-1.5):
+glibc defaults 7.2 s wall (8.3x), 10.6 CPU s, 534 MiB; upsr's heap reuse 6.3 s (9.6x), 8.5
+CPU s, 599 MiB: the setting buys 20 % CPU for 65 MiB. (The same tree ran at 9.6x here and 12.0x
+above: this shared host's speed drifts by that much within minutes.)
 """
 
 from __future__ import annotations
