@@ -86,3 +86,19 @@ def random_state(shapes, seed: int = 0) -> dict:
         else:
             out[k] = 0.1 * torch.randn(shape, generator=gen)
     return out
+
+
+def randomise_batchnorms(model, seed: int = 3) -> None:
+    """Trained-like BatchNorm statistics and affine parameters (fresh ones are the identity,
+    which would hide a wrong fold)."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.normal_(0, 0.2, generator=g)
+                m.running_var.uniform_(0.3, 3.0, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.normal_(0, 0.2, generator=g)

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from tests.conftest import fixture_path, random_state, rel_l2
+from tests.conftest import fixture_path, random_state, randomise_batchnorms, rel_l2
 from upsr import checkpoint, models
 from upsr.audio.synth import music_like
 from upsr.errors import CheckpointError
@@ -493,19 +493,6 @@ def test_frozen_statistics_equal_the_call_s_own():
 
 # --- inference paths -------------------------------------------------------------------------
 
-def _randomise_batchnorms(model: nn.Module, seed: int = 3) -> None:
-    """Trained-like BatchNorm statistics and affine parameters (fresh ones are the identity,
-    which would hide a wrong fold)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.running_mean.normal_(0, 0.2, generator=g)
-                m.running_var.uniform_(0.3, 3.0, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.normal_(0, 0.2, generator=g)
-
-
 @pytest.mark.parametrize("official", [True, False])
 def test_inference_path_equals_the_autograd_path(official):
     """Without autograd (eval mode) the network takes its inference path (folded BatchNorms,
@@ -513,7 +500,7 @@ def test_inference_path_equals_the_autograd_path(official):
     with autograd it takes the plain path that training uses. Both give the same output to
     float32 rounding, and gradients still flow through the plain path."""
     model = _small(official_forward=official)
-    _randomise_batchnorms(model)
+    randomise_batchnorms(model)
     x = torch.cat([_signal(0.3), 0.5 * _signal(0.3, seed=2)])
     y_train_path = model(x)
     y_train_path.square().mean().backward()

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tests.conftest import rel_l2
+from tests.conftest import randomise_batchnorms, rel_l2
 from upsr import models
 from upsr.audio.synth import music_like
 from upsr.models import aeromamba as am
@@ -19,14 +19,7 @@ SR = 11025
 def _small(**kw) -> am.AEROMamba:
     torch.manual_seed(0)
     model = models.build("aeromamba", channels=4, **kw).eval()
-    g = torch.Generator().manual_seed(3)  # trained-like BatchNorms (fresh ones are identities)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.running_mean.normal_(0, 0.2, generator=g)
-                m.running_var.uniform_(0.3, 3.0, generator=g)
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.normal_(0, 0.2, generator=g)
+    randomise_batchnorms(model)  # trained-like BatchNorms (fresh ones are identities)
     return model
 
 
