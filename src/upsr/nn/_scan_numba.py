@@ -654,10 +654,12 @@ def compile_notice(kernel: Any, what: str) -> None:
 def _num_threads() -> int:
     """numba threads = torch's intra-op thread count (bounded by numba's pool).
 
-    Launches numba's thread pool first: with numba's OpenMP layer, which shares libgomp with
-    torch, the launch sets the process-wide OpenMP thread count to NUMBA_NUM_THREADS (all
-    cores), silently undoing ``torch.set_num_threads`` (``--threads``) at the first Mamba
-    call; torch's count is read before and put back.
+    Launches numba's thread pool first: the launch of numba's OpenMP layer can set the OpenMP
+    thread count torch reads to NUMBA_NUM_THREADS (all cores), silently undoing
+    ``torch.set_num_threads`` (``--threads``) at the first Mamba call; torch's count is read
+    before and put back. (With the torch 2.13 CPU wheel, torch loads its own bundled libgomp
+    and numba's layer the system's: two OpenMP pools, whose idle workers spin after each
+    parallel region, which is why :mod:`upsr.nn.mamba_chunked` runs on its own threads.)
     """
     want = torch.get_num_threads()
     numba.get_num_threads()  # launches the pool (once per process)
