@@ -85,8 +85,9 @@ before/after; RTF per run, then the median (bf16 rel. L2 vs float32 in brackets)
     wave-u-mamba         0.583 0.581    0.510 0.467 0.462 0.468 0.433    0.47 (1.2-5.3e-3)
 
 (wave-u-mamba's last three runs of each precision alternated fp32/bf16 with ``--no-flops``;
-the bf16 rel. L2 moves run to run with the random input.) Apollo was not re-run: its code is
-unchanged and the allocator measured 0.95 (fp32) / 1.01 (bf16) of its CPU time above.
+the bf16 rel. L2 moves run to run with the random input.) Apollo, its code unchanged, one run
+each right after (21:48-21:52 UTC, load 1.5-1.9, ``--no-flops``): fp32 2.489 (2.646 in the
+first table's "after"), bf16 0.991 (1.049), rel. L2 1.22e-2.
 """
 
 from __future__ import annotations
