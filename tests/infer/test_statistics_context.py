@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import rel_l2
+from tests.infer.test_statistics_pass import RmsNorm
 from upsr import models
 from upsr.audio.synth import music_like
 from upsr.infer import engine
@@ -15,36 +16,25 @@ from upsr.infer.engine import EnhanceOptions, enhance_array
 KW = dict(cutoff_hz=None, detect_cutoff=False)
 
 
-class LongReach:
-    """Global RMS normalisation (pointwise, so its statistics do not depend on context at all)
-    that claims 3 s of context; records the input length of every call."""
+class LongReach(RmsNorm):
+    """test_statistics_pass's global RMS normalisation (pointwise, so its statistics do not
+    depend on context at all) claiming 3 s of context; records the input length of every
+    call."""
 
     name = "longreach"
-    in_rate = out_rate = 1000
-    channels = "mono"
     context_s = 3.0
-    align = 1
-    global_statistics = True
 
     def __init__(self):
-        self.collect_lengths, self.restore_lengths, self.frozen = [], [], None
+        super().__init__()
+        self.collect_lengths, self.restore_lengths = [], []
 
     def collect_statistics(self, x, keep, last, acc, frozen):
         self.collect_lengths.append(x.shape[-1])
-        part = x[:, keep[0]:x.shape[-1] if last else keep[1]].double()
-        sums = torch.stack([part.square().sum(-1), torch.full_like(part[:, 0], part.shape[-1])])
-        return sums if acc is None else acc + sums
-
-    @staticmethod
-    def finish_statistics(acc):
-        return [float(torch.sqrt(acc[0, r] / acc[1, r])) for r in range(acc.shape[1])]
-
-    def use_statistics(self, rows):
-        self.frozen = rows
+        return super().collect_statistics(x, keep, last, acc, frozen)
 
     def restore(self, x):
         self.restore_lengths.append(x.shape[-1])
-        return x / torch.tensor(self.frozen, dtype=x.dtype)[:, None]
+        return super().restore(x)
 
 
 def test_statistics_chunks_are_shorter_and_partition_the_same_frames(monkeypatch):
