@@ -388,6 +388,15 @@ class _TimedRunner(Runner):
             if self.clock is not None:
                 self.clock.charge(rows, time.perf_counter() - t0)
 
+    def run_wave(self, calls: list[tp.Any]) -> list[tp.Any]:
+        """Calls side by side: the wave's time is shared by all of their rows."""
+        t0 = time.perf_counter()
+        try:
+            return super().run_wave(calls)
+        finally:
+            if self.clock is not None:
+                self.clock.charge([r for c in calls for r in c[0]], time.perf_counter() - t0)
+
 
 def _timed(gen: tp.Generator[list[np.ndarray], list[np.ndarray], None], item: Item,
            clock: _Clock) -> tp.Generator[list[np.ndarray], list[np.ndarray], None]:
@@ -438,13 +447,16 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
     this once per claimed group, after cleaning each output folder once: ``clean_stale``
     False).
     """
-    import tempfile
-
     from upsr import models
-    from upsr.audio.io import BlockWriter
-    from upsr.infer.stream import FileSource
+    from upsr.infer.parallel import RowPool, open_pool
 
     loaded: dict[str, tp.Any] = {} if cache is None else cache
+    pools: dict[str, RowPool | None] = {}  # row pools by reference (upsr.infer.parallel)
+
+    def get_pool(ref: str) -> RowPool | None:
+        if ref not in pools:
+            pools[ref] = open_pool(get_model(ref), opts.device)
+        return pools[ref]
 
     def get_model(ref: str) -> tp.Any:
         if ref not in loaded:
@@ -468,6 +480,29 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
     if clean_stale:
         remove_stale_outputs(items)
     clock = _Clock()
+    try:
+        _enhance_all(items, model_ref, opts, first, base, variants, get_model, get_pool,
+                     finish, clock, progress, on_planned)
+    finally:
+        for pool in pools.values():
+            if pool is not None:
+                pool.close()
+    return done
+
+
+def _enhance_all(items: list[Item], model_ref: str, opts: BatchOptions, first: str,
+                 base: tp.Any, variants: list[tuple[str, dict[str, float]]],
+                 get_model: tp.Callable[[str], tp.Any], get_pool: tp.Callable[[str], tp.Any],
+                 finish: tp.Callable[..., None], clock: _Clock,
+                 progress: tp.Callable[[Item, float], None] | None,
+                 on_planned: tp.Callable[[list[Item]], None] | None) -> None:
+    """The body of :func:`enhance_files`: prepare every item, then run the jobs of each
+    model (on its row pool, where it has one)."""
+    import tempfile
+
+    from upsr.audio.io import BlockWriter
+    from upsr.infer.stream import FileSource
+
     with tempfile.TemporaryDirectory(prefix="upsr-") as tmp:
         jobs_by_model: dict[str, list[Job]] = {}
         for item in items:
@@ -495,7 +530,7 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
                     with captured(item.src):
                         tags = read_tags(src)
                 gen = _file_job(FileSource(src, info), model, item, rates.final, fmt, subtype,
-                                tags, opts, BlockWriter, progress)
+                                tags, opts, BlockWriter, progress, get_pool(ref))
                 jobs_by_model.setdefault(ref, []).append(
                     Job(item, _timed(gen, item, clock), item.cutoff_hz, rates.model_out))
             except UpsrError as exc:
@@ -510,7 +545,8 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
             from upsr.infer.precision import resolve
 
             runner = _TimedRunner(model, device=opts.device,
-                                  precision=resolve(opts.precision, model, opts.device))
+                                  precision=resolve(opts.precision, model, opts.device),
+                                  pool=get_pool(ref))
             runner.clock = clock
 
             def on_done(job: Job, exc: BaseException | None) -> None:
@@ -524,13 +560,12 @@ def enhance_files(items: list[Item], model_ref: str, opts: BatchOptions,
                     finish(item, "failed", msg)
 
             run_jobs(jobs, runner, opts.engine.batch_size, on_done=on_done)
-    return done
 
 
 def _file_job(source: tp.Any, model: tp.Any, item: Item, sr: int, fmt: str,
               subtype: str | None, tags: tp.Any, opts: BatchOptions, writer_cls: tp.Any,
-              progress: tp.Callable[[Item, float], None] | None = None
-              ) -> tp.Generator[list[np.ndarray], list[np.ndarray], None]:
+              progress: tp.Callable[[Item, float], None] | None = None,
+              pool: tp.Any = None) -> tp.Generator[list[np.ndarray], list[np.ndarray], None]:
     """A job generator that owns its writer: closing it early removes the temporary file.
     Tags that libsndfile cannot write (cover art, the other comments) are added after the
     output is complete (see :func:`upsr.audio.tags.write_tags`)."""
@@ -550,7 +585,7 @@ def _file_job(source: tp.Any, model: tp.Any, item: Item, sr: int, fmt: str,
             def sink(block: np.ndarray) -> None:
                 writer.write(block)
                 progress(item, block.shape[-1] / sr)
-        yield from restore_stream(source, model, sink, item.cutoff_hz, engine, stats)
+        yield from restore_stream(source, model, sink, item.cutoff_hz, engine, stats, pool)
     item.subtype = writer.subtype
     item.limiter_events, item.limited_s = stats.events, round(stats.seconds, 4)
     if tags is not None and item.dst != "-":

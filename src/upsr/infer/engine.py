@@ -30,6 +30,7 @@ from upsr.infer.chunk import ChunkPlan, OverlapAdd
 from upsr.infer.stream import Rolling, Source, resampled
 
 if tp.TYPE_CHECKING:
+    from upsr.infer.parallel import RowPool
     from upsr.models.base import Model
 
 Work = list[np.ndarray]
@@ -221,13 +222,16 @@ def _unlanes(rows: list[np.ndarray], channels: int, stereo: bool) -> np.ndarray:
 
 def restore_stream(source: Source, model: Model, sink: Callable[[np.ndarray], None],
                    cutoff_hz: float | None, opts: EnhanceOptions,
-                   stats: LimiterStats | None = None) -> FileGen:
+                   stats: LimiterStats | None = None, pool: RowPool | None = None) -> FileGen:
     """Generator: yields lists of chunk inputs ``[C, n]``, receives the outputs
     ``[C, n * ratio]``, and calls ``sink`` with finished blocks at the final rate, in order.
 
     ``cutoff_hz``: the input's cutoff, the edge of the band it really has (for the low-band
     splice and cutoff-aware models); None disables the splice. ``stats`` (when given) counts
-    what the added-band limiter did (``opts.ceiling``).
+    what the added-band limiter did (``opts.ceiling``). ``pool``: the row pool of ``model``
+    (:mod:`upsr.infer.parallel`), whose runner gets the rows: each step then yields enough
+    rows for its workers (``batch_size`` rows per worker), and the statistics pass and the
+    splice run channels side by side on it.
     """
     from upsr.audio.resample import StreamResampler
     from upsr.audio.spectral import lf_replace
@@ -282,23 +286,28 @@ def restore_stream(source: Source, model: Model, sink: Callable[[np.ndarray], No
                                        min(float(model.context_s), STATS_CONTEXT_S),
                                        align=int(getattr(model, "align", 1)))
         row_stats = _statistics_passes(model, source, r, fwd, C, list(stat_plan),
-                                       opts.stat_passes, opts.batch_size)
-    per_step = max(1, opts.batch_size // C)
+                                       opts.stat_passes, opts.batch_size, pool)
+    workers = pool.workers if pool is not None else 1
+    per_step = max(1, opts.batch_size * workers // C)
     for start in range(0, len(chunks), per_step):
         group = chunks[start:start + per_step]
         work = Rows(_located(model_in.get(c.lo, c.hi), c.lo) for c in group)
         work.stats = row_stats
         outputs = yield work
+        rr = r.ratio
         for c, y in zip(group, outputs):
-            rr = r.ratio
             if y.shape != (C, (c.hi - c.lo) * rr):
                 raise RuntimeError(f"{model.name} returned {tuple(y.shape)} for input "
                                    f"{(C, c.hi - c.lo)}")
+        refs: list[np.ndarray] = []
+        if reference is not None:
+            refs = [reference.get(c.lo * rr, c.hi * rr) for c in group]
+            outputs = _splice_all(lf_replace, list(outputs), refs, r.model_out,
+                                  float(splice_hz), opts.transition_hz, pool)  # type: ignore
+        for n, (c, y) in enumerate(zip(group, outputs)):
             kept_band: np.ndarray | None = None
             if reference is not None:
-                ref = reference.get(c.lo * rr, c.hi * rr)
-                y = _splice(lf_replace, y, ref, r.model_out, float(splice_hz),  # type: ignore
-                            opts.transition_hz)
+                ref = refs[n]
                 if opts.ceiling is not None and over(y):
                     kept_band = _splice(lf_replace, np.zeros_like(ref), ref, r.model_out,
                                         float(splice_hz), opts.transition_hz)  # type: ignore
@@ -371,8 +380,8 @@ def _whole_signal(chunks: list[tp.Any], r: Rates) -> bool:
 
 def _statistics_passes(model: tp.Any, source: Source, r: Rates,
                        fwd: Callable[[np.ndarray], np.ndarray] | None, C: int,
-                       chunks: list[tp.Any], passes: int, rows: int | None = None
-                       ) -> list[tp.Any]:
+                       chunks: list[tp.Any], passes: int, rows: int | None = None,
+                       pool: RowPool | None = None) -> list[tp.Any]:
     """Two-pass inference for models that normalise by whole-signal statistics (AEROMamba):
     run every chunk, channel by channel as rows, and sum each normalisation's statistics over
     the chunk's share of the signal (its kept region up to where the next one takes over);
@@ -381,7 +390,9 @@ def _statistics_passes(model: tp.Any, source: Source, r: Rates,
 
     ``rows``: channels per model call (default all ``C``); each row's statistics are its own,
     so calls of fewer rows give the same statistics with a smaller peak of activations (the
-    output pass's ``batch_size`` caps them: 1 on CPU in ``upsr enhance``)."""
+    output pass's ``batch_size`` caps them: 1 on CPU in ``upsr enhance``). ``pool``: a row
+    pool of ``model`` (:mod:`upsr.infer.parallel`) on whose replicas the groups of channels
+    of each chunk run side by side (each group's sums are added in chunk order as without)."""
     import torch
 
     try:
@@ -397,10 +408,22 @@ def _statistics_passes(model: tp.Any, source: Source, r: Rates,
         for k, c in enumerate(chunks):
             block = np.ascontiguousarray(src.get(c.lo, c.hi), np.float32)
             keep = (c.keep_lo - c.lo, c.keep_hi - c.fade_out - c.lo)
-            for i, (a, b) in enumerate(groups):
+            last = k == len(chunks) - 1
+
+            def collect(m: tp.Any, i: int, block: np.ndarray = block,
+                        keep: tuple[int, int] = keep, last: bool = last,
+                        acc: list[tp.Any] = acc, frozen: list[tp.Any] | None = frozen
+                        ) -> tp.Any:
+                a, b = groups[i]
                 x = torch.from_numpy(block[a:b]).to(device)
-                acc[i] = model.collect_statistics(x, keep, k == len(chunks) - 1, acc[i],
-                                                  None if frozen is None else frozen[a:b])
+                return m.collect_statistics(x, keep, last, acc[i],
+                                            None if frozen is None else frozen[a:b])
+
+            if pool is None or len(groups) < 2:
+                for i in range(len(groups)):
+                    acc[i] = collect(model, i)
+            else:
+                acc[:] = pool.map_or_raise(collect, range(len(groups)))
             if k + 1 < len(chunks):
                 src.release(chunks[k + 1].lo)
         frozen = [st for part in acc for st in model.finish_statistics(part)]
@@ -425,6 +448,31 @@ def _count(stats: LimiterStats, g: np.ndarray, kept: np.ndarray, ceiling: float,
     stats.known_over += int(np.count_nonzero(np.abs(kept[:, lo:hi]).max(axis=0) > ceiling))
 
 
+def _splice_all(lf_replace: tp.Callable[..., np.ndarray], ys: list[np.ndarray],
+                refs: list[np.ndarray], sr: int, cutoff_hz: float, transition_hz: float,
+                pool: RowPool | None = None) -> list[np.ndarray]:
+    """:func:`_splice` of every output ``ys[k] [C, n_k]`` against ``refs[k]``, channel by
+    channel, side by side on ``pool`` where there is one (each channel's splice is the same
+    computation either way: the results are identical)."""
+    tasks = [(k, ch) for k, y in enumerate(ys) for ch in range(y.shape[0])]
+
+    def one(_model: tp.Any, task: tuple[int, int]) -> np.ndarray:
+        k, ch = task
+        return _splice(lf_replace, ys[k][ch:ch + 1], refs[k][ch:ch + 1], sr, cutoff_hz,
+                       transition_hz)
+
+    if pool is None or len(tasks) < 2:
+        return [_splice(lf_replace, y, ref, sr, cutoff_hz, transition_hz)
+                for y, ref in zip(ys, refs)]
+    done = pool.map_or_raise(one, tasks)
+    out, at = [], 0
+    for y in ys:
+        rows = done[at:at + y.shape[0]]
+        at += y.shape[0]
+        out.append(np.concatenate(rows) if rows else y.copy())
+    return out
+
+
 def _splice(lf_replace: tp.Callable[..., np.ndarray], y: np.ndarray, ref: np.ndarray, sr: int,
             cutoff_hz: float, transition_hz: float) -> np.ndarray:
     """``lf_replace`` on reflect-padded copies: the splice filter then sees a continuous
@@ -447,13 +495,16 @@ def _splice(lf_replace: tp.Callable[..., np.ndarray], y: np.ndarray, ref: np.nda
 @dataclass
 class Runner:
     """Calls the model on batches of equal-length rows (torch, no grad): ``[n]`` each for a
-    mono model, ``[2, n]`` for a stereo one. The model is moved to ``device``."""
+    mono model, ``[2, n]`` for a stereo one. The model is moved to ``device``. ``pool``: a
+    :class:`upsr.infer.parallel.RowPool` of the (moved) model that :meth:`run_wave` runs its
+    calls on side by side (None: one after the other, on ``model``)."""
 
     model: Model
     device: str = "cpu"
     autocast: bool = False       # bf16 on CUDA (kept for callers; ``precision`` is general)
     sample_rate: int | None = None
     precision: str = "fp32"      # resolved: "fp32" | "bf16" (upsr.infer.precision)
+    pool: RowPool | None = None
     calls: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -463,22 +514,50 @@ class Runner:
             if moved is not None:
                 self.model = moved
 
+    @property
+    def workers(self) -> int:
+        """How many calls :meth:`run_wave` runs side by side."""
+        return self.pool.workers if self.pool is not None else 1
+
     def __call__(self, rows: list[np.ndarray], cutoffs: list[float | None],
                  stats: list[tp.Any] | None = None) -> list[np.ndarray]:
         """Outputs per row; FloatingPointError if any output is NaN/inf. ``stats``: per-row
         whole-signal statistics for a model with ``global_statistics``."""
+        out = self.call(self.model, rows, cutoffs, stats)
+        self.calls += 1
+        return out
+
+    def run_wave(self, calls: list[tuple[list[np.ndarray], list[float | None],
+                                         list[tp.Any] | None]]
+                 ) -> list[list[np.ndarray] | BaseException]:
+        """Several calls ``(rows, cutoffs, stats)``, side by side on the pool's replicas where
+        there is a pool: each call's outputs, or the exception it raised, in order."""
+        self.calls += len(calls)
+        if self.pool is None or len(calls) < 2:
+            out: list[list[np.ndarray] | BaseException] = []
+            for c in calls:
+                try:
+                    out.append(self.call(self.model, *c))
+                except Exception as exc:  # noqa: BLE001 - the caller sorts failures out
+                    out.append(exc)
+            return out
+        return self.pool.map(lambda model, c: self.call(model, *c), calls)
+
+    def call(self, model: tp.Any, rows: list[np.ndarray], cutoffs: list[float | None],
+             stats: list[tp.Any] | None = None) -> list[np.ndarray]:
+        """:meth:`__call__` on ``model`` (this runner's model or a replica of it)."""
         import torch
 
         x = torch.from_numpy(np.stack([np.asarray(r) for r in rows]).astype(np.float32))
         x = x.to(self.device)
         kwargs: dict[str, tp.Any] = {}
-        if getattr(self.model, "uses_offsets", False):
+        if getattr(model, "uses_offsets", False):
             kwargs["offsets"] = [int(getattr(r, "start", 0)) for r in rows]
-        if getattr(self.model, "uses_cutoff", False):
+        if getattr(model, "uses_cutoff", False):
             kwargs["cutoff_hz"] = (None if any(c is None for c in cutoffs)
                                    else torch.tensor(cutoffs, dtype=torch.float64))
             kwargs["sample_rate"] = self.sample_rate
-        use = getattr(self.model, "use_statistics", None) if stats else None
+        use = getattr(model, "use_statistics", None) if stats else None
         if use is not None:
             use(stats)
         from upsr.infer.precision import autocast
@@ -486,14 +565,13 @@ class Runner:
         bf16 = self.precision == "bf16" or (self.autocast and self.device.startswith("cuda"))
         try:
             with torch.inference_mode(), autocast("bf16" if bf16 else "fp32", self.device):
-                y = self.model.restore(x, **kwargs)
+                y = model.restore(x, **kwargs)
         finally:
             if use is not None:
                 use(None)
-        self.calls += 1
         out = y.float().cpu().numpy()
         if not np.all(np.isfinite(out)):
-            raise FloatingPointError(f"{self.model.name} produced NaN/inf")
+            raise FloatingPointError(f"{model.name} produced NaN/inf")
         return list(out)
 
 
@@ -540,6 +618,33 @@ def _run_rows(runner: Runner, part: list[Row], cutoffs: list[float | None], rate
         return
     for (j, i, lane, _, _), y in zip(part, ys):
         outs[(j, i, lane)] = y
+
+
+def _run_wave(runner: Runner, parts: list[list[Row]], cutoffs: list[list[float | None]],
+              rate: int, outs: dict[tuple[int, int, int], np.ndarray],
+              failed: dict[int, BaseException]) -> None:
+    """Forward passes over several ``parts`` side by side (:meth:`Runner.run_wave`); a part
+    that fails is handled as :func:`_run_rows` handles it (run again job by job where it holds
+    rows of several jobs)."""
+    runner.sample_rate = rate
+    calls: list[tuple[list[np.ndarray], list[float | None], list[tp.Any] | None]] = []
+    for part in parts:
+        stats = [it[4] for it in part]
+        calls.append(([it[3] for it in part], cutoffs[len(calls)],
+                      stats if any(st is not None for st in stats) else None))
+    for part, cut, result in zip(parts, cutoffs, runner.run_wave(calls)):
+        if not isinstance(result, BaseException):
+            for (j, i, lane, _, _), y in zip(part, result):
+                outs[(j, i, lane)] = y
+            continue
+        owners = sorted({it[0] for it in part})
+        if len(owners) == 1:
+            failed.setdefault(owners[0], result)
+            continue
+        for owner in owners:  # as _run_rows: again, job by job
+            mine = [k for k, it in enumerate(part) if it[0] == owner]
+            _run_rows(runner, [part[k] for k in mine], [cut[k] for k in mine], rate, outs,
+                      failed)
 
 
 def run_jobs(jobs: Iterable[Job], runner: Runner, batch_size: int, max_open: int = 8,
@@ -594,11 +699,17 @@ def run_jobs(jobs: Iterable[Job], runner: Runner, batch_size: int, max_open: int
             failed: dict[int, BaseException] = {}
 
             for (_length, rate, _none, _no_stats), items in rows.items():
-                for s in range(0, len(items), batch_size):
-                    part = [it for it in items[s:s + batch_size] if it[0] not in failed]
-                    if part:
-                        cutoffs = [active[it[0]][0].cutoff_hz for it in part]
-                        _run_rows(runner, part, cutoffs, rate, outs, failed)
+                batches = [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
+                wave = runner.workers  # batches run side by side on a row pool
+                for w in range(0, len(batches), wave):
+                    parts = [p for p in ([it for it in b if it[0] not in failed]
+                                         for b in batches[w:w + wave]) if p]
+                    if len(parts) == 1:
+                        cutoffs = [active[it[0]][0].cutoff_hz for it in parts[0]]
+                        _run_rows(runner, parts[0], cutoffs, rate, outs, failed)
+                    elif parts:
+                        _run_wave(runner, parts, [[active[it[0]][0].cutoff_hz for it in p]
+                                                  for p in parts], rate, outs, failed)
             still: list[tuple[Job, Work]] = []
             for j, (job, work) in enumerate(active):
                 if j in failed:
@@ -627,8 +738,8 @@ def run_jobs(jobs: Iterable[Job], runner: Runner, batch_size: int, max_open: int
 def enhance_array(x: np.ndarray, sr: int, model: Model | str, cutoff_hz: float | None = None,
                   detect_cutoff: bool = True, options: EnhanceOptions | None = None,
                   device: str = "cpu", cutoff_method: str = "band_edge",
-                  stats: LimiterStats | None = None, precision: str = "fp32"
-                  ) -> tuple[np.ndarray, int]:
+                  stats: LimiterStats | None = None, precision: str = "fp32",
+                  workers: int | None = None) -> tuple[np.ndarray, int]:
     """Restore ``x [C, T]`` (or ``[T]``) at ``sr``; returns ``(y [C, T'], output rate)``.
 
     The same code path as ``upsr enhance`` on a file: chunking, low-band splice, rates.
@@ -637,7 +748,8 @@ def enhance_array(x: np.ndarray, sr: int, model: Model | str, cutoff_hz: float |
     uses the band ``x`` really has (:func:`upsr.audio.analysis.effective_cutoff_hz` with
     ``cutoff_method``: ``"band_edge"``, the -70 dB edge, or AudioSR's ``"rolloff"``); Nyquist
     (no splice, nothing to add) for silence or full-band input. ``precision``: ``fp32``,
-    ``bf16`` or ``auto`` (:mod:`upsr.infer.precision`).
+    ``bf16`` or ``auto`` (:mod:`upsr.infer.precision`). ``workers``: rows run side by side
+    (:mod:`upsr.infer.parallel`; None: :func:`upsr.infer.parallel.row_workers` decides).
     """
     from upsr.infer.stream import ArraySource
 
@@ -656,16 +768,23 @@ def enhance_array(x: np.ndarray, sr: int, model: Model | str, cutoff_hz: float |
         method: tp.Any = cutoff_method
         cutoff_hz = analysis.effective_cutoff_hz(arr, sr, method=method)
     r = plan_rates(model, sr, arr.shape[-1], opts.out_sr)
+    from upsr.infer.parallel import open_pool
     from upsr.infer.precision import resolve
 
     runner = Runner(model, device=device, precision=resolve(precision, model, device))
     model = runner.model
+    runner.pool = open_pool(model, device, workers)
     pieces: list[np.ndarray] = []
     job = Job("array", restore_stream(ArraySource(arr, sr), model, pieces.append, cutoff_hz,
-                                      opts, stats), cutoff_hz, r.model_out, r.model_in)
+                                      opts, stats, runner.pool), cutoff_hz, r.model_out,
+              r.model_in)
     errors: list[BaseException] = []
-    run_jobs([job], runner, opts.batch_size,
-             on_done=lambda _j, e: errors.append(e) if e else None)
+    try:
+        run_jobs([job], runner, opts.batch_size,
+                 on_done=lambda _j, e: errors.append(e) if e else None)
+    finally:
+        if runner.pool is not None:
+            runner.pool.close()
     if errors:
         raise errors[0]
     y = np.concatenate(pieces, axis=-1) if pieces else np.zeros((arr.shape[0], 0), np.float32)
