@@ -161,30 +161,37 @@ def lf_replace(output: np.ndarray, reference: np.ndarray, sr: int, cutoff_hz: fl
     while size < hop + taps - 1:
         size *= 2
     spec_h = np.fft.rfft(h, size)
-    diff = ref.astype(np.float64) - out.astype(np.float64)  # [..., T]
-    length = diff.shape[-1]
+    length = out.shape[-1]
     delay = (taps - 1) // 2
-    lead = diff.shape[:-1]
+    lead = out.shape[:-1]
     n_blocks = -(-length // hop)
+    # the difference, float64, written straight into the zero-padded blocks (no other copy)
     blocks = np.zeros(lead + (n_blocks * hop,))
-    blocks[..., :length] = diff
+    np.subtract(ref, out, out=blocks[..., :length], dtype=np.float64)
     blocks = blocks.reshape(lead + (n_blocks, hop))
     # Each filtered block spans `size` samples = `spans` hops; output hop-block b collects
     # part q of filtered block b - q. Blocks go through the FFT a group at a time so memory
-    # stays bounded for hour-long inputs.
+    # stays bounded for hour-long inputs; one spectrum and one filtered buffer serve every
+    # group (the transforms write into them, the filter multiplies in place).
     spans = -(-size // hop)
     acc = np.zeros(lead + (n_blocks + spans, hop))
     group = max(1, (1 << 20) // size)
+    rows = min(group, n_blocks)
+    spec = np.empty(lead + (rows, size // 2 + 1), np.complex128)
+    filt = np.empty(lead + (rows, size))
     for g0 in range(0, n_blocks, group):
         chunk = blocks[..., g0:g0 + group, :]
-        filtered = np.fft.irfft(np.fft.rfft(chunk, size, axis=-1) * spec_h, size, axis=-1)
+        n = chunk.shape[-2]
+        s = np.fft.rfft(chunk, size, axis=-1, out=spec[..., :n, :])
+        s *= spec_h
+        filtered = np.fft.irfft(s, size, axis=-1, out=filt[..., :n, :])
         if spans * hop != size:
             filtered = np.concatenate(
                 [filtered, np.zeros(filtered.shape[:-1] + (spans * hop - size,))], axis=-1)
         parts = filtered.reshape(filtered.shape[:-1] + (spans, hop))
-        n = chunk.shape[-2]
         for q in range(spans):
             acc[..., g0 + q:g0 + q + n, :] += parts[..., q, :]
     full = acc.reshape(lead + ((n_blocks + spans) * hop,))
-    y = out.astype(np.float64) + full[..., delay:delay + length]
+    y = full[..., delay:delay + length]
+    np.add(y, out, out=y)  # output + filtered difference, float64
     return y.astype(dtype)

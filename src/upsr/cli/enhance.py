@@ -165,6 +165,9 @@ def enhance(
 ) -> None:
     """Restore band-limited / MP3-damaged audio; the low band is kept exactly."""
     _common.setup_logging(quiet, verbose)
+    from upsr.infer import malloc
+
+    malloc.pause_gc()  # while torch and the model load (upsr's own process only)
     from upsr.errors import UsageError
     from upsr.infer import workers
     from upsr.infer.batch import BatchOptions, plan_items
@@ -226,11 +229,10 @@ def enhance(
     if not items:
         raise UsageError("no audio files found in " + ", ".join(paths))
     items = workers.select_shard(items, out, shard_kn)
+    malloc.freeze_gc()  # torch's objects: out of every later collector pass
     if dry_run:
         _print_plan(items, opts)
         return
-    from upsr.infer import malloc
-
     malloc.for_inference()  # large temporaries reused, not re-mapped, call after call
 
     counts: dict[str, int] = {}
@@ -254,6 +256,7 @@ def enhance(
     finally:
         if bar is not None:
             bar.stop()
+        malloc.freeze_gc()  # the exit's own collector pass skips what is alive now
     if report is not None:
         from upsr.fsutil import atomic_write_text
 

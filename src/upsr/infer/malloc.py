@@ -29,6 +29,7 @@ in ``GLIBC_TUNABLES``: the user's choice wins) or ``UPSR_MALLOC=default`` (opt o
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import sys
@@ -139,6 +140,30 @@ def for_inference() -> str:
     return status
 
 
+def pause_gc() -> bool:
+    """Where upsr owns the process: no automatic passes of Python's cyclic garbage collector
+    until :func:`freeze_gc`, i.e. while torch and the model load. Importing torch creates
+    hundreds of thousands of objects, none of them garbage, and every full pass the import
+    triggers walks all of them (measured: ``import torch`` 1.45-1.53 CPU s with the
+    collector off against 1.76-2.03 with it on). True when it paused."""
+    if not _OWNED:
+        return False
+    gc.disable()
+    return True
+
+
+def freeze_gc() -> None:
+    """Where upsr owns the process: move every object alive now into the collector's
+    permanent generation (``gc.freeze``) and turn automatic collection on again. Later passes
+    then skip torch's objects, and so does the one at interpreter exit (measured after
+    ``import torch``: 0.18 s from the last statement to the process's end, against
+    0.87-1.09 s). Called again once the work is done, for the objects made since."""
+    if not _OWNED:
+        return
+    gc.freeze()
+    gc.enable()
+
+
 def applied() -> bool:
     """Whether :func:`reuse_large_blocks` changed this process's allocator."""
     return _APPLIED
@@ -176,6 +201,6 @@ def mapped_bytes() -> int | None:
     return int(fn().hblkhd)
 
 
-__all__ = ["ENV", "MODES", "SETTINGS", "applied", "between_files", "for_inference", "glibc",
-           "mapped_bytes", "mode", "own_process", "release_free_memory", "reuse_large_blocks",
-           "user_settings"]
+__all__ = ["ENV", "MODES", "SETTINGS", "applied", "between_files", "for_inference", "freeze_gc",
+           "glibc", "mapped_bytes", "mode", "own_process", "pause_gc", "release_free_memory",
+           "reuse_large_blocks", "user_settings"]
