@@ -66,6 +66,9 @@ class RowPool:
             raise ValueError("a RowPool needs at least 2 workers")
         import torch
 
+        from upsr.infer import malloc
+
+        malloc.share_arena()  # the rows' memory from the one heap (upsr.infer.malloc)
         self.workers = workers
         self.replicas = [model] + [copy.deepcopy(model) for _ in range(workers - 1)]
         self._free: queue.SimpleQueue[tp.Any] = queue.SimpleQueue()
