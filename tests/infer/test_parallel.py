@@ -93,12 +93,15 @@ def test_rule_small_torch_models_only_on_cpu():
 @pytest.mark.parametrize("channels", [2, 1])
 def test_aeromamba_rows_side_by_side_equal_the_serial_path(tiny_aero, channels):
     """Both passes (statistics, output) and the splice on the pool: identical to the serial
-    path, stereo (channels side by side) and mono (two chunks per step)."""
+    path at one thread, stereo (channels side by side) and mono (two chunks per step, its
+    statistics pass on a worker too), with the caller at two threads (``--jobs 1``) as
+    the serial path runs in each ``--jobs 2`` worker."""
     x = music_like(3.0, 11025, channels=2, seed=3)[:channels].astype(np.float32)
     x[..., 2 * 11025:] *= 0.3  # chunk statistics differ from the whole signal's
     opts = EnhanceOptions(chunk_s=0.8, overlap_s=0.05, batch_size=1)
     serial, sr = enhance_array(x, 11025, tiny_aero, options=opts, cutoff_hz=4000.0,
                                workers=1)
+    torch.set_num_threads(2)  # the caller's count does not reach the workers' calls
     side, sr2 = enhance_array(x, 11025, tiny_aero, options=opts, cutoff_hz=4000.0, workers=2)
     assert sr == sr2 == 44100 and serial.shape == side.shape == (channels, 4 * x.shape[-1])
     np.testing.assert_array_equal(side, serial)

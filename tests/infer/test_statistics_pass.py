@@ -163,8 +163,13 @@ def test_aeromamba_one_chunk_is_the_plain_forward_and_matches_the_pass(aero, sec
     opts = EnhanceOptions(lf_replace=False)
     y, sr = enhance_array(x, 11025, aero, options=opts, **KW)
     assert sr == 44100 and not calls
-    with torch.no_grad():
-        plain = aero.restore(torch.from_numpy(x)).numpy()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small runs each call on one thread (infer.parallel)
+    try:
+        with torch.no_grad():
+            plain = aero.restore(torch.from_numpy(x)).numpy()
+    finally:
+        torch.set_num_threads(threads)
     assert np.array_equal(y, plain)  # exactly whole-signal inference
     monkeypatch.setattr(engine, "WHOLE_STATS_MIN_S", float("inf"))
     forced, _ = enhance_array(x, 11025, aero, options=opts, **KW)

@@ -419,7 +419,7 @@ def _statistics_passes(model: tp.Any, source: Source, r: Rates,
                 return m.collect_statistics(x, keep, last, acc[i],
                                             None if frozen is None else frozen[a:b])
 
-            if pool is None or len(groups) < 2:
+            if pool is None:
                 for i in range(len(groups)):
                     acc[i] = collect(model, i)
             else:
@@ -523,9 +523,11 @@ class Runner:
                  stats: list[tp.Any] | None = None) -> list[np.ndarray]:
         """Outputs per row; FloatingPointError if any output is NaN/inf. ``stats``: per-row
         whole-signal statistics for a model with ``global_statistics``."""
-        out = self.call(self.model, rows, cutoffs, stats)
         self.calls += 1
-        return out
+        if self.pool is not None:  # on a worker too: every call at one intra-op thread
+            return self.pool.map_or_raise(lambda m, _: self.call(m, rows, cutoffs, stats),
+                                          [0])[0]
+        return self.call(self.model, rows, cutoffs, stats)
 
     def run_wave(self, calls: list[tuple[list[np.ndarray], list[float | None],
                                          list[tp.Any] | None]]
@@ -533,7 +535,7 @@ class Runner:
         """Several calls ``(rows, cutoffs, stats)``, side by side on the pool's replicas where
         there is a pool: each call's outputs, or the exception it raised, in order."""
         self.calls += len(calls)
-        if self.pool is None or len(calls) < 2:
+        if self.pool is None:
             out: list[list[np.ndarray] | BaseException] = []
             for c in calls:
                 try:

@@ -9,10 +9,12 @@ in its own Python thread (torch releases the GIL inside its operations; so does 
 which the low-band splice uses), each thread with its own copy of the model (models may keep
 per-call state, as AEROMamba's statistics switch).
 
-Every row is computed exactly as the serial path computes it at one intra-op thread (the same
-operations on the same data, one row per call), so the results are identical to that path's,
-whatever the order in which the threads finish (``tests/infer/test_parallel.py``); ``--jobs
-2`` (one thread per process) therefore gives the same bytes as ``--jobs 1`` with two threads.
+Where a model has a pool, every call of it runs on a worker (a lone row, a mono file's
+statistics pass too), so every row is computed exactly as the serial path computes it at one
+intra-op thread (the same operations on the same data, one row per call): the results are
+identical to that path's whatever the caller's thread count and whatever the order in which
+the threads finish (``tests/infer/test_parallel.py``); ``--jobs 2`` (one thread per process)
+therefore gives the same bytes as ``--jobs 1`` with two threads.
 
 The rule (:func:`row_workers`): on the CPU, an ``nn.Module`` with fewer than
 :data:`MAX_PARAMS` parameters (``sbr``, with none, included) gets as many row workers as the
