@@ -112,6 +112,58 @@ after, ``--malloc default,reuse`` (same tree, 2 threads, medians of 3, load 1.3-
 glibc defaults 7.2 s wall (8.3x), 10.6 CPU s, 534 MiB; upsr's heap reuse 6.3 s (9.6x), 8.5
 CPU s, 599 MiB: the setting buys 20 % CPU for 65 MiB. (The same tree ran at 9.6x here and 12.0x
 above: this shared host's speed drifts by that much within minutes.)
+
+Issue 13, the tiny model's last round (engineer "tiny2"): small models run their rows side by
+side (:mod:`upsr.infer.parallel`: on a CPU, a model under 1 M parameters gets one worker
+thread per torch thread, each with its own replica and one intra-op thread; the two channels
+of a stereo chunk, or two chunks of a mono file, run at once; so do the statistics pass's
+channels and the splice's), the splice keeps the same arithmetic in a third less memory, the
+row workers share the main heap, and the CLI keeps Python's cyclic collector away from
+torch's objects (paused while torch loads, then ``gc.freeze``; :mod:`upsr.infer.malloc`).
+``--trees`` alternating an untouched main (8ec94dc) and the branch, 2 threads, medians of 3,
+on a host that another engineer's jobs kept at load 4.5-5.3 on its 2 cores (a 2-thread
+process then waits for a busy core in every parallel region: the untouched main's CPU seconds
+are mostly spinning, so its wall and CPU times here are far above its quiet-machine ones;
+the branch's one-thread workers do not spin):
+
+    1 min stereo        wall s before/after    x real        cpu s before/after  peak RSS MiB
+    tiny10k-aeromamba   28.4 / 12.0            2.1 -> 5.0    23.2 / 6.7          515-562 / 502-524
+    sbr                 12.1 / 6.0             5.0 -> 9.9    6.9 / 3.8           381-384 / 462-478
+    10 min stereo (1 run each)
+    tiny10k-aeromamba   248.7 / 39.9           2.4 -> 15.0   196.2 / 39.0        579 / 515
+    sbr                 58.1 / 13.8            10.3 -> 43.5  56.2 / 13.3         405 / 474
+
+sbr's output is byte-identical to before (``cmp``: hyperrogue's hr3-caves.ogg, a 30 s WAV of
+it, the benchmark's synthetic minute); the tiny model's is identical between ``--jobs 1`` and
+``--jobs 2`` (``cmp``, a stereo and a mono file), and to the serial path
+(``tests/infer/test_parallel.py``).
+
+Where the time goes now (the branch, 2 threads, marks in the process, load ~1 before the
+other engineer's jobs started): torch imported at 1.28 s wall (1.43 CPU s, 219 MiB), the
+statistics pass starts at 1.88 s (CLI, model, analysis), runs 0.84 s (was 1.45 s), the
+output pass and the writing 1.61 s (was 2.47): 4.33 s in all against 5.79 s for the
+untouched main in the same minute (13.9x against 10.4x), 6.15 against 8.19 CPU s. The
+cyclic-GC change came after that: ``import torch`` takes 1.45-1.53 CPU s with the collector
+paused against 1.76-2.03 with it running, and the interpreter's exit after it 0.18 s
+instead of 0.87-1.09 s (a full pass over torch's objects; loaded machine, medians of 3-5).
+
+The floor for 20x at one minute: 20x is 3.0 s for the whole process. Python and torch's
+import take 1.3 s wall on a quiet core (single-threaded: nothing else can run then), CLI,
+model and analysis 0.6 s more; the passes then have 1.1 s of wall for ~2.6 CPU s of model
+and engine work spread over two cores. The 10-minute steady state, where the import is paid
+once, runs at 15x even on the loaded host above, where its two workers mostly shared one core
+(39.0 CPU s in 39.9 s of wall for 600 s of audio: ~30x on two free cores).
+
+Memory: two rows at once hold two forwards' activations: one 14.45 s row of the tiny model
+peaks at +83 MiB (statistics pass, 11 s rows: +51-67 MiB), the splice of one channel of such a
+chunk at +36 MiB (+53 before). Peak RSS at 2 threads stays ~500-520 MiB (RSS samples: 273
+MiB when the statistics pass starts, 439 at its peak with two workers against 344 with one,
+539 in the output pass against 425); the row workers sharing the main heap
+(``M_ARENA_MAX=1``) took 30-40 MiB off (sbr 503 -> 462-476, tiny 546 -> 515-528). The < 400 MB
+target is not met: torch's import alone is 219 MiB (146 MiB anonymous: 87 MiB of it glibc
+heap in use), and one forward of a 14.45 s row of this model needs +83 MiB (its first
+encoder layer's FTB on [1, 4, 32, 19914] float activations +55 MiB, the iSTFT +33 MiB);
+one thread (``OMP_NUM_THREADS=1``) peaks at ~425-440 MiB.
 """
 
 from __future__ import annotations
