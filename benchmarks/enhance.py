@@ -133,6 +133,14 @@ the branch's one-thread workers do not spin):
     tiny10k-aeromamba   248.7 / 39.9           2.4 -> 15.0   196.2 / 39.0        579 / 515
     sbr                 58.1 / 13.8            10.3 -> 43.5  56.2 / 13.3         405 / 474
 
+Again at 23:06 (load 2.6 at the start, 4.3 at the end; medians of 3): tiny10k-aeromamba
+27.7 / 6.0 s wall (2.2x -> 10.0x), 27.0 / 5.8 CPU s, peak 526-592 / 497-536 MiB; sbr 7.7 /
+3.3 s (7.7x -> 18.1x), 7.6 / 3.1 CPU s, 372-384 / 451-481 MiB. Other sizes, 1 min, medians of
+2 (load 4.8-6.1): tiny-aeromamba (28 k parameters, rows side by side) 50.8 / 8.4 s wall, 49.9
+/ 7.9 CPU s, 611-647 / 610-636 MiB; the published AEROMamba (21 M: intra-op threads, bf16,
+unchanged path) 206.5 / 200.6 s, 203.6 / 195.8 CPU s, 1994-2217 / 2204-2242 MiB (the same
+within its spread).
+
 sbr's output is byte-identical to before (``cmp``: hyperrogue's hr3-caves.ogg, a 30 s WAV of
 it, the benchmark's synthetic minute); the tiny model's is identical between ``--jobs 1`` and
 ``--jobs 2`` (``cmp``, a stereo and a mono file), and to the serial path

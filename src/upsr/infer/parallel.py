@@ -31,9 +31,12 @@ import typing as tp
 from collections.abc import Callable, Sequence
 
 #: Models with fewer parameters than this run rows side by side (one intra-op thread each).
-#: Measured (``benchmarks/enhance.py``, 1 min stereo, 2 threads): the 11 k-parameter
-#: AEROMamba, see that script's docstring; the published configurations this leaves on
-#: intra-op threads have 4.2 M (Wave-U-Mamba) to 21 M (AEROMamba) parameters.
+#: Measured (``benchmarks/enhance.py``, 1 min stereo, 2 threads, a loaded host; CPU seconds
+#: before/after): the 11 k-parameter AEROMamba 27.0 / 5.8, the 28 k one 49.9 / 7.9, ``sbr``
+#: 7.6 / 3.1; the published configurations this leaves on intra-op threads have 4.2 M
+#: (Wave-U-Mamba) to 21 M (AEROMamba) parameters (AEROMamba: 203.6 / 195.8, unchanged). Not
+#: measured between 28 k and 1 M: the bound is where bf16 starts to pay (``BF16_MIN_PARAMS``
+#: in :mod:`upsr.infer.precision`), i.e. where operations become wide.
 MAX_PARAMS = 1_000_000
 
 T = tp.TypeVar("T")
