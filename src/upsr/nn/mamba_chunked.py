@@ -9,25 +9,15 @@ through memory several times). Between chunks only the causal conv's last ``K - 
 (kept above the chunk in the in_proj buffer) and the scan state ``[Di, N]`` are carried, so the
 result is the whole-sequence block's up to float32 rounding (the GEMMs see other row counts).
 
-Per chunk, four phases:
+Per chunk, in phases separated by barriers:
 
-1. LayerNorm and in_proj (a GEMM) on a share of the chunk's rows per lane;
+1. LayerNorm and in_proj (a GEMM) on a share of the chunk's rows per lane (together with the
+   previous chunk's phase 4);
 2. causal conv + SiLU (:func:`upsr.nn._scan_numba._conv_silu_cl_serial`) and x_proj (a GEMM)
    on the same rows;
 3. one numba pass for Δ, softplus, the scan, D skip and SiLU(z) gate on a share of the
    channels per lane (:func:`upsr.nn._scan_numba._mamba_scan_cl_serial`, state carried);
 4. out_proj and the residual add in one ``addmm`` on a share of the rows.
-
-**Pipeline.** Phase 2 needs rows of phase 1 computed by other lanes (the conv's ``K - 1``
-inputs before a lane's first row), phase 3 all of a chunk's rows from phase 2, and phase 4 all
-of its channels from phase 3, so each is a barrier between the lanes. Instead of three
-barriers per chunk, the phases of four consecutive chunks run in one *tick* with one barrier:
-tick ``i`` runs phase 1 of chunk ``i``, phase 2 of chunk ``i - 1``, phase 3 of chunk ``i - 2``
-and phase 4 of chunk ``i - 3`` (each lane its share of each), on buffers used by the chunks in
-turn (three for in_proj's output, two for the others), so nothing a tick writes is read in the
-same tick. Fewer barriers mean less time lost to thread wake-ups and to the uneven split of
-each phase: a lane waits for the others once per chunk. Every lane computes exactly what it
-computed with a barrier after each phase, so the results are the same to the bit.
 
 **Lanes.** With ``n`` torch threads the phases run on ``n`` lanes: the calling thread and
 ``n - 1`` worker threads of this module, with torch at one thread and the numba kernels
@@ -39,13 +29,14 @@ spinning while the other runtime waited for it (2 threads: 15× slower than 1). 
 block on locks instead of spinning.
 
 ``out`` may be ``h`` itself (a residual stream updated in place: each chunk's rows are read in
-phase 1 and written in phase 4, three ticks later). ``proj_dtype=torch.bfloat16`` runs in_proj
-and out_proj as bf16 GEMMs (weights cast once per call); the kernels, the scan state, x_proj
-and the residual stream stay float32.
+phase 1 and written in phase 4). ``proj_dtype=torch.bfloat16`` runs in_proj and out_proj as
+bf16 GEMMs (weights cast once per call); the kernels, the scan state, x_proj and the residual
+stream stay float32.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import queue
@@ -211,16 +202,13 @@ def mamba_chunked(m: Mamba, h: torch.Tensor, out: torch.Tensor | None = None, *,
         bdt = _np(m.dt_proj.bias.detach().float().contiguous())
         a_t = _np((-torch.exp(m.A_log.detach().float()) * math.log2(math.e)).t().contiguous())
         d_skip = _np(m.D.detach().float().contiguous())
-        # buffers used by chunks in turn (chunk c: xz[c % 3], the others [c % 2]): in_proj's
-        # output (x, then z) below the K - 1 conv inputs before the chunk, SiLU(conv(x)),
-        # x_proj's output, the gated scan output
-        xz = [torch.empty(1, k - 1 + steps, 2 * di) for _ in range(3)]
-        xc = [torch.empty(1, steps, di) for _ in range(2)]
-        xdbl = [torch.empty(1, steps, rank + 2 * n_state) for _ in range(2)]
-        y = [torch.empty(1, steps, di) for _ in range(2)]
+        # in_proj output (x, then z) of the chunk below the K - 1 conv inputs before it
+        xz = torch.empty(1, k - 1 + steps, 2 * di)
+        xc = torch.empty(1, steps, di)  # SiLU(conv(x))
+        xdbl = torch.empty(1, steps, rank + 2 * n_state)
+        y = torch.empty(1, steps, di)  # gated scan output
         state = torch.empty(1, di, n_state)
-        xz_np, xc_np, xdbl_np, y_np = ([_np(t) for t in ts] for ts in (xz, xc, xdbl, y))
-        state_np = _np(state)
+        xz_np, xc_np, xdbl_np, y_np, state_np = map(_np, (xz, xc, xdbl, y, state))
         channels = _split(di, n_lanes, 16)
         scan_block = min(128, max(1, channels[0][1]))
         pool = _lanes(n_lanes) if n_lanes > 1 else None
@@ -231,15 +219,14 @@ def mamba_chunked(m: Mamba, h: torch.Tensor, out: torch.Tensor | None = None, *,
             else:
                 pool.run(fns)
 
-        def project_in(c: int, r0: int, r1: int) -> None:
-            """Phase 1 of chunk ``c``, rows r0..r1: LayerNorm and in_proj."""
+        def project_in(b: int, t0: int, r0: int, r1: int) -> None:
+            """Phase 1, chunk rows r0..r1 (sequence steps t0 + r)."""
             if r0 >= r1:
                 return
-            b, t0, _ = chunks[c]
             a = h[b, t0 + r0:t0 + r1]
             if norm is not None:
                 a = F.layer_norm(a, (d_model,), norm.weight, norm.bias, norm.eps)
-            dst = xz[c % 3][0, k - 1 + r0:k - 1 + r1]
+            dst = xz[0, k - 1 + r0:k - 1 + r1]
             if low:
                 p = torch.mm(a.to(proj_dtype), w_in)
                 dst.copy_(p if b_in is None else p + b_in)
@@ -248,33 +235,28 @@ def mamba_chunked(m: Mamba, h: torch.Tensor, out: torch.Tensor | None = None, *,
             else:
                 torch.addmm(b_in, a, w_in, out=dst)
 
-        def conv_x_proj(c: int, r0: int, r1: int) -> None:
-            """Phase 2 of chunk ``c``: conv + SiLU and x_proj, rows r0..r1."""
+        def conv_x_proj(r0: int, r1: int) -> None:
+            """Phase 2: conv + SiLU and x_proj, chunk rows r0..r1."""
             if r0 >= r1:
                 return
-            i = c % 2
-            _conv_silu_cl_serial(xz_np[c % 3][:, k - 1 + r0:k - 1 + r1],
-                                 xz_np[c % 3][:, r0:r0 + k - 1], w_conv, b_conv,
-                                 xc_np[i][:, r0:r1])
-            torch.mm(xc[i][0, r0:r1], w_x, out=xdbl[i][0, r0:r1])
+            _conv_silu_cl_serial(xz_np[:, k - 1 + r0:k - 1 + r1], xz_np[:, r0:r0 + k - 1],
+                                 w_conv, b_conv, xc_np[:, r0:r1])
+            torch.mm(xc[0, r0:r1], w_x, out=xdbl[0, r0:r1])
 
-        def scan(c: int, c0: int, c1: int) -> None:
-            """Phase 3 of chunk ``c``: the scan of its steps, channels c0..c1."""
+        def scan(n: int, c0: int, c1: int, carry: bool) -> None:
+            """Phase 3: the scan of the chunk's n steps, channels c0..c1."""
             if c0 < c1:
-                _, t0, n = chunks[c]
-                i = c % 2
-                _mamba_scan_cl_serial(xc_np[i][:, :n], xdbl_np[i][:, :n], rank, wdt_t, bdt,
-                                      a_t, d_skip, xz_np[c % 3][:, k - 1:k - 1 + n], di, True,
-                                      y_np[i][:, :n], state_np, t0 > 0, c0, c1, scan_block)
+                _mamba_scan_cl_serial(xc_np[:, :n], xdbl_np[:, :n], rank, wdt_t, bdt, a_t,
+                                      d_skip, xz_np[:, k - 1:k - 1 + n], di, True, y_np[:, :n],
+                                      state_np, carry, c0, c1, scan_block)
 
-        def project_out(c: int, r0: int, r1: int) -> None:
-            """Phase 4 of chunk ``c``: out_proj + residual, rows r0..r1."""
+        def project_out(b: int, t0: int, r0: int, r1: int) -> None:
+            """Phase 4: out_proj + residual, chunk rows r0..r1."""
             if r0 >= r1:
                 return
-            b, t0, _ = chunks[c]
             o = out[b, t0 + r0:t0 + r1]
             r = None if residual is None else residual[b, t0 + r0:t0 + r1]
-            src = y[c % 2][0, r0:r1]
+            src = y[0, r0:r1]
             if low_out:
                 p = torch.mm(src.to(out_dtype), w_out)
                 if r is None:
@@ -290,36 +272,34 @@ def mamba_chunked(m: Mamba, h: torch.Tensor, out: torch.Tensor | None = None, *,
             if b_out is not None:
                 o.add_(b_out)
 
-        def lane_work(i: int, lane: int) -> tp.Callable[[], None]:
-            """Lane ``lane``'s share of tick ``i``: phase 4 of chunk i - 3, phase 1 of chunk
-            i, phase 2 of chunk i - 1, phase 3 of chunk i - 2 (see the module docstring)."""
+        def phase1(b: int, t0: int, rows: tuple[int, int], prev: tuple[int, int, int] | None,
+                   prev_rows: tuple[int, int] | None) -> tp.Callable[[], None]:
             def fn() -> None:
-                if 0 <= i - 3:
-                    project_out(i - 3, *rows[i - 3][lane])
-                if i < len(chunks):
-                    project_in(i, *rows[i][lane])
-                if 0 <= i - 1 < len(chunks):
-                    conv_x_proj(i - 1, *rows[i - 1][lane])
-                if 0 <= i - 2 < len(chunks):
-                    scan(i - 2, *channels[lane])
+                if prev is not None and prev_rows is not None:  # the previous chunk's phase 4
+                    project_out(prev[0], prev[1], *prev_rows)
+                project_in(b, t0, *rows)
             return fn
 
-        chunks = [(b, t0, min(steps, length - t0)) for b in range(bsz)
-                  for t0 in range(0, length, steps)]
-        rows = [_split(n, n_lanes, 16) for _, _, n in chunks]
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            for i in range(len(chunks) + 3):
-                c = i - 1  # phase 2 this tick: its K - 1 conv inputs above the chunk
-                if 0 <= c < len(chunks) and k > 1:
-                    above = xz[c % 3][0, :k - 1, :di]
-                    if chunks[c][1] == 0:
-                        above.zero_()
-                    else:  # the last K - 1 rows of chunk c - 1 (its own above included)
-                        n_prev = chunks[c - 1][2]
-                        above.copy_(xz[(c - 1) % 3][0, n_prev:n_prev + k - 1, :di])
-                run([lane_work(i, lane) for lane in range(n_lanes)])
+            prev: tuple[int, int, int] | None = None  # (batch row, t0, n) waiting for phase 4
+            for b in range(bsz):
+                xz[0, :k - 1].zero_()
+                for t0 in range(0, length, steps):
+                    n = min(steps, length - t0)
+                    rows = _split(n, n_lanes, 16)
+                    prev_rows = _split(prev[2], n_lanes, 16) if prev else [None] * n_lanes
+                    run([phase1(b, t0, rows[i], prev, prev_rows[i]) for i in range(n_lanes)])
+                    run([functools.partial(conv_x_proj, *r) for r in rows])
+                    run([functools.partial(scan, n, c0, c1, t0 > 0) for c0, c1 in channels])
+                    # the next chunk's conv inputs: the last K-1 of this one (and before it)
+                    if k > 1:
+                        xz[0, :k - 1, :di].copy_(xz[0, n:n + k - 1, :di].clone())
+                    prev = (b, t0, n)
+            if prev is not None:
+                run([functools.partial(project_out, prev[0], prev[1], *r)
+                     for r in _split(prev[2], n_lanes, 16)])
         finally:
             torch.set_num_threads(torch_threads)
     return out
