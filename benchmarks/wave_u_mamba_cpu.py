@@ -102,8 +102,10 @@ results to the bit. The serial kernel alone, one lane's channels, interleaved in
 (1 thread, medians of 7, load ~1): B/A 0.92 (Di 128), 0.94 (256), 0.95 (512), 1.05 (64). The
 full forward with main's kernel (A) or this one (B) swapped in, in one process (5 s, 2
 threads, 4 runs each, alternating): bf16 B/A 0.902 wall, 0.880 CPU (load 4.8-5.4); fp32
-1.000 wall, 1.007 CPU (load 2.9-3.6): the state updates are not the only limit (the
-per-step Δ, softplus and gate work, loads and loop overheads weigh as much at small Di).
+1.000 wall, 1.007 CPU (load 2.9-3.6); 10 s at load 1.0-1.5 (23:24-23:27 UTC): bf16 0.959
+wall, 0.985 CPU, fp32 1.085 wall, 1.013 CPU. So no gain shows in the model: the state
+updates are not the only limit (the per-step Δ, softplus and gate work, loads and loop
+overheads weigh as much at small Di), and the scan is about a third of the CPU time.
 
 Tried and not adopted:
 
