@@ -88,6 +88,25 @@ before/after; RTF per run, then the median (bf16 rel. L2 vs float32 in brackets)
 the bf16 rel. L2 moves run to run with the random input.) Apollo, its code unchanged, one run
 each right after (21:48-21:52 UTC, load 1.5-1.9, ``--no-flops``): fp32 2.489 (2.646 in the
 first table's "after"), bf16 0.991 (1.049), rel. L2 1.22e-2.
+
+Third round, wave-u-mamba only (2026-12-01 23:06-23:24 UTC, 2 threads, 10 s, ``--runs 3
+--no-flops``, one process per run, A = main 8ec94dc, B = the scan's cheaper ``2**x`` (same
+output to the bit), alternating A/B per precision, order flipped each pair; load average
+4.7 falling to 1.3 over the 5 pairs, the first three shared with other engineers' jobs).
+RTF per run (CPU s per forward in brackets), medians, B/A:
+
+    bf16  A 0.997 0.708 0.517 0.628 0.480 (9.8 9.8 9.2 10.8 8.6)   median 0.628 (9.80)
+          B 0.841 0.891 0.572 0.516 0.564 (8.7 9.5 10.0 9.1 9.9)   median 0.572 (9.47)
+          B/A 0.91 wall, 0.97 CPU
+    fp32  A 1.125 0.788 0.645 0.692 0.790 (11.1 13.8 11.5 12.6 12.6) median 0.788 (12.58)
+          B 0.905 0.737 0.547 0.665 0.838 (12.9 12.7 9.9 11.8 12.6)  median 0.737 (12.56)
+          B/A 0.94 wall, 1.00 CPU
+
+Run to run the RTF moved by ±25 % with the load, more than any difference between A and B
+(the two quietest pairs, load < 2: bf16 A 0.628 0.480, B 0.516 0.564), so this does not show
+the kernel change in the model; see ``benchmarks/wave_u_mamba_cpu.py`` (third round) for the
+in-process comparisons. The bf16 rel. L2 against float32 (random weights, drawn anew each
+run, noise input) ranged 2.1-6.2e-3 for A and 1.5-5.8e-3 for B.
 """
 
 from __future__ import annotations

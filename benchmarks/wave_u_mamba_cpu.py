@@ -78,6 +78,59 @@ call 146 s wall, then 3.90 CPU s per forward against 3.09 eager (recompile limit
 shared conv helper, one graph per shape), so it never pays for a CLI run; bf16 in the Mamba
 blocks' in/out projections: 1/0.866 = 1.15× the CPU time of keeping them float32 under
 autocast (the float32 scan needs casts both ways).
+
+**Third round (issue 13, bf16 ≤ 0.4 target), 2026-12-01 22:10-23:30 UTC.** The machine was
+loaded throughout by other jobs (a training benchmark, another engineer's enhance runs: load
+average 3.5-6 on 2 cores, so a 2-thread forward got about one core: wall ≈ CPU time), which
+hides any gain from waiting less at the lanes' barriers and leaves only CPU time to compare.
+
+Where the CPU time goes (bf16, 10 s, 2 threads, the chunked phases timed with
+``time.thread_time`` per lane, per forward, load 5): phases 1-2 (LayerNorm, in_proj, conv
+kernel, x_proj) 2.57 s, out_proj + residual 1.06 s, the scan kernel 3.62 s, of 10.2 s in all;
+the rest (~3 s) is the U-Net outside the Mamba blocks, whose convolutions do about as many
+FLOPs as the Mamba projections (~200 GFLOP each per 10 s). Per block the scan is slowest at
+Di = 64 (0.26 s; 0.16-0.18 s at Di 128-512): a lane's 32 channels are two vectors per state
+update, so the per-step loop overheads weigh. torch.profiler (bf16, 4 s, 1 thread; numba
+kernels not seen): ``aten::mm`` 1.37 s (x_proj with its 33-48 output columns at 36 GFLOP/s in
+the model, 60-90 alone), ``mkldnn_convolution`` 0.57, ``copy_`` (casts) 0.30, ``layer_norm``
+0.24, ``add`` 0.13.
+
+Adopted: the scan's ``2**x`` (:func:`upsr.nn._scan_numba._exp2f`) rounds with one add of
+1.5·2**23 + 127, whose low bits are already 2**k's exponent field: 16 instead of 21 vector
+instructions per state update (no ``floor``, no float-to-int conversion, no NaN test), same
+results to the bit. The serial kernel alone, one lane's channels, interleaved in one process
+(1 thread, medians of 7, load ~1): B/A 0.92 (Di 128), 0.94 (256), 0.95 (512), 1.05 (64). The
+full forward with main's kernel (A) or this one (B) swapped in, in one process (5 s, 2
+threads, 4 runs each, alternating): bf16 B/A 0.902 wall, 0.880 CPU (load 4.8-5.4); fp32
+1.000 wall, 1.007 CPU (load 2.9-3.6); 10 s at load 1.0-1.5 (23:24-23:27 UTC): bf16 0.959
+wall, 0.985 CPU, fp32 1.085 wall, 1.013 CPU. So no gain shows in the model: the state
+updates are not the only limit (the per-step Δ, softplus and gate work, loads and loop
+overheads weigh as much at small Di), and the scan is about a third of the CPU time.
+
+Tried and not adopted:
+
+- *One barrier per chunk instead of three* (tick ``i`` running phase 1 of chunk ``i``, 2 of
+  ``i - 1``, 3 of ``i - 2``, 4 of ``i - 3`` on rotating buffers; same results to the bit):
+  in-process A/B inside the full forward (bf16, 5 s, 4 runs each, load 5.8-6.0) B/A 1.043 wall,
+  1.044 CPU at the default chunk size, 1.107 / 1.101 with half-size chunks; separate
+  ``models_cpu.py`` runs, alternating (load 4.4-5.9): bf16 RTF A 1.046 0.984 0.938, B 1.153
+  1.094 1.141; fp32 A 1.252 1.240 1.302, B 0.839 1.253 1.228; in-process again later (bf16,
+  5 s, load 3.5-4.5): the pipelined version 1.13× the wall and CPU time of the three-barrier
+  one. Each tick touches four chunks''
+  buffers instead of one, so the working set per core is about four times L2 (and half-size
+  chunks bring back the barriers). A first version that let each lane recompute the conv
+  inputs above its rows (no two-tick delay) broke the stack's bit equality with the
+  block-by-block loop (a 3-row GEMM rounds differently).
+- SiLU of the gate (and the conv) via ``2**(-x·log2 e)``: 2-3 % faster kernel, but the rounding
+  of ``x·log2 e`` costs up to 15 ulp for ``|x| < 16`` (62 over [-87, 80]); not worth it.
+- Δ, softplus and gate for blocks of 16 steps before their state updates (longer independent
+  work between the dependent ones; same results to the bit): the kernel alone 0.76-1.05× (two
+  runs, Di 64-512), but the full bf16 forward with it 1.023× wall, 1.033× CPU (in-process,
+  5 s, load 3.6-4.8) against the kernel without it.
+- All per-step arrays in one work array (fewer runtime alias checks in the vectorised loops):
+  0.80-1.06 against 0.75-0.98 ns per update.
+- bf16 out_proj is slower than float32 for the small blocks (one lane's rows, 1 thread: Di 32
+  136 µs against 77 µs, Di 64 166 against 131); left as is (about 30 ms per 10 s forward).
 """
 
 from __future__ import annotations

@@ -84,6 +84,27 @@ def test_lanes_give_the_same_result(lanes: int, chunk: int) -> None:
     assert rel_l2(got, want) < 1e-5
 
 
+@pytest.mark.parametrize("lanes,d_conv,bias", [(2, 4, True), (3, 20, False)])
+def test_lanes_read_conv_inputs_of_other_lanes(lanes: int, d_conv: int, bias: bool) -> None:
+    """A lane's first conv inputs are rows another lane computed (d_conv 20: from two lanes'
+    rows and the rows above the chunk, carried from the previous chunk), with in_proj biases,
+    float32 and bf16 projections: equal to one lane (the GEMMs' row splits differ, so up to
+    rounding) and to float64. Wrong conv inputs at a lane's first rows move the result by
+    ~1e-2."""
+    m, norm = _block(16, seed=11, d_conv=d_conv, bias=bias)
+    h = torch.randn(2, 203, 16)
+    want = _float64_residual(m, norm, h)
+    with torch.inference_mode():
+        for proj, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-4)):
+            one = mamba_chunked(m, h, norm=norm, residual=h, chunk=40, lanes=1,
+                                proj_dtype=proj)
+            got = mamba_chunked(m, h, norm=norm, residual=h, chunk=40, lanes=lanes,
+                                proj_dtype=proj)
+            assert rel_l2(got, one) < tol
+            if proj == torch.float32:
+                assert rel_l2(got, want) < 1e-5
+
+
 def test_chunked_block_without_norm_or_residual_and_with_biases() -> None:
     """Plain ``Mamba(h)`` (no LayerNorm, no residual), in_proj/out_proj with biases: equals the
     module's own inference path (whole sequence) to 1e-6 and float64 to 1e-5."""

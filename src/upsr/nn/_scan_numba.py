@@ -95,6 +95,18 @@ def _bits_as_f32(typingctx: Any, bits: Any) -> Any:
     return types.float32(bits), codegen
 
 
+@intrinsic
+def _f32_as_bits(typingctx: Any, x: Any) -> Any:
+    """The bits of a float32 as an int32 (an LLVM bitcast: it vectorises)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(x), codegen
+
+
 def exp_ad(x):  # type: ignore[no-untyped-def]  # numba matches this signature exactly
     """``exp(x)`` for the discretisation ``exp(Δ·A)``: float32 gets a vectorisable version."""
     return math.exp(x)
@@ -147,6 +159,11 @@ def exp2_ad(x):  # type: ignore[no-untyped-def]  # numba matches this signature 
     return 2.0**x
 
 
+# 1.5·2**23 + 127: adding it to |x| ≤ 2**22 rounds x to the nearest integer k and leaves
+# k + 127 (2**k's exponent field) in the low mantissa bits of the sum
+_EXP2_ROUND = 12583039.0
+
+
 @_njit(fastmath=FASTMATH - {"reassoc"})
 def _exp2f(x):  # pragma: no cover - compiled
     """float32 ``2**x`` that LLVM vectorises, cheaper than :func:`_expf` (the scan's hot loop
@@ -157,21 +174,26 @@ def _exp2f(x):  # pragma: no cover - compiled
     result is 0 (flushed denormals), above 127.5 inf (``2**k`` with k = 128 is inf's bit
     pattern); NaN stays NaN. Max error 2 ulp (measured over [-126, 127]). mamba_ssm's CUDA
     kernel computes the discretisation the same way (exp2f of Δ·A·log2 e).
+
+    The rounding is the add of :data:`_EXP2_ROUND` (round to nearest even; no floor, no
+    float-to-int conversion), whose sum already holds ``k + 127`` in its low bits, so ``2**k``
+    is one shift of those bits (16 vector instructions per state update with the update
+    itself, 21 with ``floor``/``cvt``). NaN needs no test: the clamps keep it (``max`` and
+    ``min`` return ``x`` when it is NaN), and so do ``r`` and the polynomial. Compiled without
+    'reassoc', which would fold ``(x + c) - c`` to ``x`` (flags are per instruction, so this
+    holds where it is inlined too).
     """
     f = np.float32
     xc = min(max(x, f(-127.0)), f(128.0))
-    k = np.floor(xc + f(0.5))
-    r = xc - k
+    t = xc + f(_EXP2_ROUND)
+    r = xc - (t - f(_EXP2_ROUND))
     p = f(0.0013264727)
     p = p * r + f(0.009671513)
     p = p * r + f(0.055507336)
     p = p * r + f(0.24022242)
     p = p * r + f(0.69314700)
     p = p * r + f(1.0)
-    out = p * _bits_as_f32((np.int32(k) + 127) << 23)
-    if x != x:
-        out = x
-    return out
+    return p * _bits_as_f32(_f32_as_bits(t) << 23)
 
 
 @overload(exp2_ad, jit_options={"fastmath": FASTMATH})
@@ -179,18 +201,6 @@ def _exp2_ad_overload(x):  # type: ignore[no-untyped-def]
     if isinstance(x, types.Float) and x.bitwidth == 32:
         return lambda x: _exp2f(x)
     return lambda x: math.exp(x * 0.6931471805599453)
-
-
-@intrinsic
-def _f32_as_bits(typingctx: Any, x: Any) -> Any:
-    """The bits of a float32 as an int32 (an LLVM bitcast: it vectorises)."""
-    if x != types.float32:
-        return None
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.int32(x), codegen
 
 
 @_njit(fastmath=FASTMATH - {"reassoc"}, error_model="numpy")
