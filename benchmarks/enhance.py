@@ -172,6 +172,25 @@ target is not met: torch's import alone is 219 MiB (146 MiB anonymous: 87 MiB of
 heap in use), and one forward of a 14.45 s row of this model needs +83 MiB (its first
 encoder layer's FTB on [1, 4, 32, 19914] float activations +55 MiB, the iSTFT +33 MiB);
 one thread (``OMP_NUM_THREADS=1``) peaks at ~425-440 MiB.
+
+The lead's check after merging this round (2026-12-01 23:47-23:57 UTC, 2 threads, ``--trees``
+alternating 8ec94dc / the merge, nothing else running, load 1.2-2.0):
+
+    case                         wall s (x real)           cpu s         peak RSS MiB
+    1 min, median of 5
+    tiny10k-aeromamba            6.6 (9.1x) -> 4.6 (13.0x)  8.9 -> 6.2    589 -> 540 (497-540)
+    sbr                          3.9 (15.4x) -> 3.0 (20.2x) 4.5 -> 3.6    384 -> 484 (445-484)
+    10 min, median of 2
+    tiny10k-aeromamba            41.2 (14.6x) -> 26.0 (23.1x)  61.4 -> 40.5  618 -> 552
+    sbr                          13.3 (45.0x) -> 11.1 (54.0x)  18.0 -> 15.8  398 -> 493
+    1 min, published AEROMamba (21 M parameters: the unchanged intra-op path), median of 2
+    aeromamba                    83.8 -> 79.0              156.6 -> 151.0   2344 -> 2163
+
+The merge at one torch thread (``--threads 1``: serial rows, the memory of one forward),
+medians of 3 (1 min) and 2 (10 min): sbr 3.0 s (20.1x), 2.9 CPU s, 380 MiB on 1 min; 13.9 s
+(43x), 414 MiB on 10 min; tiny10k-aeromamba 5.2 s (11.5x), 426 MiB on 1 min. Rows side by
+side are what the second core buys for small models: on 10 min, sbr 43x -> 58x (10.3 s, a
+run right after) for ~80 MiB more; on 1 min the import dominates (sbr 3.0 s either way).
 """
 
 from __future__ import annotations

@@ -107,6 +107,24 @@ Run to run the RTF moved by ±25 % with the load, more than any difference betwe
 the kernel change in the model; see ``benchmarks/wave_u_mamba_cpu.py`` (third round) for the
 in-process comparisons. The bf16 rel. L2 against float32 (random weights, drawn anew each
 run, noise input) ranged 2.1-6.2e-3 for A and 1.5-5.8e-3 for B.
+
+The lead's check after merging the third round (2026-12-01 23:33-23:47 UTC, 2 threads, 10 s,
+``--runs 3 --no-flops``, one process per run alternating 8ec94dc (A) / the merge (B), nothing
+else running, load 1.5-1.8). RTF per run (CPU s per forward), medians:
+
+    wave-u-mamba bf16   A 0.624 0.477 0.623 (10.6 8.6 10.3)   B 0.513 0.504 0.552 (9.1 9.0 9.7)
+                        median 0.623 -> 0.513, CPU 10.3 -> 9.1
+    wave-u-mamba fp32   A 0.761 0.912 0.660 (12.0 13.0 11.8)  B 0.609 1.321 0.892 (11.0 13.2 13.6)
+                        median 0.761 -> 0.892, CPU 12.0 -> 13.2
+    aeromamba bf16      A 0.236 0.235   B 0.219 0.261    official A 0.142 0.126   B 0.133 0.117
+    aeromamba fp32      A 0.314 0.286   B 0.326 0.286    official A 0.211 0.209   B 0.207 0.198
+
+The outputs are bit-identical (the only model-side change is the scan kernel's ``2**x``), so
+these rows measure the host: single runs of the same tree moved by up to 2x (wave-u-mamba fp32
+B: 0.609 and 1.321 back to back, its CPU seconds equal to its wall seconds there: one core's
+worth). This evening the host ran the same code 10-30 % slower than at 21:00 UTC (the
+README's table: wave-u-mamba bf16 0.47, aeromamba paper bf16 0.18). No change of Wave-U-Mamba's
+speed is shown beyond that noise; bf16 stays above the 0.4 target.
 """
 
 from __future__ import annotations
