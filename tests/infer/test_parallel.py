@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.infer.test_engine import NanOnTwo
 from upsr import models
 from upsr.audio.synth import brickwall, music_like
 from upsr.infer.engine import EnhanceOptions, Job, Runner, enhance_array, restore_stream, run_jobs
@@ -116,23 +117,6 @@ def test_sbr_on_the_pool_is_byte_identical():
     side, _ = enhance_array(x, 44100, model, options=opts, cutoff_hz=9000.0, workers=2)
     assert np.abs(serial - x).max() > 1e-3  # the band above 9 kHz was rebuilt
     np.testing.assert_array_equal(side, serial)
-
-
-class NanOnTwo:
-    """NaN for rows whose first sample is 2 (file 2's rows), identity otherwise."""
-
-    name = "nan2"
-    in_rate = None
-    out_rate = 16000
-    channels = "mono"
-    context_s = 0.0
-    align = 1
-    uses_cutoff = False
-
-    def restore(self, x):
-        y = x.clone()
-        y[x[:, 0] == 2] = float("nan")
-        return y
 
 
 def test_a_failing_row_in_a_wave_fails_only_its_own_file():
