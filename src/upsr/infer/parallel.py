@@ -47,15 +47,15 @@ def row_workers(model: tp.Any, device: str, threads: int | None = None) -> int:
     """How many rows of ``model`` to run side by side on ``device`` (1: the serial path with
     torch's intra-op threads). ``threads``: the process's torch threads (default: torch's
     current count)."""
+    import torch
+
+    from upsr.infer.precision import parameter_count
+
     if device != "cpu":
-        return 1
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
         return 1
     if not isinstance(model, torch.nn.Module):
         return 1  # a plain object may hold state that a copy would not share
-    if sum(p.numel() for p in model.parameters()) >= MAX_PARAMS:
+    if parameter_count(model) >= MAX_PARAMS:
         return 1
     return max(1, int(threads if threads is not None else torch.get_num_threads()))
 
@@ -105,9 +105,9 @@ class RowPool:
             model = self._free.get()
             try:
                 with torch.inference_mode():
-                    done.put((True, fn(model, item)))
+                    done.put(fn(model, item))
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                done.put((False, exc))
+                done.put(exc)
             finally:
                 self._free.put(model)
 
@@ -121,11 +121,7 @@ class RowPool:
             box: queue.SimpleQueue[tp.Any] = queue.SimpleQueue()
             self._tasks.put((fn, item, box))
             boxes.append(box)
-        out: list[R | BaseException] = []
-        for box in boxes:
-            _ok, value = box.get()
-            out.append(value)
-        return out
+        return [box.get() for box in boxes]
 
     def map_or_raise(self, fn: Callable[[tp.Any, T], R], items: Sequence[T]) -> list[R]:
         """:meth:`map`, raising the first exception (after every call has finished)."""
