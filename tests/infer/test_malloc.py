@@ -203,3 +203,37 @@ def test_trim_hands_free_heap_pages_back():
     assert res.returncode == 0, res.stderr
     kept, after, released, mapped = res.stdout.split()
     assert int(kept) >= 60 and int(after) < 8 and released == "True" and mapped == "0"
+
+
+def test_collector_paused_then_frozen_only_where_upsr_owns_the_process(monkeypatch):
+    import gc
+
+    frozen = gc.get_freeze_count()
+    monkeypatch.setattr(malloc, "_OWNED", False)   # a library caller: its collector untouched
+    assert not malloc.pause_gc() and gc.isenabled()
+    malloc.freeze_gc()
+    assert gc.get_freeze_count() == frozen
+    monkeypatch.setattr(malloc, "_OWNED", True)
+    try:
+        assert malloc.pause_gc() and not gc.isenabled()
+        kept = [object() for _ in range(10)]
+        malloc.freeze_gc()
+        assert gc.isenabled() and gc.get_freeze_count() >= frozen + len(kept)
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
+
+def test_row_workers_share_the_main_heap_only_under_upsr_settings(monkeypatch):
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(malloc, "glibc", lambda: FakeLibc())
+    monkeypatch.setattr(malloc, "_APPLIED", False)   # glibc's defaults or the user's: left
+    assert not malloc.share_arena() and calls == []
+    monkeypatch.setattr(malloc, "_APPLIED", True)
+    assert malloc.share_arena() and calls == [(malloc.M_ARENA_MAX, 1)]

@@ -136,3 +136,42 @@ def test_a_failing_row_in_a_wave_fails_only_its_own_file():
     for i in (0, 1, 3):
         assert results[i] is None
         np.testing.assert_array_equal(np.concatenate(outs[i], -1), np.full((2, 3000), i))
+
+
+class SlowIdent(torch.nn.Module):
+    """Identity that takes 50 ms per call (sleeping: the GIL is free meanwhile)."""
+
+    name = "slow"
+    in_rate = None
+    out_rate = 16000
+    channels = "mono"
+    context_s = 0.0
+    align = 1
+    uses_cutoff = False
+
+    def restore(self, x):
+        time.sleep(0.05)
+        return x.clone()
+
+
+def test_a_waves_time_is_shared_by_the_rows_of_its_calls():
+    """Per-file wall time (reports): calls run side by side are charged together, each file
+    its share by the rows it contributed (a file with 2 of 3 rows: 2/3 of the wave)."""
+    from types import SimpleNamespace
+
+    from upsr.infer.batch import _Clock, _TimedRunner
+
+    a, b = SimpleNamespace(wall_s=0.0), SimpleNamespace(wall_s=0.0)
+    rows = [np.zeros(160, np.float32) + k for k in range(3)]
+    clock = _Clock()
+    for row, item in zip(rows, (a, a, b)):
+        clock.owner[row.ctypes.data] = item
+    with RowPool(SlowIdent(), 2) as pool:
+        runner = _TimedRunner(SlowIdent(), pool=pool)
+        runner.clock = clock
+        t0 = time.perf_counter()
+        out = runner.run_wave([(rows[:2], [None, None], None), (rows[2:], [None], None)])
+        wall = time.perf_counter() - t0
+    assert [[float(r[0]) for r in call] for call in out] == [[0.0, 1.0], [2.0]]
+    assert a.wall_s + b.wall_s == pytest.approx(wall, rel=0.05)
+    assert a.wall_s == pytest.approx(2 * b.wall_s)
