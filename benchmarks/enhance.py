@@ -191,6 +191,42 @@ medians of 3 (1 min) and 2 (10 min): sbr 3.0 s (20.1x), 2.9 CPU s, 380 MiB on 1 
 (43x), 414 MiB on 10 min; tiny10k-aeromamba 5.2 s (11.5x), 426 MiB on 1 min. Rows side by
 side are what the second core buys for small models: on 10 min, sbr 43x -> 58x (10.3 s, a
 run right after) for ~80 MiB more; on 1 min the import dominates (sbr 3.0 s either way).
+
+Issue 13, fourth round: where the tiny model's memory goes, and ``UPSR_MALLOC=compact``
+(2026-12-02 00:20-00:50 UTC, 1 min stereo, 2 threads unless noted, load 0.3-1.7). With
+upsr's default heap (``reuse``) the peak keeps rising through the file (RSS sampled every
+3 ms: 295 MiB when the statistics pass starts, 476 after it, 540-610 at the end), while
+the tensors alive at once need far less: one 14.45 s row of the 11 k-parameter model adds
++46 MiB at its peak (1 thread, every block above 64 KiB mapped on its own, so RSS follows
+what is alive). ``malloc_trim(0)`` after every row or every wave of rows did not lower the
+peak (498-531 MiB, +1 s of system time): the heap grows within one forward, whose blocks of
+different sizes do not fit each other's holes. Other allocators in ``LD_PRELOAD``
+(Debian's jemalloc 5.3: 450-453 MiB, 5.5-5.7 s; mimalloc 2.0: 513-532 MiB, 4.7-5.4 s)
+against reuse's 512-525 MiB in 4.3-4.6 s. Blocks above a fixed threshold mapped on their
+own (``MALLOC_MMAP_THRESHOLD_``: 64 KiB to 8 MiB, with or without trimming, with or without
+transparent huge pages): 390-525 MiB, the lowest (390-406) at 64 KiB-1 MiB, for 1.0-1.7x the
+wall time (0.3-3.5 s more system time: page faults; 1.4-1.7x at the thresholds that help). That became ``UPSR_MALLOC=compact``
+(:mod:`upsr.infer.malloc`); this script, ``--malloc reuse,compact``, alternating, median of 3:
+
+    model                              wall s (x real)   cpu s   peak RSS MiB
+    tiny10k-aeromamba  reuse           4.5 (13.3x)       6.1     560
+                       compact         7.6 (7.9x)        11.1    393
+    sbr                reuse           3.0 (19.8x)       3.7     479
+                       compact         3.9 (15.2x)       5.3     393
+
+At one thread (``/usr/bin/time``, 2 runs): tiny compact 7.5-8.9 s, 348 MiB (reuse 5.2-7.1 s,
+407-431 MiB). The same on 30 s of stereo music (hyperrogue's hr3-caves.ogg, random weights,
+``/usr/bin/time``, 2 alternating runs each): the published AEROMamba reuse 39-41 s,
+2040-2245 MiB, compact 61-62 s, 897 MiB; Wave-U-Mamba reuse 39-48 s, 1368-1687 MiB, compact
+61-62 s, 1047 MiB. So the tiny model's < 400 MB target (381 MiB) is met only at one thread
+in compact mode, at 7x real time: its rows alone need ~50 MiB each, on top of torch's
+219 MiB and the ~70 MiB the CLI, the file's analysis and its buffers hold before the model
+starts; the 20x needs the default heap, which holds ~1.4x that.
+
+The tiny model over an archive (``--minutes 10 --files 10``: ten 1-minute files in one
+process, median of 3, load ~1.3): 25.1 s (23.9x), 38.9 CPU s, peak 542 MiB (273-331 MiB
+after each file); sbr 11.4 s (52.5x), 500 MiB. The import is paid once per process: one
+1-minute file per process costs 4.5 s (13x) of which ~1.9 s are imports and start-up.
 """
 
 from __future__ import annotations

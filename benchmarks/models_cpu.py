@@ -16,9 +16,10 @@ With ``--precision bf16`` the timed forwards (and the memory child) run under
 table then also gives the relative L2 difference of the bf16 output from the float32 one.
 
 Usage: ``python benchmarks/models_cpu.py [NAME ...] [--seconds 10] [--runs 5] [--threads 2]
-[--precision fp32|bf16] [--malloc reuse|default] [--no-flops]``. ``--malloc reuse`` (the
-default) sets glibc's allocator as ``upsr enhance`` does (:mod:`upsr.infer.malloc`, the same
-function), ``default`` leaves it alone; the table also gives the median CPU seconds (user +
+[--precision fp32|bf16] [--malloc reuse|compact|default] [--no-flops]``. ``--malloc reuse``
+(the default) sets glibc's allocator as ``upsr enhance`` does (:mod:`upsr.infer.malloc`, the
+same function), ``compact`` as ``UPSR_MALLOC=compact upsr enhance`` does, ``default`` leaves
+it alone; the table also gives the median CPU seconds (user +
 system, all threads) and the minor page faults per timed forward.
 Add a model by adding an entry to ``MODELS`` (a function returning the model and its input rate).
 
@@ -201,11 +202,13 @@ def _autocast(precision: str) -> tp.ContextManager[tp.Any]:
 
 
 def _allocator(malloc: str) -> None:
-    """``reuse``: glibc's allocator as ``upsr enhance`` sets it (upsr.infer.malloc; this
-    script owns its process); ``default``: left alone."""
-    if malloc == "reuse":
+    """``reuse`` / ``compact``: glibc's allocator as ``upsr enhance`` sets it in that
+    ``UPSR_MALLOC`` mode (upsr.infer.malloc; this script owns its process); ``default``:
+    left alone."""
+    if malloc != "default":
         from upsr.infer import malloc as alloc
 
+        os.environ[alloc.ENV] = malloc
         alloc.own_process()
         status = alloc.for_inference()
         if status != "applied":
@@ -324,8 +327,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    ap.add_argument("--malloc", choices=("reuse", "default"), default="reuse",
-                    help="glibc allocator: as upsr enhance sets it (reuse) or glibc's default")
+    ap.add_argument("--malloc", choices=("reuse", "compact", "default"), default="reuse",
+                    help="glibc allocator: as upsr enhance sets it (reuse, or compact as "
+                    "with UPSR_MALLOC=compact) or glibc's default")
     ap.add_argument("--flops", action=argparse.BooleanOptionalAction, default=True,
                     help="count FLOPs (two more forward passes per model)")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)

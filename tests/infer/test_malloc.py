@@ -1,5 +1,6 @@
 """upsr.infer.malloc: glibc keeps large blocks in the heap for inference in a process upsr
-owns, leaves the user's settings and other platforms alone, and changes no output."""
+owns (or, with UPSR_MALLOC=compact, maps every block above 64 KiB on its own), leaves the
+user's settings and other platforms alone, and changes no output."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from upsr.infer import malloc
 REPO = Path(__file__).resolve().parents[2]
 
 # The ``upsr`` command as the console script runs it (main() without argv: upsr owns the
-# process), then a 64 MiB probe allocation: does glibc still serve it with mmap?
+# process), then probe allocations: does glibc still serve 64 MiB with mmap? And 1 MiB right
+# after an 8 MiB mapping was freed (which raises glibc's own, dynamic threshold above 1 MiB)?
 CHILD = """\
 import ctypes, json, os, sys
 from upsr.cli.main import main
@@ -38,8 +40,15 @@ before = malloc.mapped_bytes()
 probe = libc.malloc(64 << 20)
 mapped = malloc.mapped_bytes() - before
 libc.free(probe)
-print(json.dumps({"code": code, "mapped": mapped, "applied": malloc.applied(),
-                  "exported": os.environ.get("MALLOC_MMAP_MAX_")}))
+libc.free(libc.malloc(8 << 20))
+before = malloc.mapped_bytes()
+probe = libc.malloc(1 << 20)
+small = malloc.mapped_bytes() - before
+libc.free(probe)
+print(json.dumps({"code": code, "mapped": mapped, "small_mapped": small,
+                  "mode": malloc.applied_mode(),
+                  "exported": os.environ.get("MALLOC_MMAP_MAX_"),
+                  "threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_")}))
 """
 
 
@@ -83,25 +92,33 @@ def test_neural_run_keeps_large_blocks_in_the_heap_and_outputs_are_unchanged(tin
     ckpt, wav = tiny_apollo
     runs = {}
     for name, env in (("reuse", _clean_env()),
+                      ("compact", _clean_env(UPSR_MALLOC="compact")),
                       ("opted-out", _clean_env(UPSR_MALLOC="default")),
                       ("user", _clean_env(MALLOC_ARENA_MAX="4"))):
         out = tmp_path / name
         runs[name] = _enhance([str(wav), "-o", str(out), "--model", str(ckpt),
                                "--device", "cpu", "--precision", "fp32"], env)
         runs[name]["bytes"] = (out / "in.wav").read_bytes()
-    assert runs["reuse"]["applied"] and runs["reuse"]["mapped"] == 0
-    assert runs["reuse"]["exported"] == "0"   # --jobs workers start with the same setting
-    for name in ("opted-out", "user"):   # glibc's default: a 64 MiB block is an mmap
-        assert not runs[name]["applied"] and runs[name]["mapped"] >= 64 << 20
-        assert runs[name]["exported"] is None
-    assert runs["reuse"]["bytes"] == runs["opted-out"]["bytes"]
-    assert runs["reuse"]["bytes"] == runs["user"]["bytes"]
+    reuse, compact = runs["reuse"], runs["compact"]
+    assert reuse["mode"] == "reuse" and reuse["mapped"] == 0 and reuse["small_mapped"] == 0
+    assert reuse["exported"] == "0"   # --jobs workers start with the same setting
+    assert reuse["threshold"] is None
+    # compact: both blocks are mappings of their own (the threshold stays at 64 KiB)
+    assert compact["mode"] == "compact" and compact["mapped"] >= 64 << 20
+    assert compact["small_mapped"] >= 1 << 20
+    assert compact["threshold"] == "65536" and compact["exported"] is None
+    for name in ("opted-out", "user"):   # glibc's default: a 64 MiB block is an mmap, and
+        run = runs[name]                 # its threshold has risen above 1 MiB by then
+        assert run["mode"] is None and run["mapped"] >= 64 << 20 and run["small_mapped"] == 0
+        assert run["exported"] is None and run["threshold"] is None
+    for name in ("compact", "opted-out", "user"):
+        assert runs[name]["bytes"] == reuse["bytes"]
 
 
 def test_library_callers_keep_their_allocator(monkeypatch):
     """Without own_process() (a program importing upsr, main(argv) in tests) nothing is set."""
     monkeypatch.setattr(malloc, "_OWNED", False)
-    monkeypatch.setattr(malloc, "reuse_large_blocks", lambda env=None: pytest.fail("applied"))
+    monkeypatch.setattr(malloc, "configure", lambda env=None: pytest.fail("applied"))
     assert malloc.for_inference() == "not-owned"
 
 
@@ -116,7 +133,7 @@ def test_without_glibc_nothing_happens(monkeypatch, run_cli, tmp_path):
         assert malloc.glibc() is None
     monkeypatch.setattr(malloc, "glibc", lambda: None)
     env: dict[str, str] = {}
-    assert malloc.reuse_large_blocks(env) == "unsupported" and env == {}
+    assert malloc.configure(env) == "unsupported" and env == {}
     statuses = []
     monkeypatch.setattr(malloc, "_OWNED", True)
     real = malloc.for_inference
@@ -143,10 +160,13 @@ def test_user_settings_win_and_opt_out():
         "GLIBC_TUNABLES"]
     assert malloc.user_settings({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX"}) == []
     assert malloc.user_settings({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}) == ["LD_PRELOAD"]
-    assert malloc.reuse_large_blocks({"MALLOC_TOP_PAD_": "0"}) == "user-settings"
-    assert malloc.reuse_large_blocks({"UPSR_MALLOC": "default"}) == "opted-out"
+    assert malloc.configure({"MALLOC_TOP_PAD_": "0"}) == "user-settings"
+    assert malloc.configure({"MALLOC_TOP_PAD_": "0", "UPSR_MALLOC": "compact"}) == (
+        "user-settings")
+    assert malloc.configure({"UPSR_MALLOC": "default"}) == "opted-out"
     assert malloc.mode({}) == malloc.mode({"UPSR_MALLOC": " Reuse "}) == "reuse"
     assert malloc.mode({"UPSR_MALLOC": "default"}) == "default"
+    assert malloc.mode({"UPSR_MALLOC": "COMPACT"}) == "compact"
     with pytest.raises(UsageError, match="UPSR_MALLOC='mmap'"):
         malloc.mode({"UPSR_MALLOC": "mmap"})
 
@@ -159,22 +179,26 @@ def test_bad_opt_out_value_is_one_line(monkeypatch, run_cli, tmp_path):
     code, _, err = run_cli("enhance", tmp_path / "a.wav", "-o", tmp_path / "o")
     assert code == 1
     assert err.strip().splitlines() == [
-        "upsr: error: UPSR_MALLOC='off': expected one of reuse, default"]
+        "upsr: error: UPSR_MALLOC='off': expected one of reuse, compact, default"]
     assert not (tmp_path / "o" / "a.wav").exists() and not malloc.applied()
 
 
 def test_free_memory_goes_back_between_files_only_under_upsr_settings(monkeypatch):
     calls = []
     monkeypatch.setattr(malloc, "release_free_memory", lambda: calls.append(1) or True)
-    monkeypatch.setattr(malloc, "_APPLIED", False)
-    for _, _, name, _ in malloc.SETTINGS:
-        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(malloc, "_APPLIED", None)
+    for settings in malloc.MODE_SETTINGS.values():
+        for _, _, name, _ in settings:
+            monkeypatch.delenv(name, raising=False)
     assert not malloc.between_files() and calls == []      # glibc's defaults: left alone
     monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")             # the user's own setting
     assert not malloc.between_files() and calls == []
-    for _, _, name, text in malloc.SETTINGS:                 # a --jobs worker of upsr's
-        monkeypatch.setenv(name, text)
-    assert malloc.between_files() and calls == [1]
+    for mode, settings in malloc.MODE_SETTINGS.items():      # a --jobs worker of upsr's
+        with monkeypatch.context() as m:
+            for _, _, name, text in settings:
+                m.setenv(name, text)
+            assert malloc.between_files(), mode
+    assert calls == [1] * len(malloc.MODE_SETTINGS)
 
 
 def test_trim_hands_free_heap_pages_back():
@@ -233,7 +257,33 @@ def test_row_workers_share_the_main_heap_only_under_upsr_settings(monkeypatch):
             return 1
 
     monkeypatch.setattr(malloc, "glibc", lambda: FakeLibc())
-    monkeypatch.setattr(malloc, "_APPLIED", False)   # glibc's defaults or the user's: left
+    monkeypatch.setattr(malloc, "_APPLIED", None)   # glibc's defaults or the user's: left
     assert not malloc.share_arena() and calls == []
-    monkeypatch.setattr(malloc, "_APPLIED", True)
+    monkeypatch.setattr(malloc, "_APPLIED", "reuse")
     assert malloc.share_arena() and calls == [(malloc.M_ARENA_MAX, 1)]
+
+
+@pytest.mark.parametrize("chosen", ["reuse", "compact"])
+def test_each_mode_sets_and_exports_its_own_settings(monkeypatch, chosen):
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(malloc, "glibc", lambda: FakeLibc())
+    monkeypatch.setattr(malloc, "_APPLIED", None)
+    env = {"UPSR_MALLOC": chosen}
+    assert malloc.configure(env) == "applied" and malloc.applied_mode() == chosen
+    expected = {"reuse": [(malloc.M_MMAP_MAX, 0), (malloc.M_TRIM_THRESHOLD, -1)],
+                "compact": [(malloc.M_MMAP_THRESHOLD, 64 << 10),
+                            (malloc.M_TRIM_THRESHOLD, 128 << 10)]}[chosen]
+    assert calls == expected
+    exported = {k: v for k, v in env.items() if k != "UPSR_MALLOC"}
+    assert exported == {"reuse": {"MALLOC_MMAP_MAX_": "0",
+                                  "MALLOC_TRIM_THRESHOLD_": str(2**64 - 1)},
+                        "compact": {"MALLOC_MMAP_THRESHOLD_": "65536",
+                                    "MALLOC_TRIM_THRESHOLD_": "131072"}}[chosen]
+    assert malloc.configure({"UPSR_MALLOC": "default"}) == "applied"   # once per process
+    assert len(calls) == len(expected)

@@ -1,4 +1,4 @@
-"""glibc's allocator during model inference: large temporaries reused instead of re-mapped.
+"""glibc's allocator during model inference: large temporaries reused, or handed back at once.
 
 glibc serves an allocation above its mmap threshold (dynamic: 128 KiB rising to at most
 32 MiB on 64-bit) with a fresh ``mmap`` and returns it with ``munmap`` when it is freed. A
@@ -6,18 +6,29 @@ neural model's forward pass allocates and frees the same large temporaries (hund
 for a 10 s chunk) on every call, so every call page-faults them in again: the kernel zeroes
 each 4 KiB page, and that cost Wave-U-Mamba ~25 % of its time (``benchmarks/models_cpu.py``).
 
-:func:`reuse_large_blocks` sets, with ``mallopt`` (constants of glibc's ``<malloc.h>``):
+``UPSR_MALLOC`` picks what :func:`configure` sets with ``mallopt`` (constants of glibc's
+``<malloc.h>``):
 
-- ``M_MMAP_MAX = 0``: no allocation is served by ``mmap``; large blocks come from the heap and
-  are reused by the next call after they are freed;
-- ``M_TRIM_THRESHOLD = -1`` (largest ``size_t``; mallopt(3): "disables trimming completely"):
-  the free top of the heap is not handed back after every call (it would be faulted in again);
+- ``reuse`` (the default): ``M_MMAP_MAX = 0``, no allocation is served by ``mmap``, large
+  blocks come from the heap and are reused by the next call after they are freed; and
+  ``M_TRIM_THRESHOLD = -1`` (largest ``size_t``; mallopt(3): "disables trimming
+  completely"), the free top of the heap is not handed back after every call (it would be
+  faulted in again). The fastest, but the heap fragments: two rows' blocks of different sizes
+  interleave, and the process holds up to ~2.4x what ``compact`` needs;
+- ``compact``: ``M_MMAP_THRESHOLD`` fixed at 64 KiB (which also stops glibc from raising
+  it) and ``M_TRIM_THRESHOLD`` at 128 KiB: every block above 64 KiB is its own mapping,
+  handed back the moment it is freed, so the resident set follows what is alive. For machines
+  (and containers) short of memory: every forward pass faults its temporaries in afresh.
+  Measured (upsr enhance, 30 s stereo, the published AEROMamba, 2 threads): peak RSS 2.0-2.2
+  GiB -> 0.9 GiB for 1.5x the wall time (39-41 -> 61-62 s: the extra is system time, page
+  faults; README "Speed", ``benchmarks/enhance.py``);
+- ``default``: glibc's own behaviour, nothing set.
 
-and exports the same as ``MALLOC_MMAP_MAX_`` / ``MALLOC_TRIM_THRESHOLD_`` so that processes
-started afterwards (``--jobs`` workers) run alike. Memory freed is then kept by the process
-until :func:`between_files` (``malloc_trim(0)``, after every finished file) hands the free
-pages back to the system: within a file the chunks reuse the blocks, a batch holds no more
-than its largest file needs.
+:func:`configure` exports the settings as glibc's variables (``MALLOC_MMAP_MAX_`` ...) too, so
+that processes started afterwards (``--jobs`` workers) run alike. Memory freed into the heap
+is kept by the process until :func:`between_files` (``malloc_trim(0)``, after every finished
+file) hands the free pages back to the system: within a file the chunks reuse the blocks, a
+batch holds no more than its largest file needs.
 
 It is process-wide, so only a process ``upsr`` owns changes it (``upsr ...``, ``python -m
 upsr``), never a program that imports upsr. It does nothing where the C library is not glibc
@@ -40,22 +51,32 @@ from upsr.errors import UsageError
 log = logging.getLogger(__name__)
 
 ENV = "UPSR_MALLOC"
-MODES = ("reuse", "default")   # UPSR_MALLOC values; unset = reuse
+MODES = ("reuse", "compact", "default")   # UPSR_MALLOC values; unset = reuse
 
 # <malloc.h>, glibc (checked against 2.36's header; the values date from glibc 2.0, M_ARENA_MAX
 # from 2.10)
 M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 M_ARENA_MAX = -8
 
-#: what reuse_large_blocks sets, as (mallopt parameter, value, the environment variable glibc
-#: reads at start-up for it, its value there)
-SETTINGS: tuple[tuple[int, int, str, str], ...] = (
-    (M_MMAP_MAX, 0, "MALLOC_MMAP_MAX_", "0"),
-    (M_TRIM_THRESHOLD, -1, "MALLOC_TRIM_THRESHOLD_", str(2**64 - 1)),
-)
+COMPACT_MMAP_BYTES = 64 << 10    # compact: blocks above this are mappings of their own
+COMPACT_TRIM_BYTES = 128 << 10   # compact: glibc's default trim threshold, kept fixed
+
+Setting = tuple[int, int, str, str]
+#: what :func:`configure` sets per mode, as (mallopt parameter, value, the environment
+#: variable glibc reads at start-up for it, its value there)
+MODE_SETTINGS: dict[str, tuple[Setting, ...]] = {
+    "reuse": ((M_MMAP_MAX, 0, "MALLOC_MMAP_MAX_", "0"),
+              (M_TRIM_THRESHOLD, -1, "MALLOC_TRIM_THRESHOLD_", str(2**64 - 1))),
+    "compact": ((M_MMAP_THRESHOLD, COMPACT_MMAP_BYTES, "MALLOC_MMAP_THRESHOLD_",
+                 str(COMPACT_MMAP_BYTES)),
+                (M_TRIM_THRESHOLD, COMPACT_TRIM_BYTES, "MALLOC_TRIM_THRESHOLD_",
+                 str(COMPACT_TRIM_BYTES))),
+}
+SETTINGS = MODE_SETTINGS["reuse"]   # the default mode's
 _OWNED = False
-_APPLIED = False
+_APPLIED: str | None = None   # the mode configure() applied
 
 
 class _MallInfo2(ctypes.Structure):
@@ -102,7 +123,8 @@ def user_settings(env: tp.Mapping[str, str] | None = None) -> list[str]:
 
 
 def mode(env: tp.Mapping[str, str] | None = None) -> str:
-    """``UPSR_MALLOC`` (``reuse`` where unset or empty); a UsageError for other values."""
+    """``UPSR_MALLOC`` (``reuse`` where unset or empty); a UsageError for values not in
+    :data:`MODES`."""
     env = os.environ if env is None else env
     value = env.get(ENV, "").strip().lower() or "reuse"
     if value not in MODES:
@@ -110,35 +132,38 @@ def mode(env: tp.Mapping[str, str] | None = None) -> str:
     return value
 
 
-def reuse_large_blocks(env: tp.MutableMapping[str, str] | None = None) -> str:
-    """Apply the settings of this module's docstring to this process (and export them into
-    ``env``, default ``os.environ``, for processes started later). Returns what happened:
-    ``"applied"``, ``"opted-out"`` (UPSR_MALLOC=default), ``"user-settings"``,
-    ``"unsupported"`` (not glibc) or ``"failed"`` (mallopt refused)."""
+def configure(env: tp.MutableMapping[str, str] | None = None) -> str:
+    """Apply the settings of ``UPSR_MALLOC``'s mode (this module's docstring) to this process
+    and export them into ``env`` (default ``os.environ``) for processes started later.
+    Returns what happened: ``"applied"`` (also when an earlier call applied them),
+    ``"opted-out"`` (UPSR_MALLOC=default), ``"user-settings"``, ``"unsupported"`` (not
+    glibc) or ``"failed"`` (mallopt refused)."""
     global _APPLIED
     env = os.environ if env is None else env
     if _APPLIED:
         return "applied"
-    if mode(env) == "default":
+    chosen = mode(env)
+    if chosen == "default":
         return "opted-out"
     if user_settings(env):
         return "user-settings"
     libc = glibc()
     if libc is None:
         return "unsupported"
-    if not all(libc.mallopt(param, value) == 1 for param, value, _, _ in SETTINGS):
+    settings = MODE_SETTINGS[chosen]
+    if not all(libc.mallopt(param, value) == 1 for param, value, _, _ in settings):
         return "failed"
-    for _, _, name, text in SETTINGS:
+    for _, _, name, text in settings:
         env[name] = text
-    _APPLIED = True
+    _APPLIED = chosen
     return "applied"
 
 
 def for_inference() -> str:
-    """What the CLI calls before it runs a model: :func:`reuse_large_blocks` where upsr owns
-    the process, else nothing (``"not-owned"``). Logged at debug level (``-vv``)."""
-    status = reuse_large_blocks() if _OWNED else "not-owned"
-    log.debug("allocator: %s (%s=default keeps glibc's defaults)", status, ENV)
+    """What the CLI calls before it runs a model: :func:`configure` where upsr owns the
+    process, else nothing (``"not-owned"``). Logged at debug level (``-vv``)."""
+    status = configure() if _OWNED else "not-owned"
+    log.debug("allocator: %s (%s=%s)", status, ENV, os.environ.get(ENV, "") or "reuse")
     return status
 
 
@@ -151,7 +176,7 @@ def share_arena() -> bool:
     Measured (``benchmarks/enhance.py``, 1 min stereo, two row workers): peak RSS 462 against
     503 MiB (``sbr``), 514 against 546 MiB (the 11 k-parameter AEROMamba), the same CPU time.
     True when set."""
-    if not _APPLIED:
+    if _APPLIED is None:
         return False
     libc = glibc()
     return libc is not None and libc.mallopt(M_ARENA_MAX, 1) == 1
@@ -182,7 +207,12 @@ def freeze_gc() -> None:
 
 
 def applied() -> bool:
-    """Whether :func:`reuse_large_blocks` changed this process's allocator."""
+    """Whether :func:`configure` changed this process's allocator."""
+    return _APPLIED is not None
+
+
+def applied_mode() -> str | None:
+    """The mode :func:`configure` applied to this process (None: none)."""
     return _APPLIED
 
 
@@ -192,8 +222,9 @@ def between_files() -> bool:
     process), hand the heap's free memory back, so that a batch holds no more than its largest
     file needs (a batch of files of different lengths otherwise fragments the heap and grows).
     True when something was released."""
-    inherited = all(os.environ.get(name) == text for _, _, name, text in SETTINGS)
-    return (_APPLIED or inherited) and release_free_memory()
+    inherited = any(all(os.environ.get(name) == text for _, _, name, text in settings)
+                    for settings in MODE_SETTINGS.values())
+    return (_APPLIED is not None or inherited) and release_free_memory()
 
 
 def release_free_memory() -> bool:
@@ -218,6 +249,7 @@ def mapped_bytes() -> int | None:
     return int(fn().hblkhd)
 
 
-__all__ = ["ENV", "MODES", "SETTINGS", "applied", "between_files", "for_inference", "freeze_gc",
-           "glibc", "mapped_bytes", "mode", "own_process", "pause_gc", "release_free_memory",
-           "reuse_large_blocks", "share_arena", "user_settings"]
+__all__ = ["ENV", "MODES", "MODE_SETTINGS", "SETTINGS", "applied", "applied_mode",
+           "between_files", "configure", "for_inference", "freeze_gc", "glibc", "mapped_bytes",
+           "mode", "own_process", "pause_gc", "release_free_memory", "share_arena",
+           "user_settings"]
