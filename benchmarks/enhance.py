@@ -205,8 +205,9 @@ different sizes do not fit each other's holes. Other allocators in ``LD_PRELOAD`
 against reuse's 512-525 MiB in 4.3-4.6 s. Blocks above a fixed threshold mapped on their
 own (``MALLOC_MMAP_THRESHOLD_``: 64 KiB to 8 MiB, with or without trimming, with or without
 transparent huge pages): 390-525 MiB, the lowest (390-406) at 64 KiB-1 MiB, for 1.0-1.7x the
-wall time (0.3-3.5 s more system time: page faults; 1.4-1.7x at the thresholds that help). That became ``UPSR_MALLOC=compact``
-(:mod:`upsr.infer.malloc`); this script, ``--malloc reuse,compact``, alternating, median of 3:
+wall time (0.3-3.5 s more system time: page faults; 1.4-1.7x at the thresholds that help).
+That became ``UPSR_MALLOC=compact`` (:mod:`upsr.infer.malloc`); this script, ``--malloc
+reuse,compact``, alternating, median of 3:
 
     model                              wall s (x real)   cpu s   peak RSS MiB
     tiny10k-aeromamba  reuse           4.5 (13.3x)       6.1     560
