@@ -248,8 +248,10 @@ def test_collector_paused_then_frozen_only_where_upsr_owns_the_process(monkeypat
         gc.enable()
 
 
-def test_row_workers_share_the_main_heap_only_under_upsr_settings(monkeypatch):
-    calls = []
+@pytest.fixture
+def mallopt_calls(monkeypatch) -> list[tuple[int, int]]:
+    """A stand-in C library whose ``mallopt`` records its calls (and accepts them)."""
+    calls: list[tuple[int, int]] = []
 
     class FakeLibc:
         def mallopt(self, param, value):
@@ -257,6 +259,11 @@ def test_row_workers_share_the_main_heap_only_under_upsr_settings(monkeypatch):
             return 1
 
     monkeypatch.setattr(malloc, "glibc", lambda: FakeLibc())
+    return calls
+
+
+def test_row_workers_share_the_main_heap_only_under_upsr_settings(monkeypatch, mallopt_calls):
+    calls = mallopt_calls
     monkeypatch.setattr(malloc, "_APPLIED", None)   # glibc's defaults or the user's: left
     assert not malloc.share_arena() and calls == []
     monkeypatch.setattr(malloc, "_APPLIED", "reuse")
@@ -264,15 +271,8 @@ def test_row_workers_share_the_main_heap_only_under_upsr_settings(monkeypatch):
 
 
 @pytest.mark.parametrize("chosen", ["reuse", "compact"])
-def test_each_mode_sets_and_exports_its_own_settings(monkeypatch, chosen):
-    calls = []
-
-    class FakeLibc:
-        def mallopt(self, param, value):
-            calls.append((param, value))
-            return 1
-
-    monkeypatch.setattr(malloc, "glibc", lambda: FakeLibc())
+def test_each_mode_sets_and_exports_its_own_settings(monkeypatch, mallopt_calls, chosen):
+    calls = mallopt_calls
     monkeypatch.setattr(malloc, "_APPLIED", None)
     env = {"UPSR_MALLOC": chosen}
     assert malloc.configure(env) == "applied" and malloc.applied_mode() == chosen
