@@ -960,8 +960,11 @@ class AEROMamba(Restorer):
     def _ispec(self, z: torch.Tensor) -> torch.Tensor:
         """``z: [B, 2, F, N]`` real/imag → ``[B, hop·(N-1)]`` at the output rate."""
         cfg = self.config
-        zc = torch.view_as_complex(z.permute(0, 2, 3, 1).contiguous())
-        zc = F.pad(zc, (0, 0, 0, 1))
+        B, _, Fr, N = z.shape  # one buffer for the complex spectrum with its zero top bin
+        buf = z.new_empty(B, Fr + 1, N, 2)
+        buf[:, :Fr].copy_(z.permute(0, 2, 3, 1))
+        buf[:, Fr].zero_()
+        zc = torch.view_as_complex(buf)
         return torch.istft(zc, cfg.n_fft, cfg.hop_length, win_length=cfg.n_fft,
                            window=torch.hann_window(cfg.n_fft, device=z.device,
                                                     dtype=z.real.dtype),
@@ -1003,6 +1006,7 @@ class AEROMamba(Restorer):
         if self._collected():
             return None
         h = (z - mean) / (1e-5 + std)
+        del z, x  # not needed again: their memory serves the layers
         skips = []
         for idx, enc in enumerate(self.encoder):
             h = enc(h, low)
@@ -1019,7 +1023,9 @@ class AEROMamba(Restorer):
         assert out is not None
         if self._collected():
             return None
-        h = out * std + mean  # float32 (the last decoder layer's output is, see _low)
+        # float32 (the last decoder layer's output is, see _low); in place at inference
+        h = out * std + mean if out.requires_grad else out.mul_(std).add_(mean)
+        del out
         if intermediates is not None:
             intermediates["spec_out"] = h
         return self._ispec(h)[:, :length * cfg.scale]
