@@ -219,15 +219,33 @@ At one thread (``/usr/bin/time``, 2 runs): tiny compact 7.5-8.9 s, 348 MiB (reus
 407-431 MiB). The same on 30 s of stereo music (hyperrogue's hr3-caves.ogg, random weights,
 ``/usr/bin/time``, 2 alternating runs each): the published AEROMamba reuse 39-41 s,
 2040-2245 MiB, compact 61-62 s, 897 MiB; Wave-U-Mamba reuse 39-48 s, 1368-1687 MiB, compact
-61-62 s, 1047 MiB. So the tiny model's < 400 MB target (381 MiB) is met only at one thread
-in compact mode, at 7x real time: its rows alone need ~50 MiB each, on top of torch's
-219 MiB and the ~70 MiB the CLI, the file's analysis and its buffers hold before the model
-starts; the 20x needs the default heap, which holds ~1.4x that.
+61-62 s, 1047 MiB.
+
+After AEROMamba's forward dropped three of its buffers early (the input spectrum once
+normalised, the denormalised output in place, the iSTFT's padded spectrum in one buffer: one
+14.45 s row of the 11 k model peaks at 41.0 instead of 46.7 MiB), 01:08 UTC, load 0.9-1.3,
+median of 3, ``--malloc reuse,compact`` (the one-thread rows with ``--threads 1``):
+
+    model                              wall s (x real)   cpu s   peak RSS MiB
+    tiny10k-aeromamba  reuse           4.5 (13.5x)       6.1     513
+                       compact         6.4 (9.3x)        9.3     381
+    sbr                reuse           2.9 (20.7x)       3.5     479
+                       compact         4.2 (14.4x)       5.5     394
+    tiny10k-aeromamba, 1 thread
+                       reuse           5.1 (11.7x)       5.1     423
+                       compact         9.8 (6.1x)        9.8     344
+
+So the tiny model's < 400 MB target (381 MiB) is met only in compact mode (381 MiB at 2
+threads, right at the bound, 344 MiB at one), at 6-9x real time: each row in flight needs
+~41 MiB at its peak, on top of torch's 219 MiB and the ~70 MiB the CLI, the file's analysis
+and its buffers hold before the model starts; the 13-24x needs upsr's default heap, which
+holds ~1.35x that.
 
 The tiny model over an archive (``--minutes 10 --files 10``: ten 1-minute files in one
-process, median of 3, load ~1.3): 25.1 s (23.9x), 38.9 CPU s, peak 542 MiB (273-331 MiB
-after each file); sbr 11.4 s (52.5x), 500 MiB. The import is paid once per process: one
-1-minute file per process costs 4.5 s (13x) of which ~1.9 s are imports and start-up.
+process, median of 3, load ~1.3, before the three buffers): 25.1 s (23.9x), 38.9 CPU s,
+peak 542 MiB (273-331 MiB after each file); sbr 11.4 s (52.5x), 500 MiB. The import is paid
+once per process: one 1-minute file per process costs 4.5 s (13x) of which ~1.9 s are
+imports and start-up.
 """
 
 from __future__ import annotations
