@@ -140,7 +140,7 @@ def configure(env: tp.MutableMapping[str, str] | None = None) -> str:
     glibc) or ``"failed"`` (mallopt refused)."""
     global _APPLIED
     env = os.environ if env is None else env
-    if _APPLIED:
+    if _APPLIED is not None:
         return "applied"
     chosen = mode(env)
     if chosen == "default":
