@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.infer.test_engine import NanOnTwo
+from tests.infer.test_engine import Ident, NanOnTwo
 from upsr import models
 from upsr.audio.synth import brickwall, music_like
 from upsr.infer.engine import EnhanceOptions, Job, Runner, enhance_array, restore_stream, run_jobs
@@ -138,16 +138,32 @@ def test_a_failing_row_in_a_wave_fails_only_its_own_file():
         np.testing.assert_array_equal(np.concatenate(outs[i], -1), np.full((2, 3000), i))
 
 
-class SlowIdent(torch.nn.Module):
-    """Identity that takes 50 ms per call (sleeping: the GIL is free meanwhile)."""
+def test_a_failing_call_of_several_files_in_a_wave_is_run_again_file_by_file():
+    """Mono files, two rows per call: the call holding file 2's row fails and is run again
+    one file at a time, so its other file still comes out."""
+    model = NanOnTwo()
+    outs, jobs = {}, []
+    for i in range(4):
+        x = np.full((1, 3000), i, np.float32)
+        outs[i] = []
+        jobs.append(Job(i, restore_stream(ArraySource(x, 16000), model, outs[i].append, None,
+                                          EnhanceOptions(lf_replace=False)), None, 16000))
+    results = {}
+    with RowPool(model, 2) as pool:
+        runner = Runner(model, pool=pool)
+        run_jobs(jobs, runner, batch_size=2, on_done=lambda j, e: results.__setitem__(j.key, e))
+    assert runner.calls == 4  # a wave of two 2-row calls, then the failed one file by file
+    assert isinstance(results[2], FloatingPointError)
+    for i in (0, 1, 3):
+        assert results[i] is None
+        np.testing.assert_array_equal(np.concatenate(outs[i], -1), np.full((1, 3000), i))
+
+
+class SlowIdent(torch.nn.Module, Ident):
+    """test_engine's Ident as a module (so it gets a pool) that takes 50 ms per call
+    (sleeping: the GIL is free meanwhile)."""
 
     name = "slow"
-    in_rate = None
-    out_rate = 16000
-    channels = "mono"
-    context_s = 0.0
-    align = 1
-    uses_cutoff = False
 
     def restore(self, x):
         time.sleep(0.05)

@@ -612,14 +612,21 @@ def _run_rows(runner: Runner, part: list[Row], cutoffs: list[float | None], rate
         owners = sorted({it[0] for it in part})
         if len(owners) == 1:
             failed[owners[0]] = exc
-            return
-        for owner in owners:
-            mine = [k for k, it in enumerate(part) if it[0] == owner]
-            _run_rows(runner, [part[k] for k in mine], [cutoffs[k] for k in mine], rate, outs,
-                      failed)
+        else:
+            _rerun_by_job(runner, part, cutoffs, owners, rate, outs, failed)
         return
     for (j, i, lane, _, _), y in zip(part, ys):
         outs[(j, i, lane)] = y
+
+
+def _rerun_by_job(runner: Runner, part: list[Row], cutoffs: list[float | None],
+                  owners: list[int], rate: int, outs: dict[tuple[int, int, int], np.ndarray],
+                  failed: dict[int, BaseException]) -> None:
+    """A failed pass over rows of several jobs (``owners``), run again job by job."""
+    for owner in owners:
+        mine = [k for k, it in enumerate(part) if it[0] == owner]
+        _run_rows(runner, [part[k] for k in mine], [cutoffs[k] for k in mine], rate, outs,
+                  failed)
 
 
 def _run_wave(runner: Runner, parts: list[list[Row]], cutoffs: list[list[float | None]],
@@ -642,11 +649,8 @@ def _run_wave(runner: Runner, parts: list[list[Row]], cutoffs: list[list[float |
         owners = sorted({it[0] for it in part})
         if len(owners) == 1:
             failed.setdefault(owners[0], result)
-            continue
-        for owner in owners:  # as _run_rows: again, job by job
-            mine = [k for k, it in enumerate(part) if it[0] == owner]
-            _run_rows(runner, [part[k] for k in mine], [cut[k] for k in mine], rate, outs,
-                      failed)
+        else:  # as _run_rows: again, job by job
+            _rerun_by_job(runner, part, cut, owners, rate, outs, failed)
 
 
 def run_jobs(jobs: Iterable[Job], runner: Runner, batch_size: int, max_open: int = 8,
